@@ -1,0 +1,446 @@
+"""DAG preparation: validation, orientation, levels, line graphs, multitree pruning and the
+scan schedule.
+
+Everything here is index bookkeeping on integer tensors. It knows nothing about kernels: the op
+layer (:mod:`plstm_graph.ops`) consumes a :class:`DagSchedule` and never builds one itself
+except through :func:`build_schedule`.
+
+Conventions: ``edge_index[0]`` is the tail (source) and ``edge_index[1]`` the head (target) of
+every edge; ``line_index[0]`` / ``line_index[1]`` are the incoming / outgoing edge of an arc of
+the line graph, which meet at the shared node ``edge_index[1, a] == edge_index[0, b]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_edge_index",
+    "check_line_index",
+    "check_node_level",
+    "line_graph",
+    "multitree",
+    "topological_levels",
+    "to_dag",
+    "reverse_dag",
+    "DagSchedule",
+    "build_schedule",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------
+def _check_index_tensor(index: object, name: str) -> Tensor:
+    if not isinstance(index, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(index).__name__}")
+    if index.dtype != torch.long:
+        raise TypeError(f"{name} must have dtype torch.long (int64), got {index.dtype}")
+    if index.dim() != 2 or index.size(0) != 2:
+        raise ValueError(f"{name} must have shape [2, num], got {list(index.shape)}")
+    return index
+
+
+def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
+                     allow_self_loops: bool = False) -> int:
+    """Validate ``edge_index`` and return the number of nodes.
+
+    Raises ``TypeError`` for a non-tensor or non-``long`` index and ``ValueError`` for a wrong
+    shape, a negative or out-of-range id, or a self-loop (which is a cycle of length one).
+    """
+    _check_index_tensor(edge_index, "edge_index")
+    num_edges = edge_index.size(1)
+    if num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if num_edges > 0 else 0
+    elif not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
+        raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
+    if num_edges == 0:
+        return num_nodes
+    lo, hi = int(edge_index.min()), int(edge_index.max())
+    if lo < 0:
+        raise ValueError(f"edge_index contains a negative node id ({lo})")
+    if hi >= num_nodes:
+        raise ValueError(f"edge_index contains node id {hi}, out of range for "
+                         f"{num_nodes} nodes")
+    if not allow_self_loops:
+        loops = (edge_index[0] == edge_index[1]).nonzero()
+        if loops.numel() > 0:
+            e = int(loops[0, 0])
+            raise ValueError(f"edge_index contains a self-loop at node {int(edge_index[0, e])} "
+                             f"(edge {e}); a DAG has none")
+    return num_nodes
+
+
+def check_line_index(edge_index: Tensor, line_index: Tensor) -> None:
+    """Validate that every arc ``a -> b`` of ``line_index`` joins edges that meet."""
+    _check_index_tensor(line_index, "line_index")
+    if line_index.device != edge_index.device:
+        raise ValueError(f"line_index is on {line_index.device} but edge_index is on "
+                         f"{edge_index.device}")
+    num_edges = edge_index.size(1)
+    if line_index.numel() == 0:
+        return
+    lo, hi = int(line_index.min()), int(line_index.max())
+    if lo < 0:
+        raise ValueError(f"line_index contains a negative edge id ({lo})")
+    if hi >= num_edges:
+        raise ValueError(f"line_index contains edge id {hi}, out of range for "
+                         f"{num_edges} edges")
+    bad = (edge_index[1, line_index[0]] != edge_index[0, line_index[1]]).nonzero()
+    if bad.numel() > 0:
+        j = int(bad[0, 0])
+        a, b = int(line_index[0, j]), int(line_index[1, j])
+        raise ValueError(
+            f"line_index arc {j} ({a} -> {b}) joins edges that do not meet: edge {a} ends at "
+            f"node {int(edge_index[1, a])} but edge {b} starts at node {int(edge_index[0, b])}")
+
+
+def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> None:
+    """Validate a precomputed leveling: every edge must climb at least one level.
+
+    This is exactly the condition the scan needs, and it implies that the graph is acyclic.
+    """
+    if not isinstance(node_level, Tensor):
+        raise TypeError(f"node_level must be a torch.Tensor, got {type(node_level).__name__}")
+    if node_level.dtype != torch.long:
+        raise TypeError(f"node_level must have dtype torch.long, got {node_level.dtype}")
+    if node_level.dim() != 1 or node_level.numel() != num_nodes:
+        raise ValueError(f"node_level must have shape [{num_nodes}], got "
+                         f"{list(node_level.shape)}")
+    if node_level.device != edge_index.device:
+        raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
+                         f"{edge_index.device}")
+    if num_nodes > 0 and int(node_level.min()) < 0:
+        raise ValueError("node_level contains a negative level")
+    if edge_index.size(1) == 0:
+        return
+    bad = (node_level[edge_index[0]] >= node_level[edge_index[1]]).nonzero()
+    if bad.numel() > 0:
+        e = int(bad[0, 0])
+        u, w = int(edge_index[0, e]), int(edge_index[1, e])
+        raise ValueError(
+            f"node_level is not a topological leveling of edge_index: edge {e} ({u} -> {w}) "
+            f"goes from level {int(node_level[u])} to level {int(node_level[w])}")
+
+
+# ---------------------------------------------------------------------------------------------
+# line graph
+# ---------------------------------------------------------------------------------------------
+def _csr(keys: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+    """Stable sort ``keys`` into CSR form: (``ptr[size + 1]``, ``perm``)."""
+    perm = torch.sort(keys, stable=True).indices
+    counts = torch.bincount(keys, minlength=size)
+    ptr = torch.zeros(size + 1, dtype=torch.long, device=keys.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr, perm
+
+
+def line_graph(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
+    """Every arc ``a -> b`` with ``dst(a) == src(b)``, as ``line_index[2, L]``.
+
+    Arcs are ordered by ``a`` and, for equal ``a``, by ``b``. Built with one CSR of the edges by
+    source node and ``repeat_interleave``; no Python loop over edges or nodes.
+    """
+    num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
+    src, dst = edge_index[0], edge_index[1]
+    ptr, by_src = _csr(src, num_nodes)
+    out_deg = ptr[1:] - ptr[:-1]
+    fan = out_deg[dst]  # number of arcs leaving each edge
+    num_arcs = int(fan.sum())
+    a = torch.repeat_interleave(torch.arange(edge_index.size(1), device=src.device), fan,
+                                output_size=num_arcs)
+    first = torch.cumsum(fan, 0) - fan
+    offset = torch.arange(num_arcs, device=src.device) - torch.repeat_interleave(
+        first, fan, output_size=num_arcs)
+    b = by_src[ptr[dst[a]] + offset]
+    return torch.stack([a, b], dim=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# levels
+# ---------------------------------------------------------------------------------------------
+def _node_on_cycle(edge_index: Tensor, remaining: Tensor) -> int:
+    """A node on a directed cycle, given a boolean mask of nodes Kahn's algorithm never freed.
+
+    Every such node has a predecessor that is also never freed, so walking predecessors must
+    revisit a node, and the first revisited node lies on a cycle.
+    """
+    src, dst = edge_index[0].tolist(), edge_index[1].tolist()
+    rem = remaining.tolist()
+    pred = {}
+    for u, w in zip(src, dst):
+        if rem[u] and rem[w] and w not in pred:
+            pred[w] = u
+    node = int(remaining.nonzero()[0, 0])
+    seen = set()
+    while node not in seen:
+        seen.add(node)
+        node = pred[node]
+    return node
+
+
+def topological_levels(edge_index: Tensor, num_nodes: Optional[int] = None,
+                       method: str = "networkx") -> Tensor:
+    """Topological generation of every node: sources are level 0, and every other node sits one
+    level above its highest predecessor (``networkx.topological_generations``).
+
+    Args:
+        edge_index: ``[2, E]`` directed edges.
+        num_nodes: number of nodes (default ``max id + 1``).
+        method: ``"networkx"`` (the reference) or ``"torch"`` (a vectorised Kahn frontier, one
+            step per level, no Python loop over nodes; much faster on large graphs).
+
+    Raises ``ValueError`` naming a node on a directed cycle.
+    """
+    num_nodes = check_edge_index(edge_index, num_nodes)
+    device = edge_index.device
+    if method == "networkx":
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        graph.add_nodes_from(range(num_nodes))
+        graph.add_edges_from(edge_index.t().tolist())
+        level = torch.empty(num_nodes, dtype=torch.long)
+        try:
+            for depth, generation in enumerate(nx.topological_generations(graph)):
+                level[generation] = depth
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(graph)
+            raise ValueError(f"edge_index has a directed cycle through node {cycle[0][0]}; "
+                             f"pLSTM needs a DAG") from None
+        return level.to(device)
+    if method == "torch":
+        return _levels_torch(edge_index, num_nodes)
+    raise ValueError(f"unknown method {method!r}; expected 'networkx' or 'torch'")
+
+
+def _levels_torch(edge_index: Tensor, num_nodes: int) -> Tensor:
+    device = edge_index.device
+    src, dst = edge_index[0], edge_index[1]
+    ptr, by_src = _csr(src, num_nodes)
+    indeg = torch.bincount(dst, minlength=num_nodes)
+    level = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
+    frontier = (indeg == 0).nonzero().view(-1)
+    depth = 0
+    while frontier.numel() > 0:
+        level[frontier] = depth
+        fan = ptr[frontier + 1] - ptr[frontier]
+        total = int(fan.sum())
+        if total == 0:
+            break
+        first = torch.repeat_interleave(ptr[frontier], fan, output_size=total)
+        start = torch.cumsum(fan, 0) - fan
+        offset = torch.arange(total, device=device) - torch.repeat_interleave(
+            start, fan, output_size=total)
+        heads = dst[by_src[first + offset]]
+        indeg.index_add_(0, heads, torch.full_like(heads, -1))
+        candidates = torch.unique(heads)
+        frontier = candidates[indeg[candidates] == 0]
+        depth += 1
+    remaining = level < 0
+    if bool(remaining.any()):
+        node = _node_on_cycle(edge_index.cpu(), remaining.cpu())
+        raise ValueError(f"edge_index has a directed cycle through node {node}; "
+                         f"pLSTM needs a DAG")
+    return level
+
+
+# ---------------------------------------------------------------------------------------------
+# multitree pruning (D-mode)
+# ---------------------------------------------------------------------------------------------
+def multitree(edge_index: Tensor, line_index: Tensor,
+              node_level: Optional[Tensor] = None) -> Tensor:
+    """Prune ``line_index`` to a multitree (at most one directed path between any two edges).
+
+    Line-graph nodes (edges) are visited in topological order (level of the tail node, then
+    edge id); for each edge ``c`` its predecessors ``p`` are visited earliest-first, and the arc
+    ``p -> c`` is dropped when ``c`` is already reachable, through arcs kept so far, from an
+    ancestor of ``p`` (``p`` included). Only arcs are removed, never edges, and an input that is
+    already a multitree is returned unchanged. Deterministic; kept arcs keep their input order.
+
+    Ancestor sets are Python-int bitsets over topological positions, freed as soon as the last
+    successor of an edge has been visited, so memory follows the live frontier, not ``E^2``.
+    """
+    num_nodes = check_edge_index(edge_index)
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes)
+    check_line_index(edge_index, line_index)
+    num_edges, num_arcs = edge_index.size(1), line_index.size(1)
+    if num_arcs == 0:
+        return line_index.clone()
+    device = line_index.device
+    edge_level = node_level[edge_index[0]].cpu()
+    # topological position of every edge: by tail level, then id
+    order = torch.sort(edge_level, stable=True).indices
+    pos = torch.empty(num_edges, dtype=torch.long)
+    pos[order] = torch.arange(num_edges)
+    arcs = line_index.cpu()
+    # visit arcs grouped by head edge in topological order, tails earliest-first
+    key = pos[arcs[1]] * num_edges + pos[arcs[0]]
+    arc_order = torch.sort(key).indices.tolist()
+    tails = arcs[0].tolist()
+    heads = arcs[1].tolist()
+    pos_list = pos.tolist()
+    pending = torch.bincount(arcs[0], minlength=num_edges).tolist()  # unvisited out-arcs
+    ancestors: dict = {}
+    keep = [False] * num_arcs
+    acc = 0
+    current = -1
+    for j in arc_order:
+        c, p = heads[j], tails[j]
+        if c != current:
+            if current >= 0:
+                ancestors[current] = acc | (1 << pos_list[current])
+            current, acc = c, 0
+        anc_p = ancestors.get(p, 1 << pos_list[p])
+        if not anc_p & acc:
+            keep[j] = True
+            acc |= anc_p
+        pending[p] -= 1
+        if pending[p] == 0:
+            ancestors.pop(p, None)
+    mask = torch.tensor(keep, dtype=torch.bool, device=device)
+    return line_index[:, mask]
+
+
+# ---------------------------------------------------------------------------------------------
+# orientation
+# ---------------------------------------------------------------------------------------------
+def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+           num_nodes: Optional[int] = None,
+           rank: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    """Orient an undirected graph into a DAG.
+
+    Each edge ``{u, w}`` points from the lower to the higher node id (or the lower ``rank``
+    when given), and the two stored directions of an undirected edge collapse to one DAG edge
+    that keeps the attributes of its first occurrence. Output edges are sorted by (tail, head).
+
+    Self-loops cannot be oriented and raise ``ValueError``.
+    """
+    num_nodes = check_edge_index(edge_index, num_nodes)
+    if rank is None:
+        key_u, key_w = edge_index[0], edge_index[1]
+    else:
+        if rank.dim() != 1 or rank.numel() != num_nodes:
+            raise ValueError(f"rank must have shape [{num_nodes}], got {list(rank.shape)}")
+        if torch.unique(rank).numel() != num_nodes:
+            raise ValueError("rank must give every node a distinct value")
+        key_u, key_w = rank[edge_index[0]], rank[edge_index[1]]
+    flip = key_u > key_w
+    lo = torch.where(flip, edge_index[1], edge_index[0])
+    hi = torch.where(flip, edge_index[0], edge_index[1])
+    if rank is None:
+        sort_key = lo * max(num_nodes, 1) + hi
+    else:
+        sort_key = rank[lo] * max(num_nodes, 1) + rank[hi]
+    uniq, inverse = torch.unique(sort_key, return_inverse=True)
+    first = torch.full((uniq.numel(),), edge_index.size(1), dtype=torch.long,
+                       device=edge_index.device)
+    first.scatter_reduce_(0, inverse, torch.arange(edge_index.size(1), device=edge_index.device),
+                          reduce="amin")
+    out = torch.stack([lo[first], hi[first]], dim=0)
+    return out, (edge_attr[first] if edge_attr is not None else None)
+
+
+def reverse_dag(edge_index: Tensor) -> Tensor:
+    """The reversed DAG: every edge flipped, edge ids unchanged."""
+    return edge_index.flip(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DagSchedule:
+    """Index tensors that drive the level-parallel scan over one (batched) DAG.
+
+    An edge ``e = (u -> w)`` is computed at the level of its tail ``u``: all its predecessors
+    end at ``u`` and so start at strictly lower levels. All tensors are ``long`` and live on the
+    device of ``edge_index``, except ``level_ptr`` and ``arc_level_ptr``, which the host loop
+    reads and which therefore stay on the CPU.
+
+    Attributes:
+        edge_src, edge_dst: ``[E]`` tail and head node of every edge.
+        arc_src, arc_dst: ``[L]`` incoming and outgoing edge of every arc.
+        edge_order: ``[E]`` edge ids sorted by level (then id).
+        level_ptr: ``[num_levels + 1]`` CPU; edges of level ``l`` are
+            ``edge_order[level_ptr[l]:level_ptr[l + 1]]``.
+        arc_order: ``[L]`` arc ids sorted by the level of their outgoing edge (then id).
+        arc_level_ptr: ``[num_levels + 1]`` CPU; same layout as ``level_ptr`` for arcs.
+        in_ptr, in_arc: CSR of arcs by outgoing edge (``in_arc[in_ptr[e]:in_ptr[e + 1]]`` are
+            the arcs that feed edge ``e``, in id order).
+        out_ptr, out_arc: CSR of arcs by incoming edge (the arcs that edge ``e`` feeds).
+        node_ptr, node_edge: CSR of edges by head node (the edges a node reads out).
+    """
+
+    num_nodes: int
+    edge_src: Tensor
+    edge_dst: Tensor
+    arc_src: Tensor
+    arc_dst: Tensor
+    edge_order: Tensor
+    level_ptr: Tensor
+    arc_order: Tensor
+    arc_level_ptr: Tensor
+    in_ptr: Tensor
+    in_arc: Tensor
+    out_ptr: Tensor
+    out_arc: Tensor
+    node_ptr: Tensor
+    node_edge: Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_src.numel()
+
+    @property
+    def num_arcs(self) -> int:
+        return self.arc_src.numel()
+
+    @property
+    def num_levels(self) -> int:
+        return self.level_ptr.numel() - 1
+
+    def index_tensors(self) -> List[Tensor]:
+        return [getattr(self, f.name) for f in fields(self) if f.name != "num_nodes"]
+
+
+def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
+                   node_level: Optional[Tensor] = None, validate: bool = True,
+                   level_method: str = "networkx") -> DagSchedule:
+    """Build the :class:`DagSchedule` for ``edge_index`` and its (possibly pruned) line graph.
+
+    ``node_level`` (for example from :class:`~plstm_graph.transforms.PrepareDAG`) skips the
+    leveling; it is checked to climb along every edge when ``validate`` is true, which also
+    proves the graph acyclic. Without it the levels come from :func:`topological_levels`.
+    """
+    if validate:
+        num_nodes = check_edge_index(edge_index, num_nodes)
+        check_line_index(edge_index, line_index)
+    elif num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method=level_method)
+    elif validate:
+        check_node_level(edge_index, node_level, num_nodes)
+    device = edge_index.device
+    num_edges = edge_index.size(1)
+    edge_src, edge_dst = edge_index[0].contiguous(), edge_index[1].contiguous()
+    arc_src, arc_dst = line_index[0].contiguous(), line_index[1].contiguous()
+
+    edge_level = node_level[edge_src]
+    num_levels = int(edge_level.max()) + 1 if num_edges > 0 else 0
+    level_ptr, edge_order = _csr(edge_level, num_levels)
+    arc_level = edge_level[arc_dst]
+    arc_level_ptr, arc_order = _csr(arc_level, num_levels)
+    in_ptr, in_arc = _csr(arc_dst, num_edges)
+    out_ptr, out_arc = _csr(arc_src, num_edges)
+    node_ptr, node_edge = _csr(edge_dst, num_nodes)
+    return DagSchedule(
+        num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst, arc_src=arc_src,
+        arc_dst=arc_dst, edge_order=edge_order, level_ptr=level_ptr.cpu(), arc_order=arc_order,
+        arc_level_ptr=arc_level_ptr.cpu(), in_ptr=in_ptr, in_arc=in_arc, out_ptr=out_ptr,
+        out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge)

@@ -1,0 +1,137 @@
+"""``plstm_dag``: input checks, backend choice and the direct term."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..dag import DagSchedule, build_schedule
+from . import native
+from .scan_torch import scan_torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("torch", "native")
+
+
+def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None:
+    for name, t in list(tensors.items()) + [("edge_index", edge_index),
+                                             ("line_index", line_index)]:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    for name, dtype in dtypes.items():
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or "
+                            f"float64), got {dtype}")
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{n}={d}" for n, d in dtypes.items())
+        raise TypeError(f"query, key, value and the gates must share one dtype, got {listing}")
+    devices = {name: t.device for name, t in tensors.items()}
+    devices.update(edge_index=edge_index.device, line_index=line_index.device)
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n}={d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {listing}")
+
+    q, k, v = tensors["query"], tensors["key"], tensors["value"]
+    for name in ("query", "key", "value"):
+        if tensors[name].dim() != 3:
+            raise ValueError(f"{name} must have shape [N, H, width], got "
+                             f"{list(tensors[name].shape)}")
+    if q.shape != k.shape:
+        raise ValueError(f"query and key must have the same shape [N, H, K], got "
+                         f"{list(q.shape)} and {list(k.shape)}")
+    if v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"value must have shape [N={q.size(0)}, H={q.size(1)}, V], got "
+                         f"{list(v.shape)}")
+    num_nodes, heads = q.shape[:2]
+    if edge_index.dim() != 2 or line_index.dim() != 2:
+        return  # the DAG checks report the exact shape problem
+    expected = {"source": edge_index.size(1), "mark": edge_index.size(1),
+                "transition": line_index.size(1), "direct": num_nodes}
+    what = {"source": "E (edges)", "mark": "E (edges)", "transition": "L (line-graph arcs)",
+            "direct": "N (nodes)"}
+    for name, rows in expected.items():
+        shape = list(tensors[name].shape)
+        if shape != [rows, heads]:
+            raise ValueError(f"{name} must have shape [{what[name]}={rows}, H={heads}], got "
+                             f"{shape}")
+    for name in ("source", "transition", "mark", "direct"):
+        if tensors[name].numel() and not bool(torch.isfinite(tensors[name]).all()):
+            raise ValueError(f"{name} contains NaN or infinite gate values")
+
+
+def resolve_backend(backend: Optional[str], device: torch.device) -> str:
+    if backend is None:
+        return "native" if native.available(device) else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or None")
+    if backend == "native" and not native.available(device):
+        raise RuntimeError(f"backend='native' was requested but {native.unavailable_reason(device)}")
+    return backend
+
+
+def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
+              mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Tensor, *,
+              node_level: Optional[Tensor] = None, schedule: Optional[DagSchedule] = None,
+              backend: Optional[str] = None, recompute: bool = False,
+              validate: bool = True) -> Tensor:
+    r"""pLSTM on a directed acyclic graph (a whole PyG batch at once).
+
+    Per head, with one :math:`K \times V` state per edge,
+
+    .. math::
+        C_b = S_b\, k_{src(b)} v_{src(b)}^\top + \sum_{a \to b} T_{a \to b}\, C_a, \qquad
+        y_n = \sum_{e:\, dst(e) = n} M_e\, C_e^\top q_n + D_n\, (q_n \cdot k_n)\, v_n .
+
+    The scan runs level by level (levels of the tail nodes), every edge of a level at once.
+
+    Args:
+        query, key: ``[N, H, K]``.
+        value: ``[N, H, V]``.
+        source, mark: ``[E, H]`` gates per edge.
+        transition: ``[L, H]`` gate per line-graph arc.
+        direct: ``[N, H]`` gate per node.
+        edge_index: ``[2, E]`` long, a DAG (ids need not be a topological order).
+        line_index: ``[2, L]`` long arcs of the line graph (:func:`~plstm_graph.line_graph` or
+            its :func:`~plstm_graph.multitree` pruning).
+        node_level: optional ``[N]`` topological levels (from the transform); computed with
+            networkx when absent.
+        schedule: optional prebuilt :class:`~plstm_graph.dag.DagSchedule`; skips all index
+            work and index checks.
+        backend: ``"torch"``, ``"native"`` or ``None`` (native when it was built for the
+            inputs' device, torch otherwise).
+        recompute: keep only the inputs for backward and recompute the states then
+            (saves ``E*H*K*V`` elements of memory for one more forward scan).
+        validate: check indices, shapes and gate values (a few reductions; leave on unless
+            the inputs are known good).
+
+    float16/bfloat16 inputs are computed with float32 states and returned in their own dtype;
+    float64 stays float64.
+
+    Returns:
+        ``[N, H, V]`` in the dtype of ``query``.
+    """
+    tensors = dict(query=query, key=key, value=value, source=source, transition=transition,
+                   mark=mark, direct=direct)
+    if validate:
+        _check_inputs(tensors, edge_index, line_index)
+    if schedule is None:
+        schedule = build_schedule(edge_index, line_index, num_nodes=query.size(0),
+                                  node_level=node_level, validate=validate)
+    elif validate and (schedule.num_nodes != query.size(0) or
+                       schedule.num_edges != edge_index.size(1) or
+                       schedule.num_arcs != line_index.size(1)):
+        raise ValueError("schedule was built for a different graph than edge_index / "
+                         "line_index / query")
+    chosen = resolve_backend(backend, query.device)
+
+    dtype = query.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
+    if chosen == "native":
+        out = native.scan_native(q, k, v, s, t, m, schedule, recompute)
+    else:
+        out = scan_torch(q, k, v, s, t, m, schedule, recompute)
+    out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
+    return out.to(dtype)

@@ -1,0 +1,128 @@
+"""The pure-PyTorch level-parallel scan.
+
+One vectorised step per level for the whole batch (gather, scale, ``index_add_``), a custom
+``torch.autograd.Function`` whose backward runs the same levels in reverse. It is the fallback
+when the native extension is absent and the reference the native kernels are tested against.
+
+The scan computes only the state part of the pLSTM output,
+
+    C_b = S_b k_{src b} v_{src b}^T + sum_{a -> b} T_{a->b} C_a,
+    y_n = sum_{e : dst e = n} M_e C_e^T q_n,
+
+in the dtype it is given (the dispatcher upcasts half-precision inputs to float32 first).
+The direct term is plain elementwise autograd and lives in the dispatcher.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from ..dag import DagSchedule
+
+
+def _states(key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
+            s: DagSchedule) -> Tensor:
+    """All edge states ``C[E, H, K, V]``."""
+    states = torch.einsum("eh,ehk,ehv->ehkv", source, key[s.edge_src], value[s.edge_src])
+    ptr = s.arc_level_ptr.tolist()
+    for level in range(s.num_levels):
+        lo, hi = ptr[level], ptr[level + 1]
+        if lo == hi:
+            continue
+        arcs = s.arc_order[lo:hi]
+        carried = transition[arcs][:, :, None, None] * states[s.arc_src[arcs]]
+        states.index_add_(0, s.arc_dst[arcs], carried)
+    return states
+
+
+def _readout(query: Tensor, mark: Tensor, states: Tensor, s: DagSchedule) -> Tensor:
+    out = torch.zeros(s.num_nodes, states.size(1), states.size(3), dtype=states.dtype,
+                      device=states.device)
+    if s.num_edges:
+        per_edge = torch.einsum("eh,ehkv,ehk->ehv", mark, states, query[s.edge_dst])
+        out.index_add_(0, s.edge_dst, per_edge)
+    return out
+
+
+def _state_grads(query: Tensor, mark: Tensor, transition: Tensor, grad_out: Tensor,
+                 s: DagSchedule) -> Tensor:
+    """``dL/dC[E, H, K, V]`` by the reverse scan: a state's gradient is complete once every
+    edge it feeds (all at higher levels) has pushed its own gradient back."""
+    grads = torch.einsum("eh,ehk,ehv->ehkv", mark, query[s.edge_dst], grad_out[s.edge_dst])
+    ptr = s.arc_level_ptr.tolist()
+    for level in range(s.num_levels - 1, -1, -1):
+        lo, hi = ptr[level], ptr[level + 1]
+        if lo == hi:
+            continue
+        arcs = s.arc_order[lo:hi]
+        pushed = transition[arcs][:, :, None, None] * grads[s.arc_dst[arcs]]
+        grads.index_add_(0, s.arc_src[arcs], pushed)
+    return grads
+
+
+class TorchScan(torch.autograd.Function):
+    """Autograd for the state part of ``plstm_dag`` on the torch backend.
+
+    Kept for backward: the six inputs and, unless ``recompute`` is set, the edge states
+    ``C[E, H, K, V]`` (``E*H*K*V`` elements in the compute dtype). With ``recompute`` only the
+    inputs are kept and the forward scan runs again inside backward: one extra scan of time
+    for ``E*H*K*V`` less memory between forward and backward. Backward itself holds the states
+    and their gradients, two ``E*H*K*V`` buffers, while it runs.
+    """
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                transition: Tensor, mark: Tensor, schedule: DagSchedule,
+                recompute: bool) -> Tensor:
+        states = _states(key, value, source, transition, schedule)
+        out = _readout(query, mark, states, schedule)
+        ctx.schedule = schedule
+        ctx.recompute = recompute
+        if recompute:
+            ctx.save_for_backward(query, key, value, source, transition, mark)
+        else:
+            ctx.save_for_backward(query, key, value, source, transition, mark, states)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        s: DagSchedule = ctx.schedule
+        if ctx.recompute:
+            query, key, value, source, transition, mark = ctx.saved_tensors
+            states = _states(key, value, source, transition, s)
+        else:
+            query, key, value, source, transition, mark, states = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grads = _state_grads(query, mark, transition, grad_out, s)
+        return (*scan_input_grads(query, key, value, source, transition, mark, states, grads,
+                                  grad_out, s), None, None)
+
+
+def scan_input_grads(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                     transition: Tensor, mark: Tensor, states: Tensor, grads: Tensor,
+                     grad_out: Tensor, s: DagSchedule
+                     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Input gradients from the states ``C`` and their gradients ``G``, all edges at once."""
+    k_e, v_e = key[s.edge_src], value[s.edge_src]
+    q_e, dy_e = query[s.edge_dst], grad_out[s.edge_dst]
+    g_v = torch.einsum("ehkv,ehv->ehk", grads, v_e)  # G_e v_src
+    g_k = torch.einsum("ehkv,ehk->ehv", grads, k_e)  # G_e^T k_src
+    d_source = (g_v * k_e).sum(-1)
+    d_key = torch.zeros_like(key).index_add_(0, s.edge_src, source[..., None] * g_v)
+    d_value = torch.zeros_like(value).index_add_(0, s.edge_src, source[..., None] * g_k)
+    c_dy = torch.einsum("ehkv,ehv->ehk", states, dy_e)  # C_e dy_dst
+    d_mark = (c_dy * q_e).sum(-1)
+    d_query = torch.zeros_like(query).index_add_(0, s.edge_dst, mark[..., None] * c_dy)
+    if s.num_arcs:
+        d_transition = torch.einsum("ahkv,ahkv->ah", grads[s.arc_dst], states[s.arc_src])
+    else:
+        d_transition = torch.zeros_like(transition)
+    return d_query, d_key, d_value, d_source, d_transition, d_mark
+
+
+def scan_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
+               mark: Tensor, schedule: DagSchedule, recompute: bool = False) -> Tensor:
+    return TorchScan.apply(query, key, value, source, transition, mark, schedule, recompute)
+
