@@ -75,7 +75,7 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
               mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Tensor, *,
               node_level: Optional[Tensor] = None, schedule: Optional[DagSchedule] = None,
               backend: Optional[str] = None, recompute: bool = False,
-              validate: bool = True) -> Tensor:
+              validate: Optional[bool] = None) -> Tensor:
     r"""pLSTM on a directed acyclic graph (a whole PyG batch at once).
 
     Per head, with one :math:`K \times V` state per edge,
@@ -103,8 +103,9 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
             inputs' device, torch otherwise).
         recompute: keep only the inputs for backward and recompute the states then
             (saves ``E*H*K*V`` elements of memory for one more forward scan).
-        validate: check indices, shapes and gate values (a few reductions; leave on unless
-            the inputs are known good).
+        validate: check indices, shapes and gate values (a few reductions and host syncs).
+            Default: on in eager mode, off while ``torch.compile`` traces (the checks are
+            data-dependent; trace a model after running it once eagerly on the same graphs).
 
     float16/bfloat16 inputs are computed with float32 states and returned in their own dtype;
     float64 stays float64.
@@ -114,6 +115,8 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
     """
     tensors = dict(query=query, key=key, value=value, source=source, transition=transition,
                    mark=mark, direct=direct)
+    if validate is None:
+        validate = not torch.compiler.is_compiling()
     if validate:
         _check_inputs(tensors, edge_index, line_index)
     if schedule is None:

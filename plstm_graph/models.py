@@ -1,0 +1,125 @@
+"""``PLSTMNet``: the pLSTM paper's graph architecture for graph- and node-level tasks."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import global_add_pool, global_mean_pool
+from torch_geometric.utils import degree
+
+from .nn import PLSTMBlock
+from .transforms import DAGPlan
+
+POOLS = {"mean": global_mean_pool, "sum": global_add_pool}
+
+
+def degree_encoding(edge_index: Tensor, num_nodes: int, dim: int = 8) -> Tensor:
+    """Sin/cos features of the in- and out-degree in the DAG, ``[N, 2 * dim]``.
+
+    ``dim / 2`` geometric frequencies per degree, as in a transformer position encoding, so
+    that small degrees (the common case) are well separated.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(100.0) * torch.arange(half, device=edge_index.device) / half)
+    parts = []
+    for row in (1, 0):  # in-degree (heads), out-degree (tails)
+        deg = degree(edge_index[row], num_nodes, dtype=torch.float)[:, None] * freqs
+        parts += [deg.sin(), deg.cos()]
+    return torch.cat(parts, dim=-1)
+
+
+class PLSTMNet(torch.nn.Module):
+    r"""pLSTM graph network (Pöppel et al., 2025): an input encoder (node features plus a
+    sin/cos encoding of the DAG degrees), then per layer four pre-norm residual pLSTM blocks:
+    P-mode and D-mode on the DAG, P-mode and D-mode on the reversed DAG, each followed by an
+    MLP block. Then graph pooling, or none for node-level outputs, and a linear head.
+
+    Args:
+        in_channels (int): Node feature width.
+        hidden_channels (int): Width of the residual stream.
+        out_channels (int): Output width (classes).
+        num_layers (int, optional): Layers of four blocks each. (default: :obj:`2`)
+        heads (int, optional): pLSTM heads. (default: :obj:`4`)
+        edge_dim (int, optional): Edge feature width, :obj:`None` to ignore edge features.
+        pool (str, optional): :obj:`"mean"`, :obj:`"sum"`, or :obj:`None` for node outputs.
+            (default: :obj:`"mean"`)
+        dropout (float, optional): Dropout in the blocks and before the head.
+        degree_dim (int, optional): Width of each degree encoding (0 disables it).
+            (default: :obj:`8`)
+        **kwargs (optional): Further :class:`~plstm_graph.nn.PLSTMConv` arguments
+            (``backend``, ``transition_bias``, ...).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
+                 num_layers: int = 2, heads: int = 4, edge_dim: Optional[int] = None,
+                 pool: Optional[str] = "mean", dropout: float = 0.0, degree_dim: int = 8,
+                 **kwargs):
+        super().__init__()
+        if pool is not None and pool not in POOLS:
+            raise ValueError(f"pool must be one of {list(POOLS)} or None, got {pool!r}")
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.out_channels = out_channels
+        self.num_layers = num_layers
+        self.edge_dim = edge_dim
+        self.pool = pool
+        self.degree_dim = degree_dim
+        self.encoder = torch.nn.Linear(in_channels + 2 * degree_dim, hidden_channels)
+        # (mode, reversed) of the four blocks of one layer
+        self.block_roles = [("P", False), ("D", False), ("P", True), ("D", True)]
+        self.blocks = torch.nn.ModuleList(
+            PLSTMBlock(hidden_channels, heads=heads, mode=mode, edge_dim=edge_dim,
+                       dropout=dropout, **kwargs)
+            for _ in range(num_layers) for mode, _ in self.block_roles)
+        self.norm = torch.nn.LayerNorm(hidden_channels)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(hidden_channels, out_channels)
+
+    def reset_parameters(self) -> None:
+        self.encoder.reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+        self.norm.reset_parameters()
+        self.head.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
+                batch: Optional[Tensor] = None, plan: Optional[DAGPlan] = None) -> Tensor:
+        """
+        Args:
+            x: ``[N, in_channels]`` node features.
+            edge_index: ``[2, E]``, an ordinary PyG graph: undirected graphs (both directions
+                stored) are oriented by node id, directed ones must be acyclic.
+            edge_attr: ``[E, edge_dim]`` edge features of ``edge_index``.
+            batch: ``[N]`` graph assignment (for pooling).
+            plan: the batch's :class:`~plstm_graph.transforms.DAGPlan`
+                (``DAGPlan.from_data(batch)`` after :class:`~plstm_graph.transforms.PrepareDAG`);
+                built from ``edge_index`` when absent.
+
+        Returns:
+            ``[num_graphs, out_channels]``, or ``[N, out_channels]`` when ``pool=None``.
+        """
+        if plan is None:
+            plan = DAGPlan.from_graph(edge_index, x.size(0),
+                                      edge_attr if self.edge_dim is not None else None)
+        feats = [x]
+        if self.degree_dim > 0:
+            feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim))
+        h = self.encoder(torch.cat(feats, dim=-1))
+        roles = self.block_roles * self.num_layers
+        for block, (mode, reverse) in zip(self.blocks, roles):
+            view = plan.view(mode, reverse)
+            if self.edge_dim is None:
+                view["edge_attr"] = None
+            h = block(h, **view)
+        h = self.norm(h)
+        if self.pool is not None:
+            if batch is None:
+                batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+            h = POOLS[self.pool](h, batch)
+        return self.head(self.dropout(h))
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "
+                f"{self.out_channels}, num_layers={self.num_layers}, pool={self.pool!r})")

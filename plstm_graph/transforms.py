@@ -1,0 +1,193 @@
+"""Per-graph DAG preparation as a PyG transform, and the batched view layers consume.
+
+:class:`PrepareDAG` runs once per graph (ideally as a ``pre_transform``) and stores on a
+:class:`DAGData` everything a forward pass needs. ``DAGData`` tells PyG's collation how to
+offset the new attributes, so a ``DataLoader`` batch is the disjoint union of its graphs:
+
+================== ============== ====================================================
+attribute          shape          offset when batched
+================== ============== ====================================================
+dag_edge_index     [2, E]         by the node count (PyG's rule for ``*index*`` keys)
+dag_edge_attr      [E, D]         none
+dag_level          [N]            none (levels are per graph and stay valid in a union)
+dag_level_rev      [N]            none
+line_index_p       [2, L]         by the DAG edge count (indices into ``dag_edge_index``)
+line_index_d       [2, L_D]       by the DAG edge count
+line_index_d_rev   [2, L_Dr]      by the DAG edge count
+================== ============== ====================================================
+
+The reversed DAG is ``dag_edge_index.flip(0)`` with the same edge ids; its full line graph is
+``line_index_p.flip(0)``, so it is not stored. Its multitree is, since pruning depends on the
+direction.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils import is_undirected
+
+from .dag import DagSchedule, build_schedule, line_graph, multitree, to_dag, topological_levels
+
+ORIENTATIONS = ("auto", "id", "none")
+_EDGE_OFFSET_KEYS = ("line_index_p", "line_index_d", "line_index_d_rev")
+
+
+class DAGData(Data):
+    """A :class:`~torch_geometric.data.Data` whose line-graph indices collate correctly:
+    ``line_index_*`` point into the DAG's edges, so batching offsets them by edge counts."""
+
+    def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if key in _EDGE_OFFSET_KEYS:
+            return self.dag_edge_index.size(1)
+        return super().__inc__(key, value, *args, **kwargs)
+
+
+def _orient(edge_index: Tensor, edge_attr: Optional[Tensor], num_nodes: int,
+            orient: str) -> Tuple[Tensor, Optional[Tensor]]:
+    if orient not in ORIENTATIONS:
+        raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
+    if orient == "id" or (orient == "auto" and edge_index.numel() > 0 and
+                          is_undirected(edge_index, num_nodes=num_nodes)):
+        return to_dag(edge_index, edge_attr, num_nodes)
+    return edge_index, edge_attr
+
+
+class PrepareDAG(BaseTransform):
+    r"""Computes, once per graph, the DAG schedule that :class:`~plstm_graph.nn.PLSTMConv`
+    and :class:`~plstm_graph.models.PLSTMNet` consume: the orientation, topological levels of
+    the DAG and of its reverse, the full (P-mode) line graph and the multitree (D-mode) line
+    graphs of both directions. Returns a :class:`DAGData`.
+
+    Args:
+        orient (str, optional): :obj:`"auto"` orients graphs that store both directions of
+            every edge (PyG's undirected convention) from lower to higher node id and takes any
+            other graph as a DAG; :obj:`"id"` always orients by id; :obj:`"none"` never does.
+            (default: :obj:`"auto"`)
+        reverse (bool, optional): Also prepare the reversed DAG. (default: :obj:`True`)
+        level_method (str, optional): :obj:`"networkx"` or :obj:`"torch"`, see
+            :func:`~plstm_graph.topological_levels`. (default: :obj:`"networkx"`)
+    """
+
+    def __init__(self, orient: str = "auto", reverse: bool = True,
+                 level_method: str = "networkx"):
+        if orient not in ORIENTATIONS:
+            raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
+        self.orient = orient
+        self.reverse = reverse
+        self.level_method = level_method
+
+    def forward(self, data: Data) -> DAGData:
+        num_nodes = data.num_nodes
+        edge_index = data.edge_index
+        dag_edge_index, dag_edge_attr = _orient(edge_index, data.get("edge_attr"), num_nodes,
+                                                self.orient)
+        store: Dict[str, Any] = dict(data.to_dict())
+        store["dag_edge_index"] = dag_edge_index
+        if dag_edge_attr is not None:
+            store["dag_edge_attr"] = dag_edge_attr
+        level = topological_levels(dag_edge_index, num_nodes, method=self.level_method)
+        line_p = line_graph(dag_edge_index, num_nodes)
+        store["dag_level"] = level
+        store["line_index_p"] = line_p
+        store["line_index_d"] = multitree(dag_edge_index, line_p, level)
+        if self.reverse:
+            rev = dag_edge_index.flip(0)
+            level_rev = topological_levels(rev, num_nodes, method=self.level_method)
+            store["dag_level_rev"] = level_rev
+            store["line_index_d_rev"] = multitree(rev, line_p.flip(0), level_rev)
+        out = DAGData.from_dict(store)
+        out.num_nodes = num_nodes
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(orient={self.orient!r}, reverse={self.reverse}, "
+                f"level_method={self.level_method!r})")
+
+
+class DAGPlan:
+    """The DAG view of one (batched) graph that a stack of pLSTM layers shares.
+
+    It hands each layer the edges, edge features, line graph and levels for a direction and a
+    mode, and builds each :class:`~plstm_graph.dag.DagSchedule` once, so that four layers over
+    the same batch do the index work once.
+
+    Build it with :meth:`from_data` from a graph or batch that went through
+    :class:`PrepareDAG` (no graph work at all), or with :meth:`from_graph` from a plain
+    ``edge_index`` (orients, levels and prunes on the fly).
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int, level: Tensor,
+                 line_index_p: Tensor, line_index_d: Tensor,
+                 edge_attr: Optional[Tensor] = None, level_rev: Optional[Tensor] = None,
+                 line_index_d_rev: Optional[Tensor] = None, validate: bool = True):
+        self.edge_index = edge_index
+        self.edge_attr = edge_attr
+        self.num_nodes = num_nodes
+        self.level = level
+        self.level_rev = level_rev
+        self.line_index_p = line_index_p
+        self.line_index_d = line_index_d
+        self.line_index_d_rev = line_index_d_rev
+        self.validate = validate
+        self._schedules: Dict[Tuple[bool, str], DagSchedule] = {}
+
+    @classmethod
+    def from_data(cls, data: Data) -> "DAGPlan":
+        missing = [k for k in ("dag_edge_index", "dag_level", "line_index_p", "line_index_d")
+                   if k not in data]
+        if missing:
+            raise ValueError(f"data lacks {missing}; apply plstm_graph.transforms.PrepareDAG "
+                             f"first or use DAGPlan.from_graph")
+        return cls(data.dag_edge_index, data.num_nodes, data.dag_level, data.line_index_p,
+                   data.line_index_d, edge_attr=data.get("dag_edge_attr"),
+                   level_rev=data.get("dag_level_rev"),
+                   line_index_d_rev=data.get("line_index_d_rev"))
+
+    @classmethod
+    def from_graph(cls, edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
+                   orient: str = "auto", reverse: bool = True) -> "DAGPlan":
+        data = Data(edge_index=edge_index, num_nodes=num_nodes)
+        if edge_attr is not None:
+            data.edge_attr = edge_attr
+        return cls.from_data(PrepareDAG(orient=orient, reverse=reverse)(data))
+
+    def view(self, mode: str = "P", reverse: bool = False) -> Dict[str, Tensor]:
+        """Keyword arguments for :meth:`PLSTMConv.forward
+        <plstm_graph.nn.PLSTMConv.forward>` on this graph: ``edge_index``, ``edge_attr``,
+        ``line_index``, ``node_level`` and the cached ``schedule``."""
+        if mode not in ("P", "D"):
+            raise ValueError(f"mode must be 'P' or 'D', got {mode!r}")
+        if reverse:
+            if self.level_rev is None or self.line_index_d_rev is None:
+                raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
+            edge_index, level = self.edge_index.flip(0), self.level_rev
+            line = self.line_index_p.flip(0) if mode == "P" else self.line_index_d_rev
+        else:
+            edge_index, level = self.edge_index, self.level
+            line = self.line_index_p if mode == "P" else self.line_index_d
+        key = (reverse, mode)
+        if key not in self._schedules:
+            self._schedules[key] = build_schedule(edge_index, line, self.num_nodes,
+                                                  node_level=level, validate=self.validate)
+        return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=line,
+                    node_level=level, schedule=self._schedules[key])
+
+    def to(self, device) -> "DAGPlan":
+        def move(t):
+            return t.to(device) if isinstance(t, Tensor) else t
+
+        return DAGPlan(move(self.edge_index), self.num_nodes, move(self.level),
+                       move(self.line_index_p), move(self.line_index_d),
+                       edge_attr=move(self.edge_attr), level_rev=move(self.level_rev),
+                       line_index_d_rev=move(self.line_index_d_rev), validate=self.validate)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(num_nodes={self.num_nodes}, "
+                f"num_edges={self.edge_index.size(1)}, "
+                f"num_arcs_p={self.line_index_p.size(1)}, "
+                f"num_arcs_d={self.line_index_d.size(1)}, "
+                f"reverse={self.level_rev is not None})")
