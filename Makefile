@@ -1,0 +1,34 @@
+# Set-up and the two jobs of the README. Everything installs into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.plstm_graph-installed
+
+.PHONY: install demo test test-long bench clean
+
+# torch first and pinned (an unpinned torch would pull a multi-GB CUDA build), then the
+# package without build isolation so that the extension compiles against that torch.
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q --no-build-isolation -e ".[test,examples]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/graph_classification.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest tests -q --long
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/benchmark.py
+
+clean:
+	rm -rf build *.egg-info plstm_graph/_C*.so

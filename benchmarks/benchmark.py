@@ -1,0 +1,291 @@
+"""Speed and memory of plstm_dag and PLSTMConv.
+
+Rows: the per-edge Python loop the authors' code runs (one graph at a time), the torch
+level scan, the native kernels, and ``PLSTMConv(96, 96, heads=4)`` next to
+``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches. Graphs: batches of 1, 32,
+128 and 1024 MUTAG-sized random DAGs, a 20,000-node chain and a random DAG with 300k edges.
+H=4, K=V=24, float32.
+
+    python benchmarks/benchmark.py                 # full table (CPU: a few minutes)
+    python benchmarks/benchmark.py --quick         # small sizes only
+    python benchmarks/benchmark.py --device cuda   # on a GPU
+
+"saved" is the memory autograd keeps between forward and backward (summed over the tensors
+saved for backward); "peak" is the peak of torch's allocator on CUDA and is left out on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import plstm_graph  # noqa: E402
+from plstm_graph.dag import build_schedule, line_graph, topological_levels  # noqa: E402
+
+H, K, V = 4, 24, 24
+
+
+# ---------------------------------------------------------------------------------------------
+# graphs
+# ---------------------------------------------------------------------------------------------
+def mutag_like_dag(rng: random.Random, offset: int = 0):
+    """A molecule-sized graph (~18 nodes, ~20 bonds: a random tree plus a few ring closures)
+    oriented from lower to higher id, with ids shuffled so they are no topological order."""
+    n = rng.randint(12, 24)
+    bonds = {(rng.randrange(i), i) for i in range(1, n)}
+    while len(bonds) < n + 1:
+        u, w = rng.sample(range(n), 2)
+        bonds.add((min(u, w), max(u, w)))
+    perm = list(range(n))
+    rng.shuffle(perm)
+    edges = [(perm[u], perm[w]) if perm[u] < perm[w] else (perm[w], perm[u]) for u, w in bonds]
+    return n, [(u + offset, w + offset) for u, w in edges]
+
+
+def batch_of(num_graphs: int, seed: int = 0):
+    rng = random.Random(seed)
+    edges, n_total, sizes = [], 0, []
+    for _ in range(num_graphs):
+        n, e = mutag_like_dag(rng, n_total)
+        sizes.append((n_total, n, len(edges), len(e)))
+        edges += e
+        n_total += n
+    return n_total, torch.tensor(edges, dtype=torch.long).t().contiguous(), sizes
+
+
+def chain(n: int, seed: int = 0):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return n, torch.stack([perm[:-1], perm[1:]]), None
+
+
+def random_wide_dag(num_edges: int, seed: int = 0):
+    """~num_edges/3 nodes, each taking three in-edges from random earlier nodes in a window."""
+    g = torch.Generator().manual_seed(seed)
+    n = num_edges // 3 + 1
+    heads = torch.arange(1, n).repeat_interleave(3)
+    back = torch.randint(1, 200, (heads.numel(),), generator=g)
+    tails = (heads - back).clamp(min=0)
+    ei = torch.unique(torch.stack([tails, heads]), dim=1)
+    perm = torch.randperm(n, generator=g)
+    return n, perm[ei], None
+
+
+# ---------------------------------------------------------------------------------------------
+# the per-edge loop (how the authors' code runs: one graph at a time, one edge at a time)
+# ---------------------------------------------------------------------------------------------
+def per_edge_loop(q, k, v, S, T, M, D, edge_index, line_index, sizes):
+    out = D[..., None] * (q * k).sum(-1, keepdim=True) * v
+    rows = [out[i] for i in range(out.size(0))]
+    src, dst = edge_index[0].tolist(), edge_index[1].tolist()
+    incoming: Dict[int, List] = {}
+    for j, (a, b) in enumerate(line_index.t().tolist()):
+        incoming.setdefault(b, []).append((j, a))
+    level = topological_levels(edge_index, q.size(0)).tolist()
+    for n0, n, e0, ne in sizes:
+        order = sorted(range(e0, e0 + ne), key=lambda e: level[src[e]])
+        states = {}
+        for e in order:
+            u = src[e]
+            c = S[e][:, None, None] * k[u][:, :, None] * v[u][:, None, :]
+            for j, a in incoming.get(e, []):
+                c = c + T[j][:, None, None] * states[a]
+            states[e] = c
+            w = dst[e]
+            rows[w] = rows[w] + M[e][:, None] * torch.einsum("hkv,hk->hv", c, q[w])
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------
+def timeit(fn: Callable, device: str, repeat: int, budget: float = 20.0) -> float:
+    """Median seconds of ``fn`` over up to ``repeat`` runs after one warm-up."""
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+def saved_bytes(fn: Callable) -> int:
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def inputs(num_nodes, num_edges, num_arcs, device, requires_grad=True):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape, scale=1.0):
+        return (torch.rand(*shape, generator=g) * scale).to(device).requires_grad_(requires_grad)
+
+    return [r(num_nodes, H, K), r(num_nodes, H, K), r(num_nodes, H, V), r(num_edges, H),
+            r(num_arcs, H, scale=0.5), r(num_edges, H), r(num_nodes, H)]
+
+
+def fmt_time(t: Optional[float]) -> str:
+    if t is None:
+        return "-"
+    return f"{t * 1e3:.2f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def fmt_bytes(b: Optional[int]) -> str:
+    if b is None:
+        return "-"
+    return f"{b / 2**20:.1f} MiB"
+
+
+def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
+    edge_index = edge_index.to(device)
+    t0 = time.perf_counter()
+    level = topological_levels(edge_index, num_nodes, method="torch")
+    line = line_graph(edge_index, num_nodes)
+    sched = build_schedule(edge_index, line, num_nodes, node_level=level)
+    t_sched = time.perf_counter() - t0
+    E, L = edge_index.size(1), line.size(1)
+    xs = inputs(num_nodes, E, L, device)
+    base = dict(graph=name, N=num_nodes, E=E, L=L, levels=sched.num_levels,
+                schedule=fmt_time(t_sched))
+    repeat = args.repeat
+
+    def record(impl, fwd, fwdbwd, saved=None):
+        rows.append(dict(base, impl=impl, fwd=fmt_time(fwd), fwd_bwd=fmt_time(fwdbwd),
+                         saved=fmt_bytes(saved), _fwdbwd=fwdbwd))
+
+    # the per-edge loop: only where it finishes in reasonable time
+    if sizes is not None and len(sizes) <= args.max_loop_graphs and device == "cpu":
+        def loop_fwd():
+            with torch.no_grad():
+                per_edge_loop(*xs, edge_index, line, sizes)
+
+        def loop_fb():
+            per_edge_loop(*xs, edge_index, line, sizes).sum().backward()
+
+        record("per-edge loop", timeit(loop_fwd, device, 3), timeit(loop_fb, device, 3))
+
+    backends = ["torch"] + (["native"] if plstm_graph.ops.native.available(
+        torch.device(device)) else [])
+    for backend in backends:
+        for recompute in ([False, True] if args.recompute else [False]):
+            def call():
+                return plstm_graph.plstm_dag(*xs, edge_index, line, schedule=sched,
+                                             backend=backend, recompute=recompute,
+                                             validate=False)
+
+            def fwd():
+                with torch.no_grad():
+                    call()
+
+            def fb():
+                call().sum().backward()
+
+            label = f"plstm_dag {backend}" + (" recompute" if recompute else "")
+            record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
+                   saved_bytes(call))
+
+    if args.layers and E <= 400_000:
+        from torch_geometric.nn import GATConv, GINConv
+
+        x = torch.randn(num_nodes, 96, device=device, requires_grad=True)
+        conv = plstm_graph.PLSTMConv(96, 96, heads=H, key_dim=K, value_dim=V).to(device)
+        gat = GATConv(96, 24, heads=4).to(device)
+        gin = GINConv(torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.ReLU(),
+                                          torch.nn.Linear(96, 96))).to(device)
+        layer_calls = {
+            "PLSTMConv(96,96,heads=4)": lambda: conv(x, edge_index, line_index=line,
+                                                     node_level=level, schedule=sched),
+            "GATConv(96,24,heads=4)": lambda: gat(x, edge_index),
+            "GINConv(MLP 96)": lambda: gin(x, edge_index),
+        }
+        for label, call in layer_calls.items():
+            def fwd(call=call):
+                with torch.no_grad():
+                    call()
+
+            def fb(call=call):
+                call().sum().backward()
+
+            record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
+                   saved_bytes(call))
+
+
+def print_table(rows, device):
+    cols = ["graph", "N", "E", "L", "levels", "schedule", "impl", "fwd", "fwd_bwd", "saved"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " | x loop |")
+    print("|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|--------|")
+    loop = {}
+    for r in rows:
+        if r["impl"] == "per-edge loop":
+            loop[r["graph"]] = r["_fwdbwd"]
+        ref = loop.get(r["graph"])
+        speedup = f"{ref / r['_fwdbwd']:.0f}x" if ref and r["impl"] != "per-edge loop" else ""
+        print("| " + " | ".join(str(r[c]).ljust(widths[c]) for c in cols) +
+              f" | {speedup.ljust(6)} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small graphs only")
+    parser.add_argument("--batches", default="1,32,128,1024")
+    parser.add_argument("--chain", type=int, default=20_000)
+    parser.add_argument("--wide", type=int, default=300_000, help="edges of the wide DAG")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--max-loop-graphs", type=int, default=128,
+                        help="largest batch for the (slow) per-edge loop")
+    parser.add_argument("--no-layers", dest="layers", action="store_false")
+    parser.add_argument("--recompute", action="store_true", help="also time recompute=True")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"# machine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
+          + f", native={plstm_graph.WITH_NATIVE}")
+    rows: List[dict] = []
+    for b in [int(x) for x in args.batches.split(",") if x]:
+        n, ei, sizes = batch_of(b)
+        run_case(f"{b} x MUTAG-sized", n, ei, sizes, args.device, args, rows)
+    if not args.quick:
+        n, ei, _ = chain(args.chain)
+        run_case(f"chain {args.chain}", n, ei, None, args.device, args, rows)
+        n, ei, _ = random_wide_dag(args.wide)
+        run_case(f"random DAG {ei.size(1)} edges", n, ei, None, args.device, args, rows)
+    print_table(rows, args.device)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
