@@ -46,6 +46,10 @@ class DAGData(Data):
         return super().__inc__(key, value, *args, **kwargs)
 
 
+# InMemoryDataset stores the data class next to the tensors and reloads with weights_only=True
+torch.serialization.add_safe_globals([DAGData])
+
+
 def _orient(edge_index: Tensor, edge_attr: Optional[Tensor], num_nodes: int,
             orient: str) -> Tuple[Tensor, Optional[Tensor]]:
     if orient not in ORIENTATIONS:

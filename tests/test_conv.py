@@ -1,0 +1,286 @@
+"""PLSTMConv, PrepareDAG / DAGData collation and DAGPlan."""
+import pytest
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.loader import DataLoader
+
+import plstm_graph
+from plstm_graph import PLSTMConv, line_graph, multitree
+from plstm_graph.transforms import DAGData, DAGPlan, PrepareDAG
+
+from oracle import plstm_oracle, random_dag
+
+
+def _perturb(conv, seed=0):
+    """Give the zero-initialised gate weights random values so every input matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return conv
+
+
+def _undirected_graph(num_nodes, seed, edge_dim=None, feat=6):
+    dag = random_dag(num_nodes, 0.25, seed)
+    ei = torch.cat([dag, dag.flip(0)], dim=1)
+    g = torch.Generator().manual_seed(seed)
+    data = Data(x=torch.randn(num_nodes, feat, generator=g, dtype=torch.float64),
+                edge_index=ei, num_nodes=num_nodes)
+    if edge_dim is not None:
+        attr = torch.randn(dag.size(1), edge_dim, generator=g, dtype=torch.float64)
+        data.edge_attr = torch.cat([attr, attr])
+    return data
+
+
+def _conv_reference(conv, x, edge_index, line_index, edge_attr=None):
+    """The layer's math written out with the float64 oracle as the scan."""
+    n, h = x.size(0), conv.heads
+    q = conv.lin_query(x).view(n, h, -1)
+    k = conv.lin_key(x).view(n, h, -1)
+    v = conv.lin_value(x).view(n, h, -1)
+    src, dst = edge_index
+    a, b = line_index
+    ea = [] if edge_attr is None else [edge_attr]
+
+    def lin(gate, node, parts):
+        out = gate.node(x)[node]
+        for layer, (feat, ids) in zip(gate.edges, parts):
+            out = out + layer(feat)[ids]
+        return out
+
+    S = torch.sigmoid(lin(conv.source_gate, src, [(f, slice(None)) for f in ea]))
+    M = torch.sigmoid(lin(conv.mark_gate, dst, [(f, slice(None)) for f in ea]))
+    D = torch.sigmoid(conv.direct_gate.node(x))
+    t = lin(conv.transition_gate, dst[a], [(f, i) for f in ea for i in (a, b)][:2 * len(ea)])
+    if conv.mode == "D":
+        T = torch.tanh(t)
+    else:
+        T = torch.empty_like(t)
+        for j in range(t.size(0)):
+            same = a == a[j]
+            T[j] = t[j] / (conv.alpha + t[same].abs().sum(0))
+    y = plstm_oracle(q, k, v, S, T, M, D, edge_index, line_index)
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * conv.norm_weight
+    return conv.lin_out(y.reshape(n, -1))
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_conv_matches_written_out_math(mode, edge_dim):
+    num_nodes = 13
+    ei = random_dag(num_nodes, 0.3, seed=4)
+    line = line_graph(ei, num_nodes)
+    if mode == "D":
+        line = multitree(ei, line)
+    conv = _perturb(PLSTMConv(5, 7, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
+                              value_dim=4).double())
+    x = torch.randn(num_nodes, 5, dtype=torch.float64)
+    attr = torch.randn(ei.size(1), 3, dtype=torch.float64) if edge_dim else None
+    out = conv(x, ei, attr, line_index=line)
+    ref = _conv_reference(conv, x, ei, line, attr)
+    assert out.shape == (num_nodes, 7)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    # computing the line graph itself gives the same result
+    torch.testing.assert_close(conv(x, ei, attr), out, rtol=1e-12, atol=1e-12)
+
+
+def test_p_mode_transitions_are_normalised():
+    ei = random_dag(20, 0.4, seed=1)
+    line = line_graph(ei, 20)
+    conv = _perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2))
+    x = torch.randn(20, 4) * 10
+    _, T, _, _ = conv.gates(x, ei, line)
+    total = torch.zeros(ei.size(1), 3).index_add_(0, line[0], T.abs())
+    assert bool((total < 1).all())
+    conv_t = _perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2,
+                                normalize_over="target"))
+    _, T, _, _ = conv_t.gates(x, ei, line)
+    total = torch.zeros(ei.size(1), 3).index_add_(0, line[1], T.abs())
+    assert bool((total < 1).all())
+
+
+def test_init_follows_spec():
+    conv = PLSTMConv(16, 8, heads=2, edge_dim=3)
+    assert torch.all(conv.source_gate.node.bias == -5)
+    assert torch.all(conv.mark_gate.node.bias == -5)
+    assert torch.all(conv.direct_gate.node.bias == -5)
+    assert torch.all(conv.transition_gate.node.bias == 3.0)
+    assert torch.all(conv.source_gate.node.weight == 0)
+    assert torch.all(conv.transition_gate.edges[1].weight == 0)
+    assert PLSTMConv(16, 8, mode="D").transition_gate.node.bias[0] == 1.25
+    # a single-successor arc starts in the carrying regime, T ~ 0.85
+    t0 = conv.transition_gate.node.bias[0].detach()
+    assert 0.8 < float(t0 / (0.5 + t0.abs())) < 0.9
+    assert 0.8 < float(torch.tanh(torch.tensor(1.25))) < 0.9
+    big = PLSTMConv(4000, 8, heads=2)
+    std = big.lin_query.weight.std().item()
+    assert abs(std - (2 / (5 * 4000)) ** 0.5) < 0.1 * std
+
+
+def test_reset_parameters_and_repr():
+    conv = PLSTMConv(8, 8, heads=2, mode="D", edge_dim=4)
+    before = {k: v.clone() for k, v in conv.state_dict().items()}
+    _perturb(conv)
+    conv.reset_parameters()
+    after = conv.state_dict()
+    for name in ("source_gate.node.bias", "transition_gate.node.weight", "norm_weight"):
+        assert torch.equal(before[name], after[name])
+    assert repr(conv) == "PLSTMConv(8, 8, heads=2, mode='D', edge_dim=4)"
+
+
+def test_conv_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        PLSTMConv(4, 4, mode="X")
+    with pytest.raises(ValueError, match="key_dim"):
+        PLSTMConv(4, 2, heads=4)
+    conv = PLSTMConv(4, 4, heads=2, edge_dim=3)
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="edge_attr"):
+        conv(torch.randn(3, 4), ei)
+    with pytest.raises(ValueError, match="edge_attr must have shape"):
+        conv(torch.randn(3, 4), ei, torch.randn(2, 5))
+    with pytest.raises(ValueError, match="x must have shape"):
+        conv(torch.randn(3, 5), ei, torch.randn(2, 3))
+    with pytest.raises(ValueError, match="cycle"):
+        PLSTMConv(4, 4, heads=2)(torch.randn(3, 4), torch.tensor([[0, 1, 2], [1, 2, 0]]))
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_permuting_node_ids_permutes_output(mode):
+    n = 15
+    ei = random_dag(n, 0.3, seed=7)
+    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3,
+                              value_dim=3).double())
+    x = torch.randn(n, 5, dtype=torch.float64)
+    attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
+    perm = torch.randperm(n)  # new id of old node i is perm[i]
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    out = conv(x, ei, attr)
+    out_p = conv(x[inv], perm[ei], attr)
+    torch.testing.assert_close(out_p[perm], out, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("edge_dim", [None, 2])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_dataloader_batch_equals_per_graph(mode, edge_dim, reverse):
+    graphs = [_undirected_graph(n, seed, edge_dim) for seed, n in
+              enumerate([7, 1, 12, 9, 3, 15, 10])]
+    graphs.append(Data(x=torch.randn(4, 6, dtype=torch.float64),
+                       edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=4))
+    if edge_dim:
+        graphs[-1].edge_attr = torch.empty(0, edge_dim, dtype=torch.float64)
+    prepared = [PrepareDAG()(g) for g in graphs]
+    assert all(isinstance(p, DAGData) for p in prepared)
+    conv = _perturb(PLSTMConv(6, 5, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
+                              value_dim=3).double())
+    batch = next(iter(DataLoader(prepared, batch_size=len(prepared))))
+    out = conv(batch.x, **_view(DAGPlan.from_data(batch), mode, reverse, edge_dim))
+    singles = torch.cat([conv(p.x, **_view(DAGPlan.from_data(p), mode, reverse, edge_dim))
+                         for p in prepared])
+    torch.testing.assert_close(out, singles, rtol=1e-10, atol=1e-10)
+    # and the schedule-free path (line graph + levels computed by the layer) agrees
+    view = _view(DAGPlan.from_data(batch), mode, reverse, edge_dim)
+    free = conv(batch.x, view["edge_index"], view["edge_attr"])
+    torch.testing.assert_close(free, out, rtol=1e-10, atol=1e-10)
+
+
+def _view(plan, mode, reverse, edge_dim):
+    view = plan.view(mode, reverse)
+    if edge_dim is None:
+        view["edge_attr"] = None
+    return view
+
+
+def test_prepare_dag_stores_consistent_schedule():
+    data = PrepareDAG()(_undirected_graph(11, 3, edge_dim=2))
+    dag = data.dag_edge_index
+    assert dag.size(1) * 2 == data.edge_index.size(1)
+    assert bool((dag[0] < dag[1]).all())  # oriented by id
+    assert torch.equal(data.line_index_p, line_graph(dag, 11))
+    assert torch.equal(data.line_index_d, multitree(dag, data.line_index_p))
+    assert torch.equal(data.line_index_d_rev, multitree(dag.flip(0), data.line_index_p.flip(0)))
+    lvl, lvl_rev = data.dag_level, data.dag_level_rev
+    assert bool((lvl[dag[0]] < lvl[dag[1]]).all())
+    assert bool((lvl_rev[dag[1]] < lvl_rev[dag[0]]).all())
+    assert data.dag_edge_attr.shape == (dag.size(1), 2)
+
+
+def test_prepare_dag_on_directed_input_keeps_edges():
+    ei = random_dag(9, 0.4, seed=2)
+    data = PrepareDAG()(Data(edge_index=ei, num_nodes=9))
+    assert torch.equal(data.dag_edge_index, ei)
+    cyc = Data(edge_index=torch.tensor([[0, 1, 2], [1, 2, 0]]), num_nodes=3)
+    with pytest.raises(ValueError, match="cycle"):
+        PrepareDAG()(cyc)
+    with pytest.raises(ValueError, match="orient"):
+        PrepareDAG(orient="sideways")
+
+
+def test_collation_offsets():
+    prepared = [PrepareDAG()(_undirected_graph(n, s)) for s, n in enumerate([6, 8, 5])]
+    batch = next(iter(DataLoader(prepared, batch_size=3)))
+    e_off = n_off = 0
+    for i, p in enumerate(prepared):
+        e = p.dag_edge_index.size(1)
+        lp = p.line_index_p.size(1)
+        start = sum(q.line_index_p.size(1) for q in prepared[:i])
+        assert torch.equal(batch.line_index_p[:, start:start + lp], p.line_index_p + e_off)
+        assert torch.equal(batch.dag_level[n_off:n_off + p.num_nodes], p.dag_level)
+        e_off += e
+        n_off += p.num_nodes
+
+
+class _PreparedDataset(InMemoryDataset):
+    def __init__(self, root):
+        super().__init__(root, pre_transform=PrepareDAG())
+        self.load(self.processed_paths[0])
+
+    @property
+    def raw_file_names(self):
+        return []
+
+    @property
+    def processed_file_names(self):
+        return ["data.pt"]
+
+    def download(self):
+        pass
+
+    def process(self):
+        data_list = [self.pre_transform(_undirected_graph(n, s)) for s, n in
+                     enumerate([5, 9, 7, 4])]
+        self.save(data_list, self.processed_paths[0])
+
+
+def test_pre_transform_in_dataset_keeps_collation(tmp_path):
+    ds = _PreparedDataset(str(tmp_path))
+    ds = _PreparedDataset(str(tmp_path))  # second time from the processed file
+    assert isinstance(ds[0], DAGData)
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    offsets = torch.tensor([0] + [ds[i].dag_edge_index.size(1) for i in range(3)]).cumsum(0)
+    first = [ds[i].line_index_p + offsets[i] for i in range(4)]
+    assert torch.equal(batch.line_index_p, torch.cat(first, dim=1))
+
+
+def test_plan_from_graph_orients_and_caches():
+    g = _undirected_graph(10, 5)
+    plan = DAGPlan.from_graph(g.edge_index, 10)
+    v1 = plan.view("D")
+    v2 = plan.view("D")
+    assert v1["schedule"] is v2["schedule"]
+    assert bool((v1["edge_index"][0] < v1["edge_index"][1]).all())
+    with pytest.raises(ValueError, match="PrepareDAG"):
+        DAGPlan.from_data(g)
+
+
+def test_gradients_reach_every_parameter():
+    g = PrepareDAG()(_undirected_graph(12, 1, edge_dim=3))
+    for mode in "PD":
+        conv = PLSTMConv(6, 4, heads=2, mode=mode, edge_dim=3).double()
+        out = conv(g.x, **DAGPlan.from_data(g).view(mode))
+        out.pow(2).sum().backward()
+        for name, p in conv.named_parameters():
+            assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
+        assert conv.transition_gate.node.bias.grad.abs().sum() > 0
