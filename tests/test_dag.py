@@ -305,8 +305,6 @@ def test_multitree_empty_and_edgeless(num_nodes):
     assert mt.shape == (2, 0) and mt.dtype == torch.long
 
 
-@pytest.mark.xfail(strict=True, reason="dag.multitree does not validate an explicit node_level: "
-                   "a non-topological leveling silently yields a non-multitree")
 def test_multitree_rejects_non_topological_node_level():
     # edges 0:(0->1) 1:(1->2) 2:(1->3) 3:(2->4) 4:(3->4) 5:(4->5): one diamond in the line graph
     edge_index = ei([(0, 1), (1, 2), (1, 3), (2, 4), (3, 4), (4, 5)])
@@ -482,8 +480,6 @@ def test_to_dag_with_rank_permutation():
         assert rank[u] < rank[w]
 
 
-@pytest.mark.xfail(strict=True, reason="dag.to_dag dedups on rank[lo]*N + rank[hi]; distinct "
-                   "ranks that are not a permutation of 0..N-1 collide and silently drop edges")
 def test_to_dag_with_rank_not_a_permutation():
     # ranks are distinct, so the docstring accepts them; (0,1) and (2,3) are distinct edges
     rank = torch.tensor([0, 8, 1, 4])

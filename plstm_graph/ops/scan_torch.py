@@ -22,18 +22,30 @@ from torch import Tensor
 from ..dag import DagSchedule
 
 
+def _accumulate(target: Tensor, index: Tensor, rows: Tensor) -> None:
+    """``target.index_add_(0, index, rows)``; a small level takes the serial
+    ``index_put_(accumulate=True)`` instead, because ``index_add_`` on a multi-dimensional
+    tensor opens a parallel region per call, which costs a thread wake-up (tens to hundreds of
+    microseconds on a busy machine) per level of a deep graph."""
+    if rows.numel() < 32768:
+        target.index_put_((index,), rows, accumulate=True)
+    else:
+        target.index_add_(0, index, rows)
+
+
 def _states(key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
             s: DagSchedule) -> Tensor:
     """All edge states ``C[E, H, K, V]``."""
     states = torch.einsum("eh,ehk,ehv->ehkv", source, key[s.edge_src], value[s.edge_src])
     ptr = s.arc_level_ptr.tolist()
+    # arcs in level order once, so that a level is three slices (deep graphs: per-level cost)
+    src, dst = s.arc_src[s.arc_order], s.arc_dst[s.arc_order]
+    gate = transition[s.arc_order][:, :, None, None]
     for level in range(s.num_levels):
         lo, hi = ptr[level], ptr[level + 1]
         if lo == hi:
             continue
-        arcs = s.arc_order[lo:hi]
-        carried = transition[arcs][:, :, None, None] * states[s.arc_src[arcs]]
-        states.index_add_(0, s.arc_dst[arcs], carried)
+        _accumulate(states, dst[lo:hi], gate[lo:hi] * states[src[lo:hi]])
     return states
 
 
@@ -52,13 +64,13 @@ def _state_grads(query: Tensor, mark: Tensor, transition: Tensor, grad_out: Tens
     edge it feeds (all at higher levels) has pushed its own gradient back."""
     grads = torch.einsum("eh,ehk,ehv->ehkv", mark, query[s.edge_dst], grad_out[s.edge_dst])
     ptr = s.arc_level_ptr.tolist()
+    src, dst = s.arc_src[s.arc_order], s.arc_dst[s.arc_order]
+    gate = transition[s.arc_order][:, :, None, None]
     for level in range(s.num_levels - 1, -1, -1):
         lo, hi = ptr[level], ptr[level + 1]
         if lo == hi:
             continue
-        arcs = s.arc_order[lo:hi]
-        pushed = transition[arcs][:, :, None, None] * grads[s.arc_dst[arcs]]
-        grads.index_add_(0, s.arc_src[arcs], pushed)
+        _accumulate(grads, src[lo:hi], gate[lo:hi] * grads[dst[lo:hi]])
     return grads
 
 
