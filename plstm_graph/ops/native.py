@@ -1,29 +1,205 @@
 """Loading of the compiled ops (``plstm_graph._C``) and the Python side of their autograd.
 
-The package works without them: :data:`WITH_NATIVE` says whether they loaded.
+The extension registers two ops (see ``csrc/plstm_dag.cpp``)::
+
+    torch.ops.plstm_graph.scan_forward(q, k, v, source, transition, mark, *schedule,
+                                       keep_states) -> (out, states)
+    torch.ops.plstm_graph.scan_backward(grad_out, q, k, v, source, transition, mark,
+                                        states?, *schedule) -> (dq, dk, dv, dsource,
+                                                                dtransition, dmark)
+
+where ``*schedule`` is the twelve index tensors of :class:`~plstm_graph.dag.DagSchedule` in
+the order of :data:`SCHEDULE_FIELDS`. This module registers their fake (meta) kernels and the
+autograd formula of ``scan_forward`` once, so the ops work under autograd and
+``torch.compile(fullgraph=True)``.
+
+The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
+:func:`unavailable_reason` says why not.
 """
 from __future__ import annotations
 
+import importlib
+import warnings
+from typing import Optional
+
 import torch
+from torch import Tensor
 
-try:  # the extension registers torch.ops.plstm_graph.* when imported
-    from .. import _C  # noqa: F401
-    WITH_NATIVE = True
-    _IMPORT_ERROR = None
-except ImportError as exc:  # built without a compiler, or not built at all
-    WITH_NATIVE = False
-    _IMPORT_ERROR = exc
+__all__ = ["WITH_NATIVE", "WITH_CUDA", "available", "unavailable_reason", "scan_native",
+           "SCHEDULE_FIELDS"]
 
+# the schedule arguments of both ops, in schema order
+SCHEDULE_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "edge_order", "level_ptr",
+                   "in_ptr", "in_arc", "out_ptr", "out_arc", "node_ptr", "node_edge")
+
+_REASON: Optional[str] = None
+WITH_NATIVE = False
 WITH_CUDA = False
+CUDA_VERSION = -1  # the CUDA runtime version the extension was built with (e.g. 12040)
+
+_EXT = __name__.rsplit(".", 2)[0] + "._C"  # plstm_graph._C
+try:  # the extension registers torch.ops.plstm_graph.* when imported
+    importlib.import_module(_EXT)
+    WITH_NATIVE = True
+except (ImportError, OSError) as exc:
+    if isinstance(exc, ModuleNotFoundError) and exc.name == _EXT:  # no compiler / not built
+        _REASON = (f"the native plstm_graph ops are not built ({_EXT} is missing: no C++ "
+                   f"compiler at install time, or an uncompiled checkout); install with "
+                   f"`pip install --no-build-isolation -e .` to build them")
+    else:  # built, but does not load (e.g. against another torch)
+        _REASON = (f"{_EXT} failed to load ({exc}); it was probably built against another "
+                   f"torch than {torch.__version__}: reinstall with "
+                   f"`pip install --no-build-isolation --force-reinstall .`")
 
 
-def available(device: torch.device) -> bool:
-    return False
+def _cuda_major_minor(version: int):
+    return version // 1000, (version % 1000) // 10
 
 
-def unavailable_reason(device: torch.device) -> str:
-    return f"the native plstm_graph ops are not built ({_IMPORT_ERROR})"
+def cuda_mismatch(built: int, torch_cuda: Optional[str]) -> Optional[str]:
+    """Why an extension built with CUDA runtime ``built`` (e.g. 12040; -1 without CUDA) must
+    not be used with a torch built for ``torch_cuda`` (``torch.version.cuda``), or None."""
+    if built == -1:
+        return None
+    major, minor = _cuda_major_minor(built)
+    if torch_cuda is None:
+        return (f"plstm_graph._C was compiled with CUDA {major}.{minor} but the installed "
+                f"torch {torch.__version__} has no CUDA; reinstall plstm_graph against this "
+                f"torch (pip install --no-build-isolation --force-reinstall .)")
+    if int(torch_cuda.split(".")[0]) != major:
+        return (f"plstm_graph._C was compiled with CUDA {major}.{minor} but torch "
+                f"{torch.__version__} uses CUDA {torch_cuda}; the CUDA major versions must "
+                f"match. Reinstall plstm_graph against this torch "
+                f"(pip install --no-build-isolation --force-reinstall .)")
+    return None
 
 
-def scan_native(query, key, value, source, transition, mark, schedule, recompute):
-    raise RuntimeError(unavailable_reason(query.device))
+if WITH_NATIVE:
+    CUDA_VERSION = int(torch.ops.plstm_graph.cuda_version())
+    WITH_CUDA = CUDA_VERSION != -1
+    _REASON = cuda_mismatch(CUDA_VERSION, torch.version.cuda)
+    if _REASON is not None:
+        # A mismatched CUDA runtime can crash in the first kernel: refuse to use the ops, say
+        # so loudly now, and raise with the same message if they are requested.
+        WITH_NATIVE = False
+        WITH_CUDA = False
+        warnings.warn(_REASON, RuntimeWarning, stacklevel=2)
+
+
+def available(device) -> bool:
+    """Whether the native ops can run on ``device`` (a ``torch.device`` or string)."""
+    if not WITH_NATIVE:
+        return False
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and WITH_CUDA
+
+
+def unavailable_reason(device) -> str:
+    if not WITH_NATIVE:
+        return _REASON or "the native plstm_graph ops are not available"
+    device = torch.device(device)
+    if available(device):
+        return f"the native ops are available on {device}"
+    if device.type == "cuda":
+        return ("plstm_graph._C was built without CUDA; rebuild with FORCE_CUDA=1 "
+                "pip install --no-build-isolation -e . on a machine with nvcc")
+    return f"the native ops have no kernels for device type {device.type!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# fake kernels and autograd
+# ---------------------------------------------------------------------------------------------
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _scan_forward_fake(query, key, value, source, transition, mark, edge_src, edge_dst,
+                       arc_src, arc_dst, edge_order, level_ptr, in_ptr, in_arc, out_ptr,
+                       out_arc, node_ptr, node_edge, keep_states):
+    torch._check(query.dim() == 3 and value.dim() == 3 and source.dim() == 2)
+    num_nodes, heads, kdim = query.shape
+    vdim = value.shape[2]
+    num_edges = source.shape[0]
+    out = query.new_empty(num_nodes, heads, vdim)
+    acc = _acc_dtype(query.dtype)
+    if keep_states:
+        states = query.new_empty(num_edges, heads, kdim, vdim, dtype=acc)
+    else:
+        states = query.new_empty(0, dtype=acc)
+    return out, states
+
+
+def _scan_backward_fake(grad_out, query, key, value, source, transition, mark, states,
+                        *schedule):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (query, key, value, source, transition, mark))
+
+
+def _setup_context(ctx, inputs, output):
+    query, key, value, source, transition, mark = inputs[:6]
+    schedule = inputs[6:6 + len(SCHEDULE_FIELDS)]
+    keep_states = inputs[-1]
+    _, states = output
+    ctx.keep_states = keep_states
+    # `states` is a cache for backward and carries no gradient: without this the engine would
+    # materialise an [E, H, K, V] zero tensor for it on every backward
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(query, key, value, source, transition, mark,
+                          states if keep_states else None, *schedule)
+
+
+def _backward(ctx, grad_out, grad_states=None):
+    query, key, value, source, transition, mark, states, *schedule = ctx.saved_tensors
+    if not ctx.keep_states:
+        states = None
+    if grad_out is None:  # `out` did not reach the loss
+        return (None,) * (6 + len(SCHEDULE_FIELDS) + 1)
+    grads = torch.ops.plstm_graph.scan_backward(
+        grad_out.contiguous(), query, key, value, source, transition, mark, states, *schedule)
+    return (*grads,) + (None,) * (len(SCHEDULE_FIELDS) + 1)
+
+
+# torch >= 2.4: fake kernels + autograd registered on the op itself (torch.compile-able).
+_LIBRARY_API = hasattr(torch.library, "register_fake") and hasattr(torch.library,
+                                                                   "register_autograd")
+if WITH_NATIVE and _LIBRARY_API:
+    torch.library.register_fake("plstm_graph::scan_forward")(_scan_forward_fake)
+    torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
+    torch.library.register_autograd("plstm_graph::scan_forward", _backward,
+                                    setup_context=_setup_context)
+
+
+class _NativeScan(torch.autograd.Function):
+    """Autograd for torch < 2.4 (no torch.library.register_autograd): eager mode only."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, source, transition, mark, keep_states, *index):
+        inputs = (query, key, value, source, transition, mark, *index, keep_states)
+        out, states = torch.ops.plstm_graph.scan_forward(*inputs)
+        _setup_context(ctx, inputs, (out, states))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads = _backward(ctx, grad_out)
+        return (*grads[:6], None) + (None,) * len(SCHEDULE_FIELDS)
+
+
+def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
+                mark: Tensor, schedule, recompute: bool = False) -> Tensor:
+    """The state part of ``plstm_dag`` (no direct term) with the native kernels.
+
+    ``recompute`` keeps only the inputs for backward and runs the forward scan again there,
+    instead of keeping the ``E*H*K*V`` edge states between forward and backward.
+    """
+    if not available(query.device):
+        raise RuntimeError(unavailable_reason(query.device))
+    index = [getattr(schedule, name) for name in SCHEDULE_FIELDS]
+    if not _LIBRARY_API:
+        return _NativeScan.apply(query, key, value, source, transition, mark, not recompute,
+                                 *index)
+    out, _ = torch.ops.plstm_graph.scan_forward(query, key, value, source, transition, mark,
+                                                *index, not recompute)
+    return out

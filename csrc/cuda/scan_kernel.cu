@@ -1,0 +1,419 @@
+// CUDA kernels of the plstm_graph state scan.
+//
+// Same algorithm as the CPU kernels (see cpu/scan_kernel.cpp), laid out for the GPU:
+//   forward:  one launch per level; a block per (edge of the level, head), its threads spread
+//             over the K*V state elements (coalesced: states are [E, H, K, V] row-major).
+//             Then one readout launch: a row of threads per (node, head), one per value
+//             column, summing the node's in-edges in CSR order.
+//   backward: one launch per level in reverse for the state gradients G; then one launch for
+//             the per-edge gradients (dS, dM and the per-edge pieces of dq/dk/dv), one for dT
+//             per arc, and one per-node reduction for dq/dk/dv.
+// Every output element is produced by one thread (or one block with a fixed-shape tree
+// reduction), in a fixed order: no atomics, bitwise reproducible.
+//
+// Only c10/cuda headers are used (ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers).
+// The host validates shapes and dtypes and checks every index value against its range before
+// any launch (one device->host synchronisation per op), so a bad index raises a ValueError
+// instead of faulting the device.
+#include "../plstm_dag.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+
+namespace plstm_graph {
+
+int64_t cuda_runtime_version() { return CUDART_VERSION; }
+
+namespace cuda {
+namespace {
+
+constexpr int64_t kMaxGrid = 1 << 20;  // blocks per launch; kernels loop over the rest
+
+// threads per block: the smallest power of two >= n, within [32, cap]
+int pow2_threads(int64_t n, int cap = 256) {
+  int t = 32;
+  while (t < n && t < cap) t *= 2;
+  return t;
+}
+
+unsigned grid_for(int64_t items) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min(items, kMaxGrid)));
+}
+
+// Tree sum over the block (blockDim.x a power of two): fixed shape, so deterministic.
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v, acc_t* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  const acc_t r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+// C_e = S_e k_u v_u^T + sum_{a -> e} T_a C_{src a}, for the edges of one level.
+template <typename scalar_t, typename acc_t>
+__global__ void state_level_kernel(const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
+                                   const scalar_t* __restrict__ S, const scalar_t* __restrict__ T,
+                                   const int64_t* __restrict__ edge_src,
+                                   const int64_t* __restrict__ edge_order,
+                                   const int64_t* __restrict__ in_ptr,
+                                   const int64_t* __restrict__ in_arc,
+                                   const int64_t* __restrict__ arc_src, acc_t* C, int64_t lo,
+                                   int64_t items, int64_t H, int K, int V) {
+  const int KV = K * V;
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t e = edge_order[lo + it / H], h = it % H;
+    const int64_t eh = e * H + h, u = edge_src[e];
+    const acc_t s = static_cast<acc_t>(S[eh]);
+    const scalar_t* ku = k + (u * H + h) * K;
+    const scalar_t* vu = v + (u * H + h) * V;
+    const int64_t j0 = in_ptr[e], j1 = in_ptr[e + 1];
+    acc_t* Ce = C + eh * KV;
+    for (int x = threadIdx.x; x < KV; x += blockDim.x) {
+      const int i = x / V, j = x - i * V;
+      acc_t c = (s * static_cast<acc_t>(ku[i])) * static_cast<acc_t>(vu[j]);
+      for (int64_t jj = j0; jj < j1; ++jj) {
+        const int64_t a = in_arc[jj];
+        c += static_cast<acc_t>(T[a * H + h]) * C[(arc_src[a] * H + h) * KV + x];
+      }
+      Ce[x] = c;
+    }
+  }
+}
+
+// out[n, h, j] = sum_{e into n} sum_i (M_e q_{n,i}) C_e[i, j]; threadIdx.y picks the item.
+template <typename scalar_t, typename acc_t>
+__global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ M,
+                               const acc_t* __restrict__ C, const int64_t* __restrict__ node_ptr,
+                               const int64_t* __restrict__ node_edge, scalar_t* __restrict__ out,
+                               int64_t items, int64_t H, int K, int V) {
+  const int KV = K * V;
+  for (int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; it < items;
+       it += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const int64_t n = it / H, h = it % H;
+    const scalar_t* qn = q + it * K;
+    const int64_t p0 = node_ptr[n], p1 = node_ptr[n + 1];
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+      acc_t acc = 0;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t e = node_edge[p];
+        const acc_t m = static_cast<acc_t>(M[e * H + h]);
+        const acc_t* Ce = C + (e * H + h) * KV;
+        acc_t y = 0;
+        for (int i = 0; i < K; ++i) y += (m * static_cast<acc_t>(qn[i])) * Ce[i * V + j];
+        acc += y;
+      }
+      out[it * V + j] = static_cast<scalar_t>(acc);
+    }
+  }
+}
+
+// G_e = M_e q_w dy_w^T + sum_{e -> b} T_b G_b, for the edges of one level.
+template <typename scalar_t, typename acc_t>
+__global__ void grad_level_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ dy,
+                                  const scalar_t* __restrict__ M, const scalar_t* __restrict__ T,
+                                  const int64_t* __restrict__ edge_dst,
+                                  const int64_t* __restrict__ edge_order,
+                                  const int64_t* __restrict__ out_ptr,
+                                  const int64_t* __restrict__ out_arc,
+                                  const int64_t* __restrict__ arc_dst, acc_t* G, int64_t lo,
+                                  int64_t items, int64_t H, int K, int V) {
+  const int KV = K * V;
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t e = edge_order[lo + it / H], h = it % H;
+    const int64_t eh = e * H + h, w = edge_dst[e];
+    const acc_t m = static_cast<acc_t>(M[eh]);
+    const scalar_t* qw = q + (w * H + h) * K;
+    const scalar_t* dyw = dy + (w * H + h) * V;
+    const int64_t j0 = out_ptr[e], j1 = out_ptr[e + 1];
+    acc_t* Ge = G + eh * KV;
+    for (int x = threadIdx.x; x < KV; x += blockDim.x) {
+      const int i = x / V, j = x - i * V;
+      acc_t g = (m * static_cast<acc_t>(qw[i])) * static_cast<acc_t>(dyw[j]);
+      for (int64_t jj = j0; jj < j1; ++jj) {
+        const int64_t a = out_arc[jj];
+        g += static_cast<acc_t>(T[a * H + h]) * G[(arc_dst[a] * H + h) * KV + x];
+      }
+      Ge[x] = g;
+    }
+  }
+}
+
+// Per (edge, head): dS = k^T G v, dM = q^T C dy and W = [M C dy | S G v | S G^T k].
+template <typename scalar_t, typename acc_t>
+__global__ void edge_grad_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                 const scalar_t* __restrict__ v, const scalar_t* __restrict__ dy,
+                                 const scalar_t* __restrict__ S, const scalar_t* __restrict__ M,
+                                 const int64_t* __restrict__ edge_src,
+                                 const int64_t* __restrict__ edge_dst,
+                                 const acc_t* __restrict__ C, const acc_t* __restrict__ G,
+                                 acc_t* __restrict__ W, scalar_t* __restrict__ dS,
+                                 scalar_t* __restrict__ dM, int64_t items, int64_t H, int K,
+                                 int V) {
+  extern __shared__ __align__(sizeof(double)) unsigned char smem_raw[];
+  acc_t* sh = reinterpret_cast<acc_t*>(smem_raw);
+  const int KV = K * V, width = 2 * K + V;
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t e = it / H, h = it % H;
+    const int64_t u = edge_src[e], w = edge_dst[e];
+    const acc_t s = static_cast<acc_t>(S[it]), m = static_cast<acc_t>(M[it]);
+    const scalar_t* qw = q + (w * H + h) * K;
+    const scalar_t* dyw = dy + (w * H + h) * V;
+    const scalar_t* ku = k + (u * H + h) * K;
+    const scalar_t* vu = v + (u * H + h) * V;
+    const acc_t* Ge = G + it * KV;
+    const acc_t* Ce = C + it * KV;
+    acc_t* wq = W + it * width;
+    acc_t* wk = wq + K;
+    acc_t* wv = wk + K;
+    acc_t ds = 0, dm = 0;
+    for (int i = threadIdx.x; i < K; i += blockDim.x) {
+      acc_t gv = 0, cdy = 0;
+      for (int j = 0; j < V; ++j) {
+        gv += Ge[i * V + j] * static_cast<acc_t>(vu[j]);
+        cdy += Ce[i * V + j] * static_cast<acc_t>(dyw[j]);
+      }
+      ds += static_cast<acc_t>(ku[i]) * gv;
+      dm += static_cast<acc_t>(qw[i]) * cdy;
+      wk[i] = s * gv;
+      wq[i] = m * cdy;
+    }
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+      acc_t gk = 0;
+      for (int i = 0; i < K; ++i) gk += (s * static_cast<acc_t>(ku[i])) * Ge[i * V + j];
+      wv[j] = gk;
+    }
+    ds = block_sum(ds, sh);
+    dm = block_sum(dm, sh);
+    if (threadIdx.x == 0) {
+      dS[it] = static_cast<scalar_t>(ds);
+      dM[it] = static_cast<scalar_t>(dm);
+    }
+  }
+}
+
+// dT[a, h] = <G_{dst a}, C_{src a}>
+template <typename scalar_t, typename acc_t>
+__global__ void arc_grad_kernel(const int64_t* __restrict__ arc_src,
+                                const int64_t* __restrict__ arc_dst, const acc_t* __restrict__ C,
+                                const acc_t* __restrict__ G, scalar_t* __restrict__ dT,
+                                int64_t items, int64_t H, int KV) {
+  extern __shared__ __align__(sizeof(double)) unsigned char smem_raw[];
+  acc_t* sh = reinterpret_cast<acc_t*>(smem_raw);
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t a = it / H, h = it % H;
+    const acc_t* Gb = G + (arc_dst[a] * H + h) * KV;
+    const acc_t* Ca = C + (arc_src[a] * H + h) * KV;
+    acc_t part = 0;
+    for (int x = threadIdx.x; x < KV; x += blockDim.x) part += Gb[x] * Ca[x];
+    part = block_sum(part, sh);
+    if (threadIdx.x == 0) dT[it] = static_cast<scalar_t>(part);
+  }
+}
+
+// dq by head node, dk and dv by tail node: sums of the per-edge pieces in CSR order.
+template <typename scalar_t, typename acc_t>
+__global__ void node_grad_kernel(const acc_t* __restrict__ W,
+                                 const int64_t* __restrict__ node_ptr,
+                                 const int64_t* __restrict__ node_edge,
+                                 const int64_t* __restrict__ src_ptr,
+                                 const int64_t* __restrict__ src_edge,
+                                 scalar_t* __restrict__ dq, scalar_t* __restrict__ dk,
+                                 scalar_t* __restrict__ dv, int64_t items, int64_t H, int K,
+                                 int V) {
+  const int width = 2 * K + V;
+  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
+    const int64_t n = it / H, h = it % H;
+    for (int x = threadIdx.x; x < width; x += blockDim.x) {
+      const bool by_dst = x < K;
+      const int64_t* ptr = by_dst ? node_ptr : src_ptr;
+      const int64_t* members = by_dst ? node_edge : src_edge;
+      acc_t acc = 0;
+      for (int64_t p = ptr[n]; p < ptr[n + 1]; ++p) acc += W[(members[p] * H + h) * width + x];
+      if (by_dst) {
+        dq[it * K + x] = static_cast<scalar_t>(acc);
+      } else if (x < 2 * K) {
+        dk[it * K + x - K] = static_cast<scalar_t>(acc);
+      } else {
+        dv[it * V + x - 2 * K] = static_cast<scalar_t>(acc);
+      }
+    }
+  }
+}
+
+template <typename T>
+const T* cptr(const at::Tensor& t) {
+  return t.data_ptr<T>();
+}
+const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
+
+#define PLSTM_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+void check_cuda_inputs(const char* op, const Inputs& in) {
+  TORCH_CHECK_VALUE(in.q.is_cuda(), op, " (CUDA kernel): query is on ", in.q.device());
+  TORCH_CHECK_VALUE(in.d.K * in.d.V < INT_MAX && 2 * in.d.K + in.d.V < INT_MAX, op,
+                    ": K * V is too large");
+}
+
+template <typename scalar_t, typename acc_t>
+void run_states(const Inputs& in, acc_t* C, cudaStream_t stream) {
+  const Dims& d = in.d;
+  const int threads = pow2_threads(d.K * d.V);
+  const int64_t* lp = iptr(in.s.level_ptr);
+  for (int64_t l = 0; l < d.levels; ++l) {
+    const int64_t items = (lp[l + 1] - lp[l]) * d.H;
+    if (items == 0) continue;
+    state_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
+        cptr<scalar_t>(in.k), cptr<scalar_t>(in.v), cptr<scalar_t>(in.source),
+        cptr<scalar_t>(in.transition), iptr(in.s.edge_src), iptr(in.s.edge_order),
+        iptr(in.s.in_ptr), iptr(in.s.in_arc), iptr(in.s.arc_src), C, lp[l], items, d.H,
+        static_cast<int>(d.K), static_cast<int>(d.V));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> scan_forward(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
+    const at::Tensor& edge_src, const at::Tensor& edge_dst, const at::Tensor& arc_src,
+    const at::Tensor& arc_dst, const at::Tensor& edge_order, const at::Tensor& level_ptr,
+    const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
+    const at::Tensor& out_arc, const at::Tensor& node_ptr, const at::Tensor& node_edge,
+    bool keep_states) {
+  Inputs in = check_inputs("scan_forward", query, key, value, source, transition, mark,
+                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
+                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
+  check_cuda_inputs("scan_forward", in);
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  check_index_ranges(in, /*with_out_csr=*/false);
+  const Dims& d = in.d;
+  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+  at::Tensor states = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
+  at::Tensor out = at::empty({d.N, d.H, d.V}, in.q.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    run_states<scalar_t, acc_t>(in, states.data_ptr<acc_t>(), stream);
+    const int64_t items = d.N * d.H;
+    if (items > 0 && d.V > 0) {
+      const int lanes = pow2_threads(d.V, 128);
+      const dim3 block(lanes, 128 / lanes);
+      const int64_t blocks = (items + block.y - 1) / block.y;
+      readout_kernel<scalar_t, acc_t><<<grid_for(blocks), block, 0, stream>>>(
+          cptr<scalar_t>(in.q), cptr<scalar_t>(in.mark), states.data_ptr<acc_t>(),
+          iptr(in.s.node_ptr), iptr(in.s.node_edge), out.data_ptr<scalar_t>(), items, d.H,
+          static_cast<int>(d.K), static_cast<int>(d.V));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    } else if (items > 0) {
+      out.zero_();
+    }
+  });
+  if (!keep_states) states = at::empty({0}, acc_opts);
+  return {out, states};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+              const at::Tensor& value, const at::Tensor& source, const at::Tensor& transition,
+              const at::Tensor& mark, const c10::optional<at::Tensor>& states,
+              const at::Tensor& edge_src, const at::Tensor& edge_dst,
+              const at::Tensor& arc_src, const at::Tensor& arc_dst,
+              const at::Tensor& edge_order, const at::Tensor& level_ptr,
+              const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
+              const at::Tensor& out_arc, const at::Tensor& node_ptr,
+              const at::Tensor& node_edge) {
+  Inputs in = check_inputs("scan_backward", query, key, value, source, transition, mark,
+                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
+                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
+  check_cuda_inputs("scan_backward", in);
+  const c10::cuda::CUDAGuard guard(in.q.device());
+  const at::Tensor dy = check_grad_out(in, grad_out);
+  at::Tensor C = check_states(in, states);
+  check_index_ranges(in, /*with_out_csr=*/true);
+  const Dims& d = in.d;
+  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+  const bool recompute = !C.defined();
+  if (recompute) C = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
+  at::Tensor G = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
+  at::Tensor W = at::empty({d.E, d.H, 2 * d.K + d.V}, acc_opts);
+  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
+             dM = at::empty_like(in.mark);
+  at::Tensor src_ptr, src_edge;
+  edges_by_source(in, src_ptr, src_edge);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int K = static_cast<int>(d.K), V = static_cast<int>(d.V);
+  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    acc_t* Cp = C.data_ptr<acc_t>();
+    acc_t* Gp = G.data_ptr<acc_t>();
+    if (recompute) run_states<scalar_t, acc_t>(in, Cp, stream);
+    const int threads = pow2_threads(d.K * d.V);
+    const int64_t* lp = iptr(in.s.level_ptr);
+    for (int64_t l = d.levels - 1; l >= 0; --l) {
+      const int64_t items = (lp[l + 1] - lp[l]) * d.H;
+      if (items == 0) continue;
+      grad_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
+          cptr<scalar_t>(in.q), cptr<scalar_t>(dy), cptr<scalar_t>(in.mark),
+          cptr<scalar_t>(in.transition), iptr(in.s.edge_dst), iptr(in.s.edge_order),
+          iptr(in.s.out_ptr), iptr(in.s.out_arc), iptr(in.s.arc_dst), Gp, lp[l], items, d.H, K,
+          V);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const int64_t edge_items = d.E * d.H;
+    if (edge_items > 0) {
+      const int t = pow2_threads(std::max(d.K, d.V), 128);
+      edge_grad_kernel<scalar_t, acc_t><<<grid_for(edge_items), t, t * sizeof(acc_t), stream>>>(
+          cptr<scalar_t>(in.q), cptr<scalar_t>(in.k), cptr<scalar_t>(in.v), cptr<scalar_t>(dy),
+          cptr<scalar_t>(in.source), cptr<scalar_t>(in.mark), iptr(in.s.edge_src),
+          iptr(in.s.edge_dst), Cp, Gp, W.data_ptr<acc_t>(), dS.data_ptr<scalar_t>(),
+          dM.data_ptr<scalar_t>(), edge_items, d.H, K, V);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const int64_t arc_items = d.L * d.H;
+    if (arc_items > 0) {
+      const int t = pow2_threads(d.K * d.V);
+      arc_grad_kernel<scalar_t, acc_t><<<grid_for(arc_items), t, t * sizeof(acc_t), stream>>>(
+          iptr(in.s.arc_src), iptr(in.s.arc_dst), Cp, Gp, dT.data_ptr<scalar_t>(), arc_items,
+          d.H, K * V);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const int64_t node_items = d.N * d.H;
+    if (node_items > 0) {
+      const int t = pow2_threads(2 * d.K + d.V, 128);
+      node_grad_kernel<scalar_t, acc_t><<<grid_for(node_items), t, 0, stream>>>(
+          W.data_ptr<acc_t>(), iptr(in.s.node_ptr), iptr(in.s.node_edge), iptr(src_ptr),
+          iptr(src_edge), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+          dv.data_ptr<scalar_t>(), node_items, d.H, K, V);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {dq, dk, dv, dS, dT, dM};
+}
+
+}  // namespace cuda
+}  // namespace plstm_graph
+
+TORCH_LIBRARY_IMPL(plstm_graph, CUDA, m) {
+  m.impl("scan_forward", &plstm_graph::cuda::scan_forward);
+  m.impl("scan_backward", &plstm_graph::cuda::scan_backward);
+}

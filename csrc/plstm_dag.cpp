@@ -1,0 +1,259 @@
+// Schemas of the plstm_graph ops, the argument checks shared by all backends, and the Python
+// module stub that lets `import plstm_graph._C` load the library (which registers the ops).
+#include <Python.h>
+
+#include "plstm_dag.h"
+
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/stack.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#ifdef WITH_CUDA
+namespace plstm_graph {
+int64_t cuda_runtime_version();  // defined in cuda/scan_kernel.cu
+}
+#endif
+
+namespace plstm_graph {
+namespace {
+
+int64_t cuda_version() {
+#ifdef WITH_CUDA
+  return cuda_runtime_version();
+#else
+  return -1;
+#endif
+}
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(t.size(i));
+  }
+  return s + "]";
+}
+
+void check_defined(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", name, " is an undefined tensor");
+}
+
+// An index tensor: defined, int64, 1-D with `numel` elements, on `device`.
+at::Tensor index_arg(const char* op, const at::Tensor& t, const char* name, int64_t numel,
+                     const c10::Device& device) {
+  check_defined(op, t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, op, ": ", name,
+                   " must have dtype torch.int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.numel() == numel, op, ": ", name,
+                    " must have shape [", numel, "], got ", shape_str(t));
+  TORCH_CHECK_VALUE(t.device() == device, op, ": ", name, " is on ", t.device(),
+                    " but query is on ", device);
+  return t.contiguous();
+}
+
+}  // namespace
+
+Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                    const at::Tensor& v, const at::Tensor& source,
+                    const at::Tensor& transition, const at::Tensor& mark,
+                    const at::Tensor& edge_src, const at::Tensor& edge_dst,
+                    const at::Tensor& arc_src, const at::Tensor& arc_dst,
+                    const at::Tensor& edge_order, const at::Tensor& level_ptr,
+                    const at::Tensor& in_ptr, const at::Tensor& in_arc,
+                    const at::Tensor& out_ptr, const at::Tensor& out_arc,
+                    const at::Tensor& node_ptr, const at::Tensor& node_edge) {
+  const std::pair<const at::Tensor*, const char*> floats[] = {
+      {&q, "query"}, {&k, "key"}, {&v, "value"},
+      {&source, "source"}, {&transition, "transition"}, {&mark, "mark"}};
+  for (const auto& [t, name] : floats) {
+    check_defined(op, *t, name);
+    TORCH_CHECK_TYPE(is_supported_float(t->scalar_type()), op, ": ", name,
+                     " must be float32, float64, bfloat16 or float16, got ",
+                     t->scalar_type());
+    TORCH_CHECK_TYPE(t->scalar_type() == q.scalar_type(), op, ": ", name, " has dtype ",
+                     t->scalar_type(), " but query has ", q.scalar_type(),
+                     "; all float inputs must share one dtype");
+    TORCH_CHECK_VALUE(t->device() == q.device(), op, ": ", name, " is on ", t->device(),
+                      " but query is on ", q.device());
+  }
+  TORCH_CHECK_VALUE(q.dim() == 3, op, ": query must have shape [N, H, K], got ",
+                    shape_str(q));
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes(), op, ": key must have the shape of query ",
+                    shape_str(q), ", got ", shape_str(k));
+  TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) == q.size(0) && v.size(1) == q.size(1), op,
+                    ": value must have shape [N=", q.size(0), ", H=", q.size(1), ", V], got ",
+                    shape_str(v));
+  Inputs in;
+  Dims& d = in.d;
+  d.N = q.size(0);
+  d.H = q.size(1);
+  d.K = q.size(2);
+  d.V = v.size(2);
+  TORCH_CHECK_VALUE(source.dim() == 2 && source.size(1) == d.H, op,
+                    ": source must have shape [E, H=", d.H, "], got ", shape_str(source));
+  d.E = source.size(0);
+  TORCH_CHECK_VALUE(mark.dim() == 2 && mark.size(0) == d.E && mark.size(1) == d.H, op,
+                    ": mark must have shape [E=", d.E, ", H=", d.H, "], got ",
+                    shape_str(mark));
+  TORCH_CHECK_VALUE(transition.dim() == 2 && transition.size(1) == d.H, op,
+                    ": transition must have shape [L, H=", d.H, "], got ",
+                    shape_str(transition));
+  d.L = transition.size(0);
+
+  const c10::Device dev = q.device();
+  Schedule& s = in.s;
+  s.edge_src = index_arg(op, edge_src, "edge_src", d.E, dev);
+  s.edge_dst = index_arg(op, edge_dst, "edge_dst", d.E, dev);
+  s.arc_src = index_arg(op, arc_src, "arc_src", d.L, dev);
+  s.arc_dst = index_arg(op, arc_dst, "arc_dst", d.L, dev);
+  s.edge_order = index_arg(op, edge_order, "edge_order", d.E, dev);
+  s.in_ptr = index_arg(op, in_ptr, "in_ptr", d.E + 1, dev);
+  s.in_arc = index_arg(op, in_arc, "in_arc", d.L, dev);
+  s.out_ptr = index_arg(op, out_ptr, "out_ptr", d.E + 1, dev);
+  s.out_arc = index_arg(op, out_arc, "out_arc", d.L, dev);
+  s.node_ptr = index_arg(op, node_ptr, "node_ptr", d.N + 1, dev);
+  s.node_edge = index_arg(op, node_edge, "node_edge", d.E, dev);
+
+  // level_ptr lives on the host, which loops over the levels; it is checked completely here.
+  check_defined(op, level_ptr, "level_ptr");
+  TORCH_CHECK_TYPE(level_ptr.scalar_type() == at::kLong, op,
+                   ": level_ptr must have dtype torch.int64, got ", level_ptr.scalar_type());
+  TORCH_CHECK_VALUE(level_ptr.device().is_cpu(), op,
+                    ": level_ptr must be a CPU tensor (the host loops over levels), got one on ",
+                    level_ptr.device());
+  TORCH_CHECK_VALUE(level_ptr.dim() == 1 && (level_ptr.numel() >= 1 || d.E == 0), op,
+                    ": level_ptr must have shape [num_levels + 1], got ", shape_str(level_ptr));
+  s.level_ptr = level_ptr.contiguous();
+  d.levels = s.level_ptr.numel() > 0 ? s.level_ptr.numel() - 1 : 0;
+  const int64_t* lp = s.level_ptr.data_ptr<int64_t>();
+  if (s.level_ptr.numel() > 0) {
+    TORCH_CHECK_VALUE(lp[0] == 0, op, ": level_ptr must start at 0, got ", lp[0]);
+    for (int64_t l = 0; l < d.levels; ++l) {
+      TORCH_CHECK_VALUE(lp[l] <= lp[l + 1], op, ": level_ptr must be non-decreasing (",
+                        lp[l], " > ", lp[l + 1], " at level ", l, ")");
+    }
+    TORCH_CHECK_VALUE(lp[d.levels] == d.E, op, ": level_ptr must end at E=", d.E, ", got ",
+                      lp[d.levels]);
+  }
+
+  in.q = q.contiguous();
+  in.k = k.contiguous();
+  in.v = v.contiguous();
+  in.source = source.contiguous();
+  in.transition = transition.contiguous();
+  in.mark = mark.contiguous();
+  return in;
+}
+
+at::Tensor check_grad_out(const Inputs& in, const at::Tensor& grad_out) {
+  TORCH_CHECK_VALUE(grad_out.defined(), "scan_backward: grad_out is an undefined tensor");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == in.q.scalar_type(),
+                   "scan_backward: grad_out has dtype ", grad_out.scalar_type(),
+                   " but query has ", in.q.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == in.q.device(), "scan_backward: grad_out is on ",
+                    grad_out.device(), " but query is on ", in.q.device());
+  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == in.d.N &&
+                        grad_out.size(1) == in.d.H && grad_out.size(2) == in.d.V,
+                    "scan_backward: grad_out must have shape [", in.d.N, ", ", in.d.H, ", ",
+                    in.d.V, "], got ", shape_str(grad_out));
+  return grad_out.contiguous();
+}
+
+at::Tensor check_states(const Inputs& in, const c10::optional<at::Tensor>& states) {
+  if (!states.has_value() || !states->defined()) return at::Tensor();
+  const at::Tensor& t = *states;
+  const auto acc = acc_dtype(in.q.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == acc, "scan_backward: states must have dtype ", acc,
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == in.q.device(), "scan_backward: states is on ", t.device(),
+                    " but query is on ", in.q.device());
+  const Dims& d = in.d;
+  TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == d.E && t.size(1) == d.H && t.size(2) == d.K &&
+                        t.size(3) == d.V,
+                    "scan_backward: states must have shape [E=", d.E, ", H=", d.H, ", K=", d.K,
+                    ", V=", d.V, "] (or be None to recompute them), got ", shape_str(t));
+  return t.contiguous();
+}
+
+void check_index_ranges(const Inputs& in, bool with_out_csr) {
+  const Dims& d = in.d;
+  const Schedule& s = in.s;
+  struct Item {
+    const at::Tensor* t;
+    const char* name;
+    int64_t hi;  // values must lie in [0, hi]
+  };
+  std::vector<Item> items = {
+      {&s.edge_src, "edge_src", d.N - 1}, {&s.edge_dst, "edge_dst", d.N - 1},
+      {&s.arc_src, "arc_src", d.E - 1},   {&s.arc_dst, "arc_dst", d.E - 1},
+      {&s.edge_order, "edge_order", d.E - 1}, {&s.in_ptr, "in_ptr", d.L},
+      {&s.in_arc, "in_arc", d.L - 1},     {&s.node_ptr, "node_ptr", d.E},
+      {&s.node_edge, "node_edge", d.E - 1}};
+  if (with_out_csr) {
+    items.push_back({&s.out_ptr, "out_ptr", d.L});
+    items.push_back({&s.out_arc, "out_arc", d.L - 1});
+  }
+  std::vector<at::Tensor> stats;
+  std::vector<const Item*> checked;
+  for (const Item& it : items) {
+    if (it.t->numel() == 0) continue;
+    auto mm = at::aminmax(*it.t);
+    stats.push_back(std::get<0>(mm));
+    stats.push_back(std::get<1>(mm));
+    checked.push_back(&it);
+  }
+  if (stats.empty()) return;
+  const at::Tensor host = at::stack(stats).cpu();  // the one synchronisation
+  const int64_t* mm = host.data_ptr<int64_t>();
+  for (size_t i = 0; i < checked.size(); ++i) {
+    const int64_t lo = mm[2 * i], hi = mm[2 * i + 1];
+    TORCH_CHECK_VALUE(lo >= 0 && hi <= checked[i]->hi, "plstm_graph: ", checked[i]->name,
+                      " has values in [", lo, ", ", hi, "], out of range [0, ", checked[i]->hi,
+                      "]");
+  }
+}
+
+void edges_by_source(const Inputs& in, at::Tensor& src_ptr, at::Tensor& src_edge) {
+  auto sorted = at::sort(in.s.edge_src, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  src_edge = std::get<1>(sorted).contiguous();
+  auto bounds = at::arange(in.d.N + 1, in.s.edge_src.options());
+  src_ptr = at::searchsorted(std::get<0>(sorted), bounds).contiguous();
+}
+
+}  // namespace plstm_graph
+
+TORCH_LIBRARY(plstm_graph, m) {
+  m.def(
+      "scan_forward(Tensor query, Tensor key, Tensor value, Tensor source, Tensor transition, "
+      "Tensor mark, Tensor edge_src, Tensor edge_dst, Tensor arc_src, Tensor arc_dst, "
+      "Tensor edge_order, Tensor level_ptr, Tensor in_ptr, Tensor in_arc, Tensor out_ptr, "
+      "Tensor out_arc, Tensor node_ptr, Tensor node_edge, bool keep_states) "
+      "-> (Tensor out, Tensor states)");
+  m.def(
+      "scan_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, Tensor source, "
+      "Tensor transition, Tensor mark, Tensor? states, Tensor edge_src, Tensor edge_dst, "
+      "Tensor arc_src, Tensor arc_dst, Tensor edge_order, Tensor level_ptr, Tensor in_ptr, "
+      "Tensor in_arc, Tensor out_ptr, Tensor out_arc, Tensor node_ptr, Tensor node_edge) "
+      "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_source, "
+      "Tensor grad_transition, Tensor grad_mark)");
+  // The CUDA runtime version the library was built with (e.g. 12040), or -1 without CUDA.
+  m.def("cuda_version() -> int", &plstm_graph::cuda_version);
+}
+
+// `import plstm_graph._C` only needs a module object: loading the shared library runs the
+// static registrations above and in the backend files.
+static struct PyModuleDef plstm_graph_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                                nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&plstm_graph_module); }

@@ -1,0 +1,585 @@
+"""The native ops (``plstm_graph._C``): against the torch backend and the float64 oracle, on
+every graph shape we care about, plus the op-level contract (opcheck, torch.compile,
+determinism, index checks)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import plstm_graph  # noqa: E402
+from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
+from plstm_graph.dag import build_schedule  # noqa: E402
+from plstm_graph.ops import native  # noqa: E402
+from plstm_graph.ops.plstm_dag import resolve_backend  # noqa: E402
+from plstm_graph.ops.scan_torch import scan_torch  # noqa: E402
+
+if not plstm_graph.WITH_NATIVE:
+    pytest.skip(f"native ops not built: {native.unavailable_reason('cpu')}",
+                allow_module_level=True)
+
+OPS = torch.ops.plstm_graph
+NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
+SCAN = NAMES[:6]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and native.WITH_CUDA else [])
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-4),
+       torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def chain(n):
+    return torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+
+
+def disjoint(*graphs):
+    """Disjoint union of (edge_index, num_nodes) pairs."""
+    parts, off = [], 0
+    for ei, n in graphs:
+        parts.append(ei + off)
+        off += n
+    return torch.cat(parts, 1) if parts else torch.empty(2, 0, dtype=torch.long), off
+
+
+def lines(ei, n, mode):
+    li = plstm_graph.line_graph(ei, n)
+    return plstm_graph.multitree(ei, li) if mode == "D" else li
+
+
+def make(num_nodes, ei, li, dtype=torch.float64, heads=2, kdim=3, vdim=4, seed=0,
+         device="cpu"):
+    x = random_inputs(num_nodes, ei.size(1), li.size(1), heads=heads, kdim=kdim, vdim=vdim,
+                      seed=seed, dtype=torch.float64)
+    return {k: v.to(device=device, dtype=dtype).requires_grad_() for k, v in x.items()}
+
+
+def run(x, ei, li, backend, grad_out, **kw):
+    y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, backend=backend, **kw)
+    grads = torch.autograd.grad(y, [x[k] for k in NAMES], grad_out, allow_unused=True)
+    return y, grads
+
+
+def oracle(x, ei, li, grad_out):
+    x64 = {k: v.detach().double().cpu().requires_grad_() for k, v in x.items()}
+    y = plstm_oracle(*(x64[k] for k in NAMES), ei.cpu(), li.cpu())
+    if not y.requires_grad:  # no nodes: nothing depends on the inputs
+        return y, [torch.zeros_like(x64[k]) for k in NAMES]
+    grads = torch.autograd.grad(y, [x64[k] for k in NAMES], grad_out.double().cpu(),
+                                allow_unused=True)
+    return y, grads
+
+
+def assert_close(a, b, dtype, what=""):
+    if a is None or b is None:
+        assert (a is None or not a.any()) and (b is None or not b.any()), what
+        return
+    torch.testing.assert_close(a.detach().double().cpu(), b.detach().double().cpu(),
+                               msg=lambda m: f"{what}: {m}", **TOL[dtype])
+
+
+def check_all(num_nodes, ei, li, dtype=torch.float64, device="cpu", with_oracle=True, **kw):
+    ei, li = ei.to(device), li.to(device)
+    x = make(num_nodes, ei, li, dtype=dtype, device=device, **kw)
+    grad_out = torch.randn(num_nodes, x["value"].size(1), x["value"].size(2),
+                           dtype=torch.float64).to(device=device, dtype=dtype)
+    y_n, g_n = run(x, ei, li, "native", grad_out)
+    assert y_n.dtype == dtype and y_n.device.type == device
+    y_t, g_t = run(x, ei, li, "torch", grad_out)
+    assert_close(y_n, y_t, dtype, "out vs torch")
+    for name, a, b in zip(NAMES, g_n, g_t):
+        assert_close(a, b, dtype, f"d{name} vs torch")
+    if with_oracle:
+        y_o, g_o = oracle(x, ei, li, grad_out)
+        assert_close(y_n, y_o, dtype, "out vs oracle")
+        for name, a, b in zip(NAMES, g_n, g_o):
+            assert_close(a, b, dtype, f"d{name} vs oracle")
+
+
+def op_args(x, s, keep=True):
+    return ([x[k] for k in SCAN] + [getattr(s, f) for f in native.SCHEDULE_FIELDS] + [keep])
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics
+# ---------------------------------------------------------------------------------------------
+def test_native_is_default_backend():
+    assert native.available("cpu")
+    assert resolve_backend(None, torch.device("cpu")) == "native"
+    assert "available" in native.unavailable_reason("cpu")
+    assert native.available("cuda") == native.WITH_CUDA
+    assert isinstance(plstm_graph.WITH_CUDA, bool)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["P", "D"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_dag_matches_torch_and_oracle(device, dtype, mode, seed):
+    n = 12 + 3 * seed
+    ei = random_dag(n, edge_prob=0.35, seed=seed)  # shuffled node ids and edge order
+    check_all(n, ei, lines(ei, n, mode), dtype=dtype, device=device, seed=seed)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_batch_of_graphs(device, mode):
+    graphs = [(random_dag(9, 0.4, seed=s), 9) for s in range(40)]
+    ei, n = disjoint(*graphs)
+    check_all(n, ei, lines(ei, n, mode), device=device, with_oracle=False, heads=3, kdim=5,
+              vdim=6)
+    small, m = disjoint(*graphs[:4])
+    check_all(m, small, lines(small, m, mode), device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_graph(device):
+    ei = torch.empty(2, 0, dtype=torch.long)
+    check_all(0, ei, ei.clone(), device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_edgeless_graph_and_isolated_nodes(device):
+    ei = torch.empty(2, 0, dtype=torch.long)
+    check_all(5, ei, ei.clone(), device=device)
+    ei = torch.tensor([[0, 2, 2], [2, 5, 6]])  # nodes 1, 3, 4, 7 isolated
+    check_all(8, ei, plstm_graph.line_graph(ei, 8), device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_wide_fan_in_and_fan_out(device, mode):
+    # 12 sources -> hub -> 14 sinks, plus a second hub fed by the first one's sinks
+    src = list(range(12)) + [12] * 14 + list(range(13, 27))
+    dst = [12] * 12 + list(range(13, 27)) + [27] * 14
+    ei = torch.tensor([src, dst])
+    perm = torch.randperm(ei.size(1))
+    ei = ei[:, perm]
+    check_all(28, ei, lines(ei, 28, mode), device=device, heads=1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deep_chain(device):
+    n = 80
+    ei = chain(n)
+    check_all(n, ei, plstm_graph.line_graph(ei, n), device=device, with_oracle=True)
+    # long chain with skip connections: depth > 50 and more than one in-arc per edge
+    skip = torch.stack([torch.arange(0, n - 2, 3), torch.arange(2, n, 3)])
+    ei2 = torch.cat([ei, skip], 1)
+    check_all(n, ei2, plstm_graph.line_graph(ei2, n), device=device, with_oracle=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_large_component(device):
+    # one big connected DAG (the by-level plan) next to small graphs
+    big = random_dag(200, edge_prob=0.03, seed=5)
+    ei, n = disjoint((big, 200), *[(random_dag(6, 0.5, seed=s), 6) for s in range(5)])
+    check_all(n, ei, plstm_graph.line_graph(ei, n), device=device, with_oracle=False,
+              heads=2, kdim=8, vdim=8)
+
+
+def test_wider_heads_and_odd_widths():
+    ei = random_dag(15, 0.3, seed=7)
+    check_all(15, ei, plstm_graph.line_graph(ei, 15), heads=4, kdim=19, vdim=33)
+    check_all(15, ei, plstm_graph.line_graph(ei, 15), dtype=torch.float32, heads=3, kdim=24,
+              vdim=24)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_recompute(device, dtype):
+    graphs = [(random_dag(10, 0.35, seed=s), 10) for s in range(12)]
+    for ei, n in (disjoint(*graphs), (random_dag(40, 0.1, seed=3), 40)):
+        li = plstm_graph.line_graph(ei, n).to(device)
+        ei = ei.to(device)
+        x = make(n, ei, li, dtype=dtype, device=device)
+        g = torch.randn(n, 2, 4, dtype=dtype, device=device)
+        y0, g0 = run(x, ei, li, "native", g)
+        y1, g1 = run(x, ei, li, "native", g, recompute=True)
+        yt, gt = run(x, ei, li, "torch", g, recompute=True)
+        assert torch.equal(y0, y1)
+        for a, b, c in zip(g0, g1, gt):
+            assert torch.equal(a, b)  # same arithmetic, same order
+            assert_close(a, c, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    n = 14
+    ei = random_dag(n, 0.3, seed=4)
+    li = plstm_graph.line_graph(ei, n)
+    E, L, H, K, V = ei.size(1), li.size(1), 2, 3, 4
+    base = make(n, ei, li, device=device)
+    # the same values behind transposed / strided views
+    q = base["query"].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    k = base["key"].detach().permute(2, 0, 1).contiguous().permute(1, 2, 0).requires_grad_()
+    v = torch.zeros(n, H, 2 * V, dtype=torch.float64, device=device)
+    v[:, :, ::2] = base["value"].detach()
+    v = v[:, :, ::2].requires_grad_()
+    s = base["source"].detach().t().contiguous().t().requires_grad_()
+    t = base["transition"].detach().t().contiguous().t().requires_grad_()
+    m = torch.stack([base["mark"].detach()] * 2, -1)[..., 0].requires_grad_()
+    assert not q.is_contiguous() and not k.is_contiguous() and not v.is_contiguous()
+    assert E == 0 or not s.is_contiguous()
+    x = dict(query=q, key=k, value=v, source=s, transition=t, mark=m,
+             direct=base["direct"].detach().requires_grad_())
+    g = torch.randn(V, n, H, dtype=torch.float64, device=device).permute(1, 2, 0)
+    assert not g.is_contiguous()
+    y1, g1 = run(x, ei.to(device), li.to(device), "native", g)
+    y2, g2 = run(base, ei.to(device), li.to(device), "native", g)
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+    # non-contiguous index tensors straight into the op
+    sched = build_schedule(ei, li, n)
+    args = op_args({k_: base[k_].detach() for k_ in SCAN}, sched)
+    for i, f in enumerate(native.SCHEDULE_FIELDS):
+        idx = args[6 + i]
+        if f != "level_ptr":
+            args[6 + i] = torch.stack([idx, idx], 1)[:, 0].to(device)
+    out, _ = OPS.scan_forward(*args)
+    assert_close(out, scan_torch(*[base[k_].detach() for k_ in SCAN], sched), torch.float64)
+
+
+def test_bfloat16_directly_into_the_op():
+    """bf16 inputs go into the kernels as they are and accumulate in float32."""
+    n = 20
+    ei = random_dag(n, 0.3, seed=9)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = make(n, ei, li, dtype=torch.float32)
+    xb = {k: v.detach().bfloat16() for k, v in x.items()}
+    out_b, states_b = OPS.scan_forward(*op_args(xb, s))
+    assert out_b.dtype == torch.bfloat16 and states_b.dtype == torch.float32
+    ref, ref_states = OPS.scan_forward(*op_args({k: v.float() for k, v in xb.items()}, s))
+    assert torch.equal(states_b, ref_states)  # same float32 arithmetic on the same values
+    torch.testing.assert_close(out_b.float(), ref, atol=1e-2, rtol=1e-2)
+    gy = torch.randn_like(ref)
+    gb = OPS.scan_backward(gy.bfloat16(), *op_args(xb, s)[:6], states_b,
+                           *op_args(xb, s)[6:-1])
+    gf = OPS.scan_backward(gy.bfloat16().float(), *op_args({k: v.float() for k, v in xb.items()},
+                                                              s)[:6],
+                           ref_states, *op_args(xb, s)[6:-1])
+    for a, b in zip(gb, gf):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, atol=2e-2, rtol=2e-2)
+    # half precision as well
+    out_h, _ = OPS.scan_forward(*op_args({k: v.half() for k, v in xb.items()}, s))
+    torch.testing.assert_close(out_h.float(), ref, atol=1e-2, rtol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism
+# ---------------------------------------------------------------------------------------------
+def _fwd_bwd(x, ei, li, s, recompute=False):
+    y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, schedule=s, backend="native",
+                              recompute=recompute)
+    g = torch.autograd.grad(y, [x[k] for k in NAMES], torch.ones_like(y))
+    return [y.detach()] + list(g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", ["batch", "big"])
+def test_bitwise_deterministic(device, shape):
+    if shape == "batch":
+        ei, n = disjoint(*[(random_dag(17, 0.2, seed=s), 17) for s in range(64)])
+    else:
+        ei, n = random_dag(300, 0.02, seed=1), 300
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei.to(device), li.to(device), n)
+    x = make(n, ei, li, dtype=torch.float32, heads=4, kdim=16, vdim=16, device=device)
+    ei, li = ei.to(device), li.to(device)
+    first = _fwd_bwd(x, ei, li, s)
+    for _ in range(2):
+        again = _fwd_bwd(x, ei, li, s)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+    # the thread count does not change a single bit either
+    if device == "cpu":
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            single = _fwd_bwd(x, ei, li, s)
+        finally:
+            torch.set_num_threads(threads)
+        for a, b in zip(first, single):
+            assert torch.equal(a, b)
+
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    import plstm_graph
+    from oracle import random_dag, random_inputs
+    graphs = [random_dag(12, 0.3, seed=s) + 12 * s for s in range(8)]
+    ei = torch.cat(graphs, 1)
+    li = plstm_graph.line_graph(ei, 96)
+    res = []
+    for dtype in (torch.float32, torch.float64):
+        x = random_inputs(96, ei.size(1), li.size(1), heads=2, kdim=8, vdim=12, seed=1,
+                          dtype=dtype, requires_grad=True)
+        names = ("query", "key", "value", "source", "transition", "mark", "direct")
+        y = plstm_graph.plstm_dag(*(x[k] for k in names), ei, li, backend="native")
+        res += [y.detach()] + list(torch.autograd.grad(y.sum(), [x[k] for k in names]))
+    torch.save(res, sys.argv[1])
+""")
+
+
+def test_cpu_isa_variants_agree(tmp_path):
+    """The baseline and the AVX2 kernels (PLSTM_GRAPH_CPU_ISA=base forces the former) agree."""
+    script = tmp_path / "isa.py"
+    script.write_text(_ISA_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    results = []
+    for isa in ("base", "auto"):
+        env = dict(os.environ, PLSTM_GRAPH_CPU_ISA=isa,
+                   PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, str(script), str(out)], env=env, check=True,
+                       cwd=root, timeout=300)
+        results.append(torch.load(out))
+    for a, b in zip(*results):
+        tol = TOL[a.dtype]
+        torch.testing.assert_close(a, b, **tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# the op contract: opcheck, torch.compile, bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="needs torch >= 2.4")
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_opcheck(keep, dtype):
+    n = 9
+    ei = random_dag(n, 0.4, seed=2)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = make(n, ei, li, dtype=dtype)
+    args = op_args(x, s, keep)
+    torch.library.opcheck(OPS.scan_forward.default, tuple(args))
+    out, states = OPS.scan_forward(*op_args({k: v.detach() for k, v in x.items()}, s, True))
+    bargs = ([torch.randn_like(out)] + [x[k].detach() for k in SCAN] +
+             [states if keep else None] + args[6:-1])
+    torch.library.opcheck(OPS.scan_backward.default, tuple(bargs))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_autograd_function_fallback(keep):
+    """The autograd.Function used on torch < 2.4 gives the very same numbers."""
+    n = 15
+    ei = random_dag(n, 0.3, seed=2)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = make(n, ei, li)
+    a = [x[k] for k in SCAN]
+    index = [getattr(s, f) for f in native.SCHEDULE_FIELDS]
+    out1 = native._NativeScan.apply(*a, keep, *index)
+    g1 = torch.autograd.grad(out1.sum(), a)
+    out2 = native.scan_native(*a, s, not keep)
+    g2 = torch.autograd.grad(out2.sum(), a)
+    assert torch.equal(out1, out2)
+    for p, q in zip(g1, g2):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not hasattr(torch.library, "register_autograd"), reason="torch >= 2.4")
+def test_torch_compile_fullgraph():
+    n = 16
+    ei, n = disjoint(*[(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
+    li = plstm_graph.line_graph(ei, n)
+    sched = build_schedule(ei, li, n)  # prebuilt outside the compiled function
+    x = make(n, ei, li, dtype=torch.float32)
+
+    def f(q, k, v, s_, t, m, d):
+        y = plstm_graph.plstm_dag(q, k, v, s_, t, m, d, ei, li, schedule=sched,
+                                  backend="native", validate=False)
+        return (y * y).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = [x[k] for k in NAMES]
+    loss_c = compiled(*args)
+    g_c = torch.autograd.grad(loss_c, args)
+    loss_e = f(*args)
+    g_e = torch.autograd.grad(loss_e, args)
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+
+
+def _good_args(n=10, seed=3):
+    ei = random_dag(n, 0.4, seed=seed)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = make(n, ei, li, dtype=torch.float32)
+    return op_args({k: v.detach() for k, v in x.items()}, s), s
+
+
+FIELD = {f: 6 + i for i, f in enumerate(native.SCHEDULE_FIELDS)}
+
+
+def _corrupt(field, fn):
+    args, s = _good_args()
+    i = FIELD[field]
+    args[i] = fn(args[i].clone(), s)
+    return args
+
+
+def _set(pos, value):
+    def fn(t, s):
+        t[pos] = value
+        return t
+    return fn
+
+
+BAD = {
+    "edge_src_high": ("edge_src", _set(0, 10_000)),
+    "edge_src_negative": ("edge_src", _set(1, -1)),
+    "edge_dst_high": ("edge_dst", _set(-1, 10)),
+    "arc_src_high": ("arc_src", _set(0, 999)),
+    "arc_dst_negative": ("arc_dst", _set(0, -5)),
+    "edge_order_high": ("edge_order", _set(0, 123456)),
+    "edge_order_duplicate": ("edge_order", lambda t, s: torch.cat([t[:1], t[:1], t[2:]])),
+    "level_ptr_end": ("level_ptr", _set(-1, 99)),
+    "level_ptr_decreasing": ("level_ptr", lambda t, s: t.flip(0)),
+    "in_ptr_high": ("in_ptr", _set(-1, 10_000)),
+    "in_ptr_negative": ("in_ptr", _set(1, -3)),
+    "in_arc_high": ("in_arc", _set(0, 77777)),
+    "node_ptr_high": ("node_ptr", _set(-1, 10_000)),
+    "node_edge_high": ("node_edge", _set(0, 10_000)),
+    "node_edge_negative": ("node_edge", _set(0, -1)),
+    "in_arc_wrong_edge": ("in_arc", lambda t, s: t.roll(1)),
+    "arc_does_not_climb": ("arc_src", lambda t, s: s.arc_dst.clone()),  # a -> a: a cycle
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_indices_raise(case):
+    field, fn = BAD[case]
+    args = _corrupt(field, fn)
+    with pytest.raises((ValueError, IndexError, RuntimeError)):
+        OPS.scan_forward(*args)
+
+
+@pytest.mark.parametrize("case", ["out_ptr_high", "out_arc_high", "out_arc_wrong_edge",
+                                  "edge_src_high"])
+def test_bad_indices_raise_in_backward(case):
+    args, s = _good_args()
+    out, states = OPS.scan_forward(*args)
+    fields = args[6:-1]
+    if case == "out_ptr_high":
+        fields[FIELD["out_ptr"] - 6] = s.out_ptr.clone().fill_(10_000)
+    elif case == "out_arc_high":
+        fields[FIELD["out_arc"] - 6] = s.out_arc.clone().fill_(10_000)
+    elif case == "out_arc_wrong_edge":
+        fields[FIELD["out_arc"] - 6] = s.out_arc.flip(0)
+    else:
+        fields[FIELD["edge_src"] - 6] = s.edge_src.clone().fill_(10_000)
+    with pytest.raises((ValueError, IndexError, RuntimeError)):
+        OPS.scan_backward(torch.ones_like(out), *args[:6], states, *fields)
+
+
+def test_bad_arguments_raise():
+    args, s = _good_args()
+    bad = list(args)
+    bad[FIELD["edge_src"]] = args[FIELD["edge_src"]].int()
+    with pytest.raises(TypeError):
+        OPS.scan_forward(*bad)
+    bad = list(args)
+    bad[0] = args[0].double()
+    with pytest.raises(TypeError):
+        OPS.scan_forward(*bad)
+    bad = list(args)
+    bad[0] = args[0].long()
+    with pytest.raises(TypeError):
+        OPS.scan_forward(*bad)
+    bad = list(args)
+    bad[3] = args[3][:-1]  # source with one edge too few
+    with pytest.raises(ValueError):
+        OPS.scan_forward(*bad)
+    bad = list(args)
+    bad[2] = args[2][:, :1]  # value with a wrong head count
+    with pytest.raises(ValueError):
+        OPS.scan_forward(*bad)
+    bad = list(args)
+    bad[FIELD["in_ptr"]] = args[FIELD["in_ptr"]][:-1]
+    with pytest.raises(ValueError):
+        OPS.scan_forward(*bad)
+    out, states = OPS.scan_forward(*args)
+    with pytest.raises(ValueError):
+        OPS.scan_backward(torch.ones_like(out)[:-1], *args[:6], states, *args[6:-1])
+    with pytest.raises(ValueError):
+        OPS.scan_backward(torch.ones_like(out), *args[:6], states[:-1], *args[6:-1])
+    with pytest.raises(TypeError):
+        OPS.scan_backward(torch.ones_like(out), *args[:6], states.double(), *args[6:-1])
+
+
+def test_cuda_version_check():
+    assert native.cuda_mismatch(-1, None) is None
+    assert native.cuda_mismatch(-1, "12.4") is None
+    assert native.cuda_mismatch(12040, "12.1") is None
+    assert "CUDA 12.4" in native.cuda_mismatch(12040, "13.0")
+    assert "has no CUDA" in native.cuda_mismatch(13000, None)
+    if native.WITH_CUDA:
+        assert native.cuda_mismatch(native.CUDA_VERSION, torch.version.cuda) is None
+
+
+def test_package_works_without_extension(monkeypatch):
+    """With the ops reported missing, the default backend falls back to torch."""
+    monkeypatch.setattr(native, "WITH_NATIVE", False)
+    monkeypatch.setattr(native, "_REASON", "pretend it is missing")
+    assert not native.available("cpu")
+    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    with pytest.raises(RuntimeError, match="pretend it is missing"):
+        resolve_backend("native", torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available() or not native.WITH_CUDA,
+                    reason="needs a GPU and the CUDA build of the extension")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("keep", [True, False])
+def test_cuda_ops_match_cpu(dtype, keep):
+    ei, n = disjoint((random_dag(50, 0.1, seed=1), 50),
+                     *[(random_dag(12, 0.3, seed=s), 12) for s in range(20)])
+    li = plstm_graph.line_graph(ei, n)
+    s_cpu = build_schedule(ei, li, n)
+    s_gpu = build_schedule(ei.cuda(), li.cuda(), n)
+    x = make(n, ei, li, dtype=dtype, heads=3, kdim=8, vdim=16)
+    xc = {k: v.detach() for k, v in x.items()}
+    xg = {k: v.detach().cuda() for k, v in x.items()}
+    out_c, st_c = OPS.scan_forward(*op_args(xc, s_cpu, keep))
+    out_g, st_g = OPS.scan_forward(*op_args(xg, s_gpu, keep))
+    tol = TOL[dtype]
+    torch.testing.assert_close(out_g.cpu().double(), out_c.double(), **tol)
+    gy = torch.randn_like(out_c)
+    gc = OPS.scan_backward(gy, *op_args(xc, s_cpu)[:6], st_c if keep else None,
+                           *op_args(xc, s_cpu)[6:-1])
+    gg = OPS.scan_backward(gy.cuda(), *op_args(xg, s_gpu)[:6], st_g if keep else None,
+                           *op_args(xg, s_gpu)[6:-1])
+    for a, b in zip(gg, gc):
+        torch.testing.assert_close(a.cpu().double(), b.double(), **tol)
+    # bitwise reproducible on the device too
+    gg2 = OPS.scan_backward(gy.cuda(), *op_args(xg, s_gpu)[:6], st_g if keep else None,
+                            *op_args(xg, s_gpu)[6:-1])
+    for a, b in zip(gg, gg2):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not native.WITH_CUDA,
+                    reason="needs a GPU and the CUDA build of the extension")
+def test_cuda_bad_index_raises():
+    args, s = _good_args()
+    args = [a.cuda() if isinstance(a, torch.Tensor) and i != FIELD["level_ptr"] else a
+            for i, a in enumerate(args)]
+    args[FIELD["in_arc"]] = args[FIELD["in_arc"]].clone().fill_(10_000)
+    with pytest.raises((ValueError, RuntimeError)):
+        OPS.scan_forward(*args)
+    torch.cuda.synchronize()  # the context is still usable
