@@ -22,6 +22,10 @@ from torch import Tensor
 from ..dag import DagSchedule
 
 
+# elements per gathered operand when the arc gradients are computed chunk by chunk
+_CHUNK_ELEMENTS = 1 << 22
+
+
 def _accumulate(target: Tensor, index: Tensor, rows: Tensor) -> None:
     """``target.index_add_(0, index, rows)``; a small level takes the serial
     ``index_put_(accumulate=True)`` instead, because ``index_add_`` on a multi-dimensional
@@ -127,10 +131,15 @@ def scan_input_grads(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     c_dy = torch.einsum("ehkv,ehv->ehk", states, dy_e)  # C_e dy_dst
     d_mark = (c_dy * q_e).sum(-1)
     d_query = torch.zeros_like(query).index_add_(0, s.edge_dst, mark[..., None] * c_dy)
-    if s.num_arcs:
-        d_transition = torch.einsum("ahkv,ahkv->ah", grads[s.arc_dst], states[s.arc_src])
-    else:
-        d_transition = torch.zeros_like(transition)
+    # dT_{a->b} = <G_b, C_a>, in chunks of arcs: gathering both operands for all arcs at once
+    # would take 2*L*H*K*V elements, several times the states themselves on wide DAGs
+    d_transition = torch.empty_like(transition)
+    per_arc = states.shape[1] * states.shape[2] * states.shape[3]
+    step = max(1, _CHUNK_ELEMENTS // max(1, per_arc))
+    for lo in range(0, s.num_arcs, step):
+        hi = min(lo + step, s.num_arcs)
+        d_transition[lo:hi] = torch.einsum("ahkv,ahkv->ah", grads[s.arc_dst[lo:hi]],
+                                           states[s.arc_src[lo:hi]])
     return d_query, d_key, d_value, d_source, d_transition, d_mark
 
 
