@@ -60,7 +60,7 @@ def _conv_reference(conv, x, edge_index, line_index, edge_attr=None):
             same = a == a[j]
             T[j] = t[j] / (conv.alpha + t[same].abs().sum(0))
     y = plstm_oracle(q, k, v, S, T, M, D, edge_index, line_index)
-    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * conv.norm_weight
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + conv.norm_eps) * conv.norm_weight
     return conv.lin_out(y.reshape(n, -1))
 
 

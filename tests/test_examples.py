@@ -1,0 +1,154 @@
+"""Smoke tests of the examples: each ``main([...])`` in-process with tiny settings."""
+import json
+import os
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+
+import custom_dag_dataset  # noqa: E402
+import graph_classification  # noqa: E402
+import node_classification  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("examples_data"))
+
+
+def check_model_result(result, keys=("mean", "std", "seconds", "params")):
+    for key in keys:
+        assert key in result
+    assert 0.0 <= result["mean"] <= 1.0
+    assert result["std"] >= 0.0
+    assert result["params"] > 0
+
+
+@pytest.mark.parametrize("module", [graph_classification, node_classification,
+                                    custom_dag_dataset])
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    assert "--epochs" in capsys.readouterr().out
+
+
+def test_cv_splits_are_stratified_partitions():
+    labels = [0] * 63 + [1] * 125  # MUTAG's class sizes
+    splits = list(graph_classification.cv_splits(labels, 10, seed=0))
+    assert len(splits) == 10
+    tests = []
+    for train, val, test in splits:
+        assert not set(train) & set(val) and not set(train) & set(test) \
+            and not set(val) & set(test)
+        assert sorted(train + val + test) == list(range(len(labels)))
+        assert abs(len(val) - 18.8) < 1 and abs(len(test) - 18.8) < 1
+        for part in (val, test):
+            counts = Counter(labels[i] for i in part)
+            assert abs(counts[0] - 6.3) <= 1 and abs(counts[1] - 12.5) <= 1
+        tests += test
+    assert sorted(tests) == list(range(len(labels)))  # every graph is tested exactly once
+    with pytest.raises(ValueError):
+        list(graph_classification.cv_splits(labels, 2, seed=0))
+
+
+def test_graph_classification_mutag(root, tmp_path, capsys):
+    out = tmp_path / "mutag.json"
+    res = graph_classification.main([
+        "--epochs", "2", "--run-folds", "1", "--hidden", "16", "--batch-size", "64",
+        "--root", root, "--output", str(out), "--quiet"])
+    assert set(res["models"]) == {"plstm", "gin"}
+    for r in res["models"].values():
+        check_model_result(r)
+        (fold,) = r["folds"]
+        assert sum(fold["sizes"]) == 188 and fold["sizes"][2] in (18, 19, 20)
+        assert 1 <= fold["epoch"] <= 2
+        assert len(fold["curves"]["val_acc"]) == 2
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == res["summary"] and printed[-1].startswith("SUMMARY MUTAG")
+    assert "plstm" in printed[-1] and "gin" in printed[-1]
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == res["summary"]
+
+
+def test_graph_classification_batches_are_dag_batches(root):
+    graphs, info = graph_classification.load_graphs("mutag", root, 0)
+    assert info["num_graphs"] == 188 and info["edge_dim"] == 4
+    from torch_geometric.loader import DataLoader
+
+    batch = next(iter(DataLoader(graphs, batch_size=50, shuffle=True)))
+    graph_classification.check_batch(batch)  # raises on wrong offsets
+    for bad in (batch.line_index_p.flip(0), batch.line_index_p + 1):
+        broken = batch.clone()
+        broken.line_index_p = bad
+        with pytest.raises(RuntimeError):
+            graph_classification.check_batch(broken)
+    # what a plain Data collation would do: offset line indices by node counts
+    from torch_geometric.data import Batch, Data
+
+    plain = Batch.from_data_list([Data(**g.to_dict()) for g in graphs[:50]])
+    with pytest.raises(RuntimeError):
+        graph_classification.check_batch(plain)
+
+
+def test_graph_classification_plot(root, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "folds.png"
+    graph_classification.main(["--epochs", "1", "--run-folds", "2", "--hidden", "8",
+                               "--models", "gin", "--root", root, "--plot", str(png),
+                               "--quiet"])
+    assert png.stat().st_size > 1000
+
+
+def test_graph_classification_python_ast(root):
+    res = graph_classification.main([
+        "--dataset", "python-ast", "--max-graphs", "80", "--folds", "3", "--run-folds", "1",
+        "--epochs", "1", "--hidden", "16", "--root", root, "--quiet"])
+    assert res["info"]["num_graphs"] == 80
+    for r in res["models"].values():
+        check_model_result(r)
+
+
+def test_node_classification(root, capsys):
+    res = node_classification.main([
+        "--max-graphs", "80", "--max-per-file", "4", "--epochs", "1", "--seeds", "2",
+        "--hidden", "16",
+        "--root", root, "--quiet"])
+    assert set(res["models"]) == {"plstm", "gcn", "gat"}
+    for r in res["models"].values():
+        check_model_result(r)
+        assert len(r["runs"]) == 2
+    assert 0.0 < res["majority"] < 1.0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("SUMMARY PythonAST")
+
+
+def test_custom_dag_dataset(tmp_path, capsys):
+    res = custom_dag_dataset.main([
+        "--num-graphs", "40", "--epochs", "1", "--min-hops", "3", "--max-hops", "6",
+        "--hidden", "16", "--root", str(tmp_path), "--quiet"])
+    assert set(res["models"]) == {"plstm", "gin"}
+    for r in res["models"].values():
+        assert 0.0 <= r["test_acc"] <= 1.0 and len(r["history"]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("SUMMARY long-range")
+
+
+def test_custom_dag_conversions_keep_direction():
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for n in (5, 2, 9):
+        g.add_node(n, x=[float(n)])
+    g.add_edges_from([(9, 2), (2, 5)])
+    data = custom_dag_dataset.from_networkx_dag(g)
+    # node order 5, 2, 9 -> ids 0, 1, 2; edges 9->2 and 2->5 become 2->1 and 1->0
+    assert data.x.view(-1).tolist() == [5.0, 2.0, 9.0]
+    assert sorted(map(tuple, data.edge_index.t().tolist())) == [(1, 0), (2, 1)]
+    e = custom_dag_dataset.from_edge_list([(2, 1), (1, 0)], torch.zeros(3, 1))
+    assert e.edge_index.tolist() == [[2, 1], [1, 0]]
+    with pytest.raises(ValueError):
+        g.add_edge(5, 9)
+        custom_dag_dataset.from_networkx_dag(g)
