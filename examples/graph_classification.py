@@ -371,7 +371,7 @@ def parse_args(argv=None):
     p.add_argument("--run-folds", type=int, default=None,
                    help="run only the first N folds (None: all)")
     p.add_argument("--batch-size", type=int, default=32, help="graphs per training batch")
-    p.add_argument("--hidden", type=int, default=32, help="hidden width of every model")
+    p.add_argument("--hidden", type=int, default=64, help="hidden width of every model")
     p.add_argument("--layers", type=int, default=1,
                    help="PLSTMNet layers (four pLSTM blocks each); GIN gets 4x as many convs")
     p.add_argument("--heads", type=int, default=4, help="pLSTM heads")
