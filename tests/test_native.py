@@ -412,6 +412,38 @@ def test_torch_compile_fullgraph():
     torch._dynamo.reset()
 
 
+
+@pytest.mark.skipif(not hasattr(torch.library, "register_autograd"), reason="torch >= 2.4")
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_torch_compile_fullgraph_plstmconv(mode):
+    """The whole layer traces without graph breaks when handed a prebuilt schedule (the
+    data-dependent checks are skipped while compiling; the eager call ran them)."""
+    from plstm_graph.transforms import DAGPlan
+
+    n = 24
+    ei, n = disjoint(*[(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
+    plan = DAGPlan.from_graph(ei, n, edge_attr=torch.randn(ei.size(1), 3), orient="none")
+    view = plan.view(mode)
+    conv = plstm_graph.PLSTMConv(6, 8, heads=2, mode=mode, edge_dim=3, backend="native")
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(n, 6, requires_grad=True)
+
+    def f(x):
+        return conv(x, **view).pow(2).sum()
+
+    loss_e = f(x)
+    g_e = torch.autograd.grad(loss_e, [x] + list(conv.parameters()))
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(x)
+    g_c = torch.autograd.grad(loss_c, [x] + list(conv.parameters()))
+    torch.testing.assert_close(loss_c, loss_e)
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+
 def _good_args(n=10, seed=3):
     ei = random_dag(n, 0.4, seed=seed)
     li = plstm_graph.line_graph(ei, n)
