@@ -50,6 +50,7 @@ except ImportError:  # running from a source checkout without installing
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GIN
+from torch_geometric.transforms import Compose
 from torch_geometric.utils import from_networkx, to_undirected
 from tqdm.auto import tqdm
 
@@ -138,19 +139,6 @@ class SymmetrizeEdges:
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}()"
-
-
-class Compose:
-    def __init__(self, transforms):
-        self.transforms = list(transforms)
-
-    def __call__(self, data):
-        for t in self.transforms:
-            data = t(data)
-        return data
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ except ImportError:  # running from a source checkout without installing
 
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import GIN, MLP, global_add_pool
+from torch_geometric.transforms import Compose
 from torch_geometric.utils import to_undirected
 from tqdm.auto import tqdm
 
@@ -71,22 +72,6 @@ class SymmetrizeEdges:
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}()"
-
-
-class Compose:
-    """``torch_geometric.transforms.Compose`` without its handling of edge-level keys (PyG's
-    ``ToUndirected`` would treat ``dag_edge_index`` as an edge attribute), stable ``repr``."""
-
-    def __init__(self, transforms):
-        self.transforms = list(transforms)
-
-    def __call__(self, data):
-        for t in self.transforms:
-            data = t(data)
-        return data
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
 
 
 def is_prepared(data) -> bool:

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from graph_classification import (  # noqa: E402
-    Compose, SymmetrizeEdges, check_batch, default_threads, mean_std, prepare_list,
+    SymmetrizeEdges, check_batch, default_threads, mean_std, prepare_list,
     prepared_root, resolve_device)
 
 import plstm_graph  # noqa: E402  (importable after graph_classification set up the path)
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GAT, GCN  # noqa: E402
+from torch_geometric.transforms import Compose  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
