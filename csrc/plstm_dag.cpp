@@ -12,7 +12,9 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef WITH_CUDA
@@ -62,20 +64,10 @@ at::Tensor index_arg(const char* op, const at::Tensor& t, const char* name, int6
   return t.contiguous();
 }
 
-}  // namespace
-
-Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
-                    const at::Tensor& v, const at::Tensor& source,
-                    const at::Tensor& transition, const at::Tensor& mark,
-                    const at::Tensor& edge_src, const at::Tensor& edge_dst,
-                    const at::Tensor& arc_src, const at::Tensor& arc_dst,
-                    const at::Tensor& edge_order, const at::Tensor& level_ptr,
-                    const at::Tensor& in_ptr, const at::Tensor& in_arc,
-                    const at::Tensor& out_ptr, const at::Tensor& out_arc,
-                    const at::Tensor& node_ptr, const at::Tensor& node_edge) {
-  const std::pair<const at::Tensor*, const char*> floats[] = {
-      {&q, "query"}, {&k, "key"}, {&v, "value"},
-      {&source, "source"}, {&transition, "transition"}, {&mark, "mark"}};
+// Dtypes and devices of all float arguments (query first), and the shapes of q, k and v.
+void check_qkv_and_gates(const char* op,
+                         std::initializer_list<std::pair<const at::Tensor*, const char*>> floats) {
+  const at::Tensor& q = *floats.begin()->first;
   for (const auto& [t, name] : floats) {
     check_defined(op, *t, name);
     TORCH_CHECK_TYPE(is_supported_float(t->scalar_type()), op, ": ", name,
@@ -87,6 +79,8 @@ Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
     TORCH_CHECK_VALUE(t->device() == q.device(), op, ": ", name, " is on ", t->device(),
                       " but query is on ", q.device());
   }
+  const at::Tensor& k = *(floats.begin() + 1)->first;
+  const at::Tensor& v = *(floats.begin() + 2)->first;
   TORCH_CHECK_VALUE(q.dim() == 3, op, ": query must have shape [N, H, K], got ",
                     shape_str(q));
   TORCH_CHECK_VALUE(k.sizes() == q.sizes(), op, ": key must have the shape of query ",
@@ -94,12 +88,11 @@ Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
   TORCH_CHECK_VALUE(v.dim() == 3 && v.size(0) == q.size(0) && v.size(1) == q.size(1), op,
                     ": value must have shape [N=", q.size(0), ", H=", q.size(1), ", V], got ",
                     shape_str(v));
-  Inputs in;
-  Dims& d = in.d;
-  d.N = q.size(0);
-  d.H = q.size(1);
-  d.K = q.size(2);
-  d.V = v.size(2);
+}
+
+// source and mark [E, H], transition [L, H]: sets d.E and d.L.
+void check_gate_shapes(const char* op, const at::Tensor& source, const at::Tensor& transition,
+                       const at::Tensor& mark, Dims& d) {
   TORCH_CHECK_VALUE(source.dim() == 2 && source.size(1) == d.H, op,
                     ": source must have shape [E, H=", d.H, "], got ", shape_str(source));
   d.E = source.size(0);
@@ -110,6 +103,28 @@ Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
                     ": transition must have shape [L, H=", d.H, "], got ",
                     shape_str(transition));
   d.L = transition.size(0);
+}
+
+}  // namespace
+
+Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                    const at::Tensor& v, const at::Tensor& source,
+                    const at::Tensor& transition, const at::Tensor& mark,
+                    const at::Tensor& edge_src, const at::Tensor& edge_dst,
+                    const at::Tensor& arc_src, const at::Tensor& arc_dst,
+                    const at::Tensor& edge_order, const at::Tensor& level_ptr,
+                    const at::Tensor& in_ptr, const at::Tensor& in_arc,
+                    const at::Tensor& out_ptr, const at::Tensor& out_arc,
+                    const at::Tensor& node_ptr, const at::Tensor& node_edge) {
+  check_qkv_and_gates(op, {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&source, "source"},
+                           {&transition, "transition"}, {&mark, "mark"}});
+  Inputs in;
+  Dims& d = in.d;
+  d.N = q.size(0);
+  d.H = q.size(1);
+  d.K = q.size(2);
+  d.V = v.size(2);
+  check_gate_shapes(op, source, transition, mark, d);
 
   const c10::Device dev = q.device();
   Schedule& s = in.s;
@@ -156,18 +171,61 @@ Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
   return in;
 }
 
-at::Tensor check_grad_out(const Inputs& in, const at::Tensor& grad_out) {
-  TORCH_CHECK_VALUE(grad_out.defined(), "scan_backward: grad_out is an undefined tensor");
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == in.q.scalar_type(),
-                   "scan_backward: grad_out has dtype ", grad_out.scalar_type(),
-                   " but query has ", in.q.scalar_type());
-  TORCH_CHECK_VALUE(grad_out.device() == in.q.device(), "scan_backward: grad_out is on ",
-                    grad_out.device(), " but query is on ", in.q.device());
-  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == in.d.N &&
-                        grad_out.size(1) == in.d.H && grad_out.size(2) == in.d.V,
-                    "scan_backward: grad_out must have shape [", in.d.N, ", ", in.d.H, ", ",
-                    in.d.V, "], got ", shape_str(grad_out));
+at::Tensor check_grad_out(const at::Tensor& q, int64_t V, const at::Tensor& grad_out) {
+  TORCH_CHECK_VALUE(grad_out.defined(), "plstm_graph: grad_out is an undefined tensor");
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == q.scalar_type(), "plstm_graph: grad_out has dtype ",
+                   grad_out.scalar_type(), " but query has ", q.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == q.device(), "plstm_graph: grad_out is on ",
+                    grad_out.device(), " but query is on ", q.device());
+  TORCH_CHECK_VALUE(grad_out.dim() == 3 && grad_out.size(0) == q.size(0) &&
+                        grad_out.size(1) == q.size(1) && grad_out.size(2) == V,
+                    "plstm_graph: grad_out must have shape [", q.size(0), ", ", q.size(1), ", ",
+                    V, "], got ", shape_str(grad_out));
   return grad_out.contiguous();
+}
+
+ClosedFormInputs check_closed_form_inputs(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
+    const at::Tensor& direct, const at::Tensor& edge_src, const at::Tensor& edge_dst,
+    const at::Tensor& arc_src, const at::Tensor& arc_dst, const at::Tensor& in_ptr,
+    const at::Tensor& in_arc, const at::Tensor& comp_node_ptr, const at::Tensor& comp_node,
+    const at::Tensor& comp_edge_ptr, const at::Tensor& comp_edge) {
+  check_qkv_and_gates(op, {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&source, "source"},
+                           {&transition, "transition"}, {&mark, "mark"}, {&direct, "direct"}});
+  ClosedFormInputs in;
+  Dims& d = in.d;
+  d.N = q.size(0);
+  d.H = q.size(1);
+  d.K = q.size(2);
+  d.V = v.size(2);
+  check_gate_shapes(op, source, transition, mark, d);
+  TORCH_CHECK_VALUE(direct.dim() == 2 && direct.size(0) == d.N && direct.size(1) == d.H, op,
+                    ": direct must have shape [N=", d.N, ", H=", d.H, "], got ",
+                    shape_str(direct));
+  check_defined(op, comp_node_ptr, "comp_node_ptr");
+  TORCH_CHECK_VALUE(comp_node_ptr.dim() == 1 && comp_node_ptr.numel() >= 1, op,
+                    ": comp_node_ptr must have shape [C + 1], got ", shape_str(comp_node_ptr));
+  in.C = comp_node_ptr.numel() - 1;
+  const c10::Device dev = q.device();
+  in.edge_src = index_arg(op, edge_src, "edge_src", d.E, dev);
+  in.edge_dst = index_arg(op, edge_dst, "edge_dst", d.E, dev);
+  in.arc_src = index_arg(op, arc_src, "arc_src", d.L, dev);
+  in.arc_dst = index_arg(op, arc_dst, "arc_dst", d.L, dev);
+  in.in_ptr = index_arg(op, in_ptr, "in_ptr", d.E + 1, dev);
+  in.in_arc = index_arg(op, in_arc, "in_arc", d.L, dev);
+  in.comp_node_ptr = index_arg(op, comp_node_ptr, "comp_node_ptr", in.C + 1, dev);
+  in.comp_node = index_arg(op, comp_node, "comp_node", d.N, dev);
+  in.comp_edge_ptr = index_arg(op, comp_edge_ptr, "comp_edge_ptr", in.C + 1, dev);
+  in.comp_edge = index_arg(op, comp_edge, "comp_edge", d.E, dev);
+  in.q = q.contiguous();
+  in.k = k.contiguous();
+  in.v = v.contiguous();
+  in.source = source.contiguous();
+  in.transition = transition.contiguous();
+  in.mark = mark.contiguous();
+  in.direct = direct.contiguous();
+  return in;
 }
 
 at::Tensor check_states(const Inputs& in, const c10::optional<at::Tensor>& states) {
@@ -247,6 +305,18 @@ TORCH_LIBRARY(plstm_graph, m) {
       "Tensor in_arc, Tensor out_ptr, Tensor out_arc, Tensor node_ptr, Tensor node_edge) "
       "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_source, "
       "Tensor grad_transition, Tensor grad_mark)");
+  m.def(
+      "closed_form_forward(Tensor query, Tensor key, Tensor value, Tensor source, "
+      "Tensor transition, Tensor mark, Tensor direct, Tensor edge_src, Tensor edge_dst, "
+      "Tensor arc_src, Tensor arc_dst, Tensor in_ptr, Tensor in_arc, Tensor comp_node_ptr, "
+      "Tensor comp_node, Tensor comp_edge_ptr, Tensor comp_edge) -> Tensor");
+  m.def(
+      "closed_form_backward(Tensor grad_out, Tensor query, Tensor key, Tensor value, "
+      "Tensor source, Tensor transition, Tensor mark, Tensor direct, Tensor edge_src, "
+      "Tensor edge_dst, Tensor arc_src, Tensor arc_dst, Tensor in_ptr, Tensor in_arc, "
+      "Tensor comp_node_ptr, Tensor comp_node, Tensor comp_edge_ptr, Tensor comp_edge) "
+      "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_source, "
+      "Tensor grad_transition, Tensor grad_mark, Tensor grad_direct)");
   // The CUDA runtime version the library was built with (e.g. 12040), or -1 without CUDA.
   m.def("cuda_version() -> int", &plstm_graph::cuda_version);
 }

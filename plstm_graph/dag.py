@@ -26,6 +26,7 @@ __all__ = [
     "topological_levels",
     "to_dag",
     "reverse_dag",
+    "weakly_connected_components",
     "DagSchedule",
     "build_schedule",
 ]
@@ -532,6 +533,38 @@ def reverse_dag(edge_index: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# components
+# ---------------------------------------------------------------------------------------------
+def weakly_connected_components(edge_index: Tensor,
+                                num_nodes: Optional[int] = None) -> Tuple[Tensor, int]:
+    """Component label of every node (edge directions ignored) and the number of components.
+
+    Components are numbered in the order of their lowest node id. Vectorised label
+    propagation: every round hooks each root onto the lowest root next to it, then pointer
+    jumping flattens the forest; the number of roots at least halves per round, so a batch of
+    molecules and a 20,000-node chain both take a handful of rounds.
+    """
+    num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
+    label = torch.arange(num_nodes, device=edge_index.device)
+    if edge_index.size(1) > 0:
+        src, dst = edge_index[0], edge_index[1]
+        while True:
+            a, b = label[src], label[dst]
+            lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+            differ = lo != hi
+            if not bool(differ.any()):
+                break
+            label.scatter_reduce_(0, hi[differ], lo[differ], reduce="amin")
+            while True:  # point every node at its root
+                jumped = label[label]
+                if torch.equal(jumped, label):
+                    break
+                label = jumped
+    roots, comp = torch.unique(label, return_inverse=True)
+    return comp, roots.numel()
+
+
+# ---------------------------------------------------------------------------------------------
 # schedule
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -555,6 +588,12 @@ class DagSchedule:
             the arcs that feed edge ``e``, in id order).
         out_ptr, out_arc: CSR of arcs by incoming edge (the arcs that edge ``e`` feeds).
         node_ptr, node_edge: CSR of edges by head node (the edges a node reads out).
+        comp_node_ptr, comp_node: CSR of nodes by weakly connected component, each component
+            in topological order (level, then id): the layout of the closed form.
+        comp_edge_ptr, comp_edge: CSR of edges by component, in level order within one.
+        max_component_nodes: nodes of the largest component.
+        component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes, the
+            node pairs the closed form visits.
     """
 
     num_nodes: int
@@ -572,6 +611,12 @@ class DagSchedule:
     out_arc: Tensor
     node_ptr: Tensor
     node_edge: Tensor
+    comp_node_ptr: Tensor
+    comp_node: Tensor
+    comp_edge_ptr: Tensor
+    comp_edge: Tensor
+    max_component_nodes: int = 0
+    component_pairs: int = 0
 
     @property
     def num_edges(self) -> int:
@@ -586,7 +631,12 @@ class DagSchedule:
         return self.level_ptr.numel() - 1
 
     def index_tensors(self) -> List[Tensor]:
-        return [getattr(self, f.name) for f in fields(self) if f.name != "num_nodes"]
+        return [getattr(self, f.name) for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)]
+
+    @property
+    def num_components(self) -> int:
+        return self.comp_node_ptr.numel() - 1
 
 
 def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
@@ -622,8 +672,23 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     in_ptr, in_arc = _csr(arc_dst, num_edges)
     out_ptr, out_arc = _csr(arc_src, num_edges)
     node_ptr, node_edge = _csr(edge_dst, num_nodes)
+
+    comp, num_comps = weakly_connected_components(edge_index, num_nodes)
+    by_level = torch.sort(node_level, stable=True).indices
+    comp_node = by_level[torch.sort(comp[by_level], stable=True).indices]
+    sizes = torch.bincount(comp, minlength=num_comps)
+    comp_node_ptr = torch.zeros(num_comps + 1, dtype=torch.long, device=device)
+    torch.cumsum(sizes, 0, out=comp_node_ptr[1:])
+    edge_comp = comp[edge_src]
+    comp_edge = edge_order[torch.sort(edge_comp[edge_order], stable=True).indices]
+    comp_edge_ptr = torch.zeros(num_comps + 1, dtype=torch.long, device=device)
+    torch.cumsum(torch.bincount(edge_comp, minlength=num_comps), 0, out=comp_edge_ptr[1:])
+    max_component_nodes = int(sizes.max()) if num_comps > 0 else 0
+    component_pairs = int((sizes * (sizes - 1)).sum()) // 2
     return DagSchedule(
         num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst, arc_src=arc_src,
         arc_dst=arc_dst, edge_order=edge_order, level_ptr=level_ptr.cpu(), arc_order=arc_order,
         arc_level_ptr=arc_level_ptr.cpu(), in_ptr=in_ptr, in_arc=in_arc, out_ptr=out_ptr,
-        out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge)
+        out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, comp_node_ptr=comp_node_ptr,
+        comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
+        max_component_nodes=max_component_nodes, component_pairs=component_pairs)

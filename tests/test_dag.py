@@ -563,3 +563,63 @@ def test_build_schedule_with_node_level_and_torch_levels():
             assert torch.equal(x, y)
     with pytest.raises(ValueError, match="node_level"):
         build_schedule(edge_index, lg, num_nodes=15, node_level=level.flip(0) * 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# components (the closed form's layout)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_weakly_connected_components_match_networkx(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    parts, off = [], 0
+    while off < n:
+        size = min(n - off, rng.randint(1, 12))
+        parts.append(random_dag(size, rng.choice([0.0, 0.2, 0.5]), seed=seed * 100 + off) + off)
+        off += size
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    edge_index = perm[torch.cat(parts, 1)] if parts else torch.empty(2, 0, dtype=torch.long)
+    comp, count = plstm_graph.dag.weakly_connected_components(edge_index, n)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(edge_index.t().tolist())
+    expected = sorted(sorted(c) for c in nx.connected_components(g))
+    assert count == len(expected)
+    # numbered by lowest node id
+    assert [sorted((comp == c).nonzero().view(-1).tolist()) for c in range(count)] == expected
+
+
+def test_weakly_connected_components_long_chain_and_empty():
+    n = 5000
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    edge_index = torch.stack([perm[:-1], perm[1:]])
+    comp, count = plstm_graph.dag.weakly_connected_components(edge_index, n)
+    assert count == 1 and bool((comp == 0).all())
+    comp, count = plstm_graph.dag.weakly_connected_components(
+        torch.empty(2, 0, dtype=torch.long), 3)
+    assert count == 3 and comp.tolist() == [0, 1, 2]
+
+
+def test_schedule_component_layout():
+    edge_index = torch.cat([random_dag(9, 0.4, seed=1), random_dag(7, 0.5, seed=2) + 9], 1)
+    n = 18  # nodes 16 and 17 are isolated
+    lg = line_graph(edge_index, n)
+    s = build_schedule(edge_index, lg, n)
+    level = topological_levels(edge_index, n).tolist()
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(edge_index.t().tolist())
+    sizes = sorted(len(c) for c in nx.connected_components(g))
+    assert s.num_components == len(sizes) and s.max_component_nodes == sizes[-1]
+    assert s.component_pairs == sum(k * (k - 1) // 2 for k in sizes)
+    ptr, nodes = s.comp_node_ptr.tolist(), s.comp_node.tolist()
+    eptr, edges = s.comp_edge_ptr.tolist(), s.comp_edge.tolist()
+    assert sorted(nodes) == list(range(n)) and sorted(edges) == list(range(edge_index.size(1)))
+    src = edge_index[0].tolist()
+    for c in range(s.num_components):
+        members = nodes[ptr[c]:ptr[c + 1]]
+        assert set(members) in [set(x) for x in nx.connected_components(g)]
+        assert [level[u] for u in members] == sorted(level[u] for u in members)
+        own = edges[eptr[c]:eptr[c + 1]]
+        assert all(src[e] in members for e in own)
+        assert [level[src[e]] for e in own] == sorted(level[src[e]] for e in own)

@@ -15,7 +15,8 @@ import plstm_graph  # noqa: E402
 from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
-from plstm_graph.ops.plstm_dag import resolve_backend  # noqa: E402
+from plstm_graph.ops.plstm_dag import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
+                                       resolve_backend)
 from plstm_graph.ops.scan_torch import scan_torch  # noqa: E402
 
 if not plstm_graph.WITH_NATIVE:
@@ -25,6 +26,7 @@ if not plstm_graph.WITH_NATIVE:
 OPS = torch.ops.plstm_graph
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 SCAN = NAMES[:6]
+ALGORITHMS = ["scan", "closed_form"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and native.WITH_CUDA else [])
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-4),
        torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
@@ -82,26 +84,43 @@ def assert_close(a, b, dtype, what=""):
                                msg=lambda m: f"{what}: {m}", **TOL[dtype])
 
 
+def native_algorithms(num_nodes, ei, li, device):
+    """The native algorithms that can run this graph: the scan always, the closed form on the
+    CPU when no component is too large for it."""
+    algorithms = ["scan"]
+    s = build_schedule(ei.cpu(), li.cpu(), num_nodes)
+    if device == "cpu" and s.max_component_nodes <= CLOSED_FORM_MAX_NODES:
+        algorithms.append("closed_form")
+    return algorithms
+
+
 def check_all(num_nodes, ei, li, dtype=torch.float64, device="cpu", with_oracle=True, **kw):
+    """Both native algorithms against the torch backend and (optionally) the float64 oracle."""
     ei, li = ei.to(device), li.to(device)
     x = make(num_nodes, ei, li, dtype=dtype, device=device, **kw)
     grad_out = torch.randn(num_nodes, x["value"].size(1), x["value"].size(2),
                            dtype=torch.float64).to(device=device, dtype=dtype)
-    y_n, g_n = run(x, ei, li, "native", grad_out)
-    assert y_n.dtype == dtype and y_n.device.type == device
     y_t, g_t = run(x, ei, li, "torch", grad_out)
-    assert_close(y_n, y_t, dtype, "out vs torch")
-    for name, a, b in zip(NAMES, g_n, g_t):
-        assert_close(a, b, dtype, f"d{name} vs torch")
     if with_oracle:
         y_o, g_o = oracle(x, ei, li, grad_out)
-        assert_close(y_n, y_o, dtype, "out vs oracle")
-        for name, a, b in zip(NAMES, g_n, g_o):
-            assert_close(a, b, dtype, f"d{name} vs oracle")
+    for algorithm in native_algorithms(num_nodes, ei, li, device):
+        y_n, g_n = run(x, ei, li, "native", grad_out, algorithm=algorithm)
+        assert y_n.dtype == dtype and y_n.device.type == device
+        assert_close(y_n, y_t, dtype, f"{algorithm}: out vs torch")
+        for name, a, b in zip(NAMES, g_n, g_t):
+            assert_close(a, b, dtype, f"{algorithm}: d{name} vs torch")
+        if with_oracle:
+            assert_close(y_n, y_o, dtype, f"{algorithm}: out vs oracle")
+            for name, a, b in zip(NAMES, g_n, g_o):
+                assert_close(a, b, dtype, f"{algorithm}: d{name} vs oracle")
 
 
 def op_args(x, s, keep=True):
     return ([x[k] for k in SCAN] + [getattr(s, f) for f in native.SCHEDULE_FIELDS] + [keep])
+
+
+def cf_args(x, s):
+    return [x[k] for k in NAMES] + [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,8 +217,8 @@ def test_recompute(device, dtype):
         ei = ei.to(device)
         x = make(n, ei, li, dtype=dtype, device=device)
         g = torch.randn(n, 2, 4, dtype=dtype, device=device)
-        y0, g0 = run(x, ei, li, "native", g)
-        y1, g1 = run(x, ei, li, "native", g, recompute=True)
+        y0, g0 = run(x, ei, li, "native", g, algorithm="scan")
+        y1, g1 = run(x, ei, li, "native", g, recompute=True, algorithm="scan")
         yt, gt = run(x, ei, li, "torch", g, recompute=True)
         assert torch.equal(y0, y1)
         for a, b, c in zip(g0, g1, gt):
@@ -208,7 +227,10 @@ def test_recompute(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_contiguous_inputs(device):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_non_contiguous_inputs(device, algorithm):
+    if algorithm == "closed_form" and device != "cpu":
+        pytest.skip("the closed form has CPU kernels only")
     n = 14
     ei = random_dag(n, 0.3, seed=4)
     li = plstm_graph.line_graph(ei, n)
@@ -229,8 +251,8 @@ def test_non_contiguous_inputs(device):
              direct=base["direct"].detach().requires_grad_())
     g = torch.randn(V, n, H, dtype=torch.float64, device=device).permute(1, 2, 0)
     assert not g.is_contiguous()
-    y1, g1 = run(x, ei.to(device), li.to(device), "native", g)
-    y2, g2 = run(base, ei.to(device), li.to(device), "native", g)
+    y1, g1 = run(x, ei.to(device), li.to(device), "native", g, algorithm=algorithm)
+    y2, g2 = run(base, ei.to(device), li.to(device), "native", g, algorithm=algorithm)
     assert torch.equal(y1, y2)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
@@ -243,6 +265,14 @@ def test_non_contiguous_inputs(device):
             args[6 + i] = torch.stack([idx, idx], 1)[:, 0].to(device)
     out, _ = OPS.scan_forward(*args)
     assert_close(out, scan_torch(*[base[k_].detach() for k_ in SCAN], sched), torch.float64)
+    if algorithm == "closed_form":
+        cargs = cf_args({k_: base[k_].detach() for k_ in NAMES}, sched)
+        for i in range(7, len(cargs)):
+            cargs[i] = torch.stack([cargs[i], cargs[i]], 1)[:, 0]
+        direct = base["direct"].detach()
+        qk = (base["query"] * base["key"]).sum(-1, keepdim=True).detach()
+        assert_close(OPS.closed_form_forward(*cargs), out + direct[..., None] * qk *
+                     base["value"].detach(), torch.float64)
 
 
 def test_bfloat16_directly_into_the_op():
@@ -275,16 +305,19 @@ def test_bfloat16_directly_into_the_op():
 # ---------------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------------
-def _fwd_bwd(x, ei, li, s, recompute=False):
+def _fwd_bwd(x, ei, li, s, recompute=False, algorithm=None):
     y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, schedule=s, backend="native",
-                              recompute=recompute)
+                              recompute=recompute, algorithm=algorithm)
     g = torch.autograd.grad(y, [x[k] for k in NAMES], torch.ones_like(y))
     return [y.detach()] + list(g)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", ["batch", "big"])
-def test_bitwise_deterministic(device, shape):
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_bitwise_deterministic(device, shape, algorithm):
+    if algorithm == "closed_form" and device != "cpu":
+        pytest.skip("the closed form has CPU kernels only")
     if shape == "batch":
         ei, n = disjoint(*[(random_dag(17, 0.2, seed=s), 17) for s in range(64)])
     else:
@@ -293,9 +326,9 @@ def test_bitwise_deterministic(device, shape):
     s = build_schedule(ei.to(device), li.to(device), n)
     x = make(n, ei, li, dtype=torch.float32, heads=4, kdim=16, vdim=16, device=device)
     ei, li = ei.to(device), li.to(device)
-    first = _fwd_bwd(x, ei, li, s)
+    first = _fwd_bwd(x, ei, li, s, algorithm=algorithm)
     for _ in range(2):
-        again = _fwd_bwd(x, ei, li, s)
+        again = _fwd_bwd(x, ei, li, s, algorithm=algorithm)
         for a, b in zip(first, again):
             assert torch.equal(a, b)
     # the thread count does not change a single bit either
@@ -303,7 +336,7 @@ def test_bitwise_deterministic(device, shape):
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(1)
-            single = _fwd_bwd(x, ei, li, s)
+            single = _fwd_bwd(x, ei, li, s, algorithm=algorithm)
         finally:
             torch.set_num_threads(threads)
         for a, b in zip(first, single):
@@ -323,8 +356,10 @@ _ISA_SCRIPT = textwrap.dedent("""
         x = random_inputs(96, ei.size(1), li.size(1), heads=2, kdim=8, vdim=12, seed=1,
                           dtype=dtype, requires_grad=True)
         names = ("query", "key", "value", "source", "transition", "mark", "direct")
-        y = plstm_graph.plstm_dag(*(x[k] for k in names), ei, li, backend="native")
-        res += [y.detach()] + list(torch.autograd.grad(y.sum(), [x[k] for k in names]))
+        for algorithm in ("scan", "closed_form"):
+            y = plstm_graph.plstm_dag(*(x[k] for k in names), ei, li, backend="native",
+                                      algorithm=algorithm)
+            res += [y.detach()] + list(torch.autograd.grad(y.sum(), [x[k] for k in names]))
     torch.save(res, sys.argv[1])
 """)
 
@@ -387,7 +422,8 @@ def test_autograd_function_fallback(keep):
 
 
 @pytest.mark.skipif(not hasattr(torch.library, "register_autograd"), reason="torch >= 2.4")
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_torch_compile_fullgraph(algorithm):
     n = 16
     ei, n = disjoint(*[(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
     li = plstm_graph.line_graph(ei, n)
@@ -396,7 +432,7 @@ def test_torch_compile_fullgraph():
 
     def f(q, k, v, s_, t, m, d):
         y = plstm_graph.plstm_dag(q, k, v, s_, t, m, d, ei, li, schedule=sched,
-                                  backend="native", validate=False)
+                                  backend="native", algorithm=algorithm, validate=False)
         return (y * y).sum()
 
     torch._dynamo.reset()

@@ -563,7 +563,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
                            in_arc, out_ptr, out_arc, node_ptr, node_edge);
   TORCH_CHECK_VALUE(in.q.device().is_cpu(), "scan_backward (CPU kernel): query is on ",
                     in.q.device());
-  const at::Tensor dy = check_grad_out(in, grad_out);
+  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
   at::Tensor C = check_states(in, states);
   validate_schedule(in, /*with_out_csr=*/true);
   const Dims& d = in.d;

@@ -346,7 +346,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
                            in_arc, out_ptr, out_arc, node_ptr, node_edge);
   check_cuda_inputs("scan_backward", in);
   const c10::cuda::CUDAGuard guard(in.q.device());
-  const at::Tensor dy = check_grad_out(in, grad_out);
+  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
   at::Tensor C = check_states(in, states);
   check_index_ranges(in, /*with_out_csr=*/true);
   const Dims& d = in.d;

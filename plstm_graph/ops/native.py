@@ -1,6 +1,6 @@
 """Loading of the compiled ops (``plstm_graph._C``) and the Python side of their autograd.
 
-The extension registers two ops (see ``csrc/plstm_dag.cpp``)::
+The extension registers two algorithms (see ``csrc/plstm_dag.cpp``). The level scan::
 
     torch.ops.plstm_graph.scan_forward(q, k, v, source, transition, mark, *schedule,
                                        keep_states) -> (out, states)
@@ -9,9 +9,16 @@ The extension registers two ops (see ``csrc/plstm_dag.cpp``)::
                                                                 dtransition, dmark)
 
 where ``*schedule`` is the twelve index tensors of :class:`~plstm_graph.dag.DagSchedule` in
-the order of :data:`SCHEDULE_FIELDS`. This module registers their fake (meta) kernels and the
-autograd formula of ``scan_forward`` once, so the ops work under autograd and
-``torch.compile(fullgraph=True)``.
+the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term included)::
+
+    torch.ops.plstm_graph.closed_form_forward(q, k, v, source, transition, mark, direct,
+                                              *components) -> out
+    torch.ops.plstm_graph.closed_form_backward(grad_out, q, k, v, source, transition, mark,
+                                               direct, *components) -> seven gradients
+
+with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers their
+fake (meta) kernels and the autograd formulas of the forward ops once, so the ops work under
+autograd and ``torch.compile(fullgraph=True)``.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -26,11 +33,15 @@ import torch
 from torch import Tensor
 
 __all__ = ["WITH_NATIVE", "WITH_CUDA", "available", "unavailable_reason", "scan_native",
-           "SCHEDULE_FIELDS"]
+           "closed_form_native", "closed_form_available", "SCHEDULE_FIELDS",
+           "CLOSED_FORM_FIELDS"]
 
 # the schedule arguments of both ops, in schema order
 SCHEDULE_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "edge_order", "level_ptr",
                    "in_ptr", "in_arc", "out_ptr", "out_arc", "node_ptr", "node_edge")
+# the schedule arguments of the closed-form ops, in schema order
+CLOSED_FORM_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "in_ptr", "in_arc",
+                      "comp_node_ptr", "comp_node", "comp_edge_ptr", "comp_edge")
 
 _REASON: Optional[str] = None
 WITH_NATIVE = False
@@ -94,6 +105,11 @@ def available(device) -> bool:
     if device.type == "cpu":
         return True
     return device.type == "cuda" and WITH_CUDA
+
+
+def closed_form_available(device) -> bool:
+    """Whether the native closed form can run on ``device`` (it has CPU kernels only)."""
+    return WITH_NATIVE and torch.device(device).type == "cpu"
 
 
 def unavailable_reason(device) -> str:
@@ -169,6 +185,61 @@ if WITH_NATIVE and _LIBRARY_API:
     torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
     torch.library.register_autograd("plstm_graph::scan_forward", _backward,
                                     setup_context=_setup_context)
+
+
+def _closed_form_forward_fake(query, key, value, source, transition, mark, direct, *components):
+    torch._check(query.dim() == 3 and value.dim() == 3)
+    return query.new_empty(query.shape[0], query.shape[1], value.shape[2])
+
+
+def _closed_form_backward_fake(grad_out, query, key, value, source, transition, mark, direct,
+                               *components):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (query, key, value, source, transition, mark, direct))
+
+
+def _closed_form_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # the seven inputs and the layout: nothing else is kept
+
+
+def _closed_form_backward(ctx, grad_out):
+    saved = ctx.saved_tensors
+    grads = torch.ops.plstm_graph.closed_form_backward(grad_out.contiguous(), *saved)
+    return (*grads,) + (None,) * len(CLOSED_FORM_FIELDS)
+
+
+if WITH_NATIVE and _LIBRARY_API:
+    torch.library.register_fake("plstm_graph::closed_form_forward")(_closed_form_forward_fake)
+    torch.library.register_fake("plstm_graph::closed_form_backward")(_closed_form_backward_fake)
+    torch.library.register_autograd("plstm_graph::closed_form_forward", _closed_form_backward,
+                                    setup_context=_closed_form_setup_context)
+
+
+class _NativeClosedForm(torch.autograd.Function):
+    """Autograd for torch < 2.4 (no torch.library.register_autograd): eager mode only."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = torch.ops.plstm_graph.closed_form_forward(*inputs)
+        _closed_form_setup_context(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return _closed_form_backward(ctx, grad_out)
+
+
+def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                       transition: Tensor, mark: Tensor, direct: Tensor, schedule) -> Tensor:
+    """All of ``plstm_dag`` (direct term included) with the native closed-form kernels."""
+    if not closed_form_available(query.device):
+        raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
+                           f"the native closed form has CPU kernels only, got {query.device}")
+    inputs = (query, key, value, source, transition, mark, direct,
+              *(getattr(schedule, name) for name in CLOSED_FORM_FIELDS))
+    if not _LIBRARY_API:
+        return _NativeClosedForm.apply(*inputs)
+    return torch.ops.plstm_graph.closed_form_forward(*inputs)
 
 
 class _NativeScan(torch.autograd.Function):

@@ -12,6 +12,11 @@ from .scan_torch import scan_torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("torch", "native")
+ALGORITHMS = ("scan", "closed_form")
+
+# The closed form keeps a [edges, nodes] and a [nodes, nodes] buffer per component and head; past
+# this many nodes in one component the level scan is used (and a forced closed form refused).
+CLOSED_FORM_MAX_NODES = 1024
 
 
 def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None:
@@ -71,11 +76,44 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     return backend
 
 
+def closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
+    """Rough work of the closed form, in multiply-adds per head: the node pairs of every
+    component (an upper bound: only ancestor pairs are visited) times the width of one pair,
+    plus the path weights."""
+    return schedule.component_pairs * (kdim + vdim + 8)
+
+
+def scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
+    """Rough work of the level scan, in multiply-adds per head."""
+    return (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim
+
+
+def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.device,
+                      schedule: DagSchedule, kdim: int, vdim: int) -> str:
+    if algorithm is None:
+        if (backend == "native" and native.closed_form_available(device) and
+                schedule.max_component_nodes <= CLOSED_FORM_MAX_NODES and
+                closed_form_cost(schedule, kdim, vdim) < scan_cost(schedule, kdim, vdim)):
+            return "closed_form"
+        return "scan"
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
+    if algorithm == "closed_form":
+        if backend != "native" or not native.closed_form_available(device):
+            raise RuntimeError(f"algorithm='closed_form' runs on the native CPU kernels only "
+                               f"(backend={backend!r}, device={device}); use algorithm='scan'")
+        if schedule.max_component_nodes > CLOSED_FORM_MAX_NODES:
+            raise ValueError(f"algorithm='closed_form' needs O(n^2) memory per component; the "
+                             f"largest component has {schedule.max_component_nodes} nodes "
+                             f"(limit {CLOSED_FORM_MAX_NODES}); use algorithm='scan'")
+    return algorithm
+
+
 def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
               mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Tensor, *,
               node_level: Optional[Tensor] = None, schedule: Optional[DagSchedule] = None,
-              backend: Optional[str] = None, recompute: bool = False,
-              validate: Optional[bool] = None) -> Tensor:
+              backend: Optional[str] = None, algorithm: Optional[str] = None,
+              recompute: bool = False, validate: Optional[bool] = None) -> Tensor:
     r"""pLSTM on a directed acyclic graph (a whole PyG batch at once).
 
     Per head, with one :math:`K \times V` state per edge,
@@ -84,7 +122,12 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         C_b = S_b\, k_{src(b)} v_{src(b)}^\top + \sum_{a \to b} T_{a \to b}\, C_a, \qquad
         y_n = \sum_{e:\, dst(e) = n} M_e\, C_e^\top q_n + D_n\, (q_n \cdot k_n)\, v_n .
 
-    The scan runs level by level (levels of the tail nodes), every edge of a level at once.
+    Two algorithms compute it. The level scan runs level by level (levels of the tail nodes),
+    every edge of a level at once, over the whole batch. The closed form (native CPU kernels)
+    evaluates, per weakly connected component, the masked linear attention
+    :math:`y_n = \sum_m \mathrm{Gate}_{nm} (q_n \cdot k_m) v_m + D_n (q_n \cdot k_n) v_n`
+    over the pairs of a node and its ancestors; on batches of small graphs (molecules) it does
+    a fraction of the scan's work and keeps nothing but the inputs for backward.
 
     Args:
         query, key: ``[N, H, K]``.
@@ -101,8 +144,13 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
             work and index checks.
         backend: ``"torch"``, ``"native"`` or ``None`` (native when it was built for the
             inputs' device, torch otherwise).
-        recompute: keep only the inputs for backward and recompute the states then
-            (saves ``E*H*K*V`` elements of memory for one more forward scan).
+        algorithm: ``"scan"``, ``"closed_form"`` (native backend on the CPU, components of at
+            most :data:`CLOSED_FORM_MAX_NODES` nodes) or ``None``: the closed form when it is
+            available and cheaper by :func:`closed_form_cost`, the scan otherwise. Both give
+            the same values up to rounding.
+        recompute: scan only: keep only the inputs for backward and recompute the states then
+            (saves ``E*H*K*V`` elements of memory for one more forward scan). The closed form
+            always keeps only the inputs.
         validate: check indices, shapes and gate values (a few reductions and host syncs).
             Default: on in eager mode, off while ``torch.compile`` traces (the checks are
             data-dependent; trace a model after running it once eagerly on the same graphs).
@@ -128,8 +176,12 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         raise ValueError("schedule was built for a different graph than edge_index / "
                          "line_index / query")
     chosen = resolve_backend(backend, query.device)
+    method = resolve_algorithm(algorithm, chosen, query.device, schedule, query.size(-1),
+                               value.size(-1))
 
     dtype = query.dtype
+    if method == "closed_form":  # accumulates in float32 for the half types itself
+        return native.closed_form_native(*tensors.values(), schedule)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
     if chosen == "native":

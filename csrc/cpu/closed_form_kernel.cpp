@@ -1,0 +1,361 @@
+// CPU kernels of the plstm_graph closed form (spec section 2): per weakly connected component
+// and head, a masked linear attention
+//   y_n = sum_{m before n} Gate[n,m] (q_n . k_m) v_m + D_n (q_n . k_n) v_n
+// whose mask Gate[n,m] = sum_{e into n} M_e W[e, m] comes from the path weights W, one short
+// scan over the component's edges (W[e] = S_e 1_{src e} + sum_{a -> e} T_a W[src a]).
+//
+// Why a second algorithm: on batches of small graphs (molecules, ASTs of functions) a
+// component of n nodes costs about n^2/2 (K + V) here against (2E + L) K V for the state scan,
+// and nothing but the inputs is kept for backward (W and Gate are recomputed there, they cost
+// (E + L) n). The Python dispatcher picks this op when the schedule says it is cheaper.
+//
+// Work items are (component, head) pairs; each writes its own rows of every output, in a fixed
+// order, so results are bitwise reproducible whatever the thread count. The component layout
+// is checked completely before any memory is touched.
+#include "../plstm_dag.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#if defined(_MSC_VER) && !defined(__clang__)
+#define __restrict__ __restrict
+#define PLSTM_CF_INLINE inline
+#else  // the small helpers sit in the innermost loops: a call per pair costs more than the work
+#define PLSTM_CF_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace plstm_graph {
+namespace cpu {
+namespace {
+
+const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
+
+// Positions of every node and edge inside its component, from a complete check of the layout:
+// the component CSRs must be permutations, every edge must join two nodes of its component in
+// topological order, and every arc must come from an earlier edge of the same component that
+// ends where the arc's edge starts.
+struct Layout {
+  std::vector<int64_t> node_pos, edge_pos;
+  int64_t max_nodes = 0, max_edges = 0;
+};
+
+Layout check_layout(const ClosedFormInputs& in) {
+  const Dims& d = in.d;
+  const int64_t C = in.C;
+  const int64_t *es = iptr(in.edge_src), *ed = iptr(in.edge_dst), *as = iptr(in.arc_src),
+                *ad = iptr(in.arc_dst), *ip = iptr(in.in_ptr), *ia = iptr(in.in_arc),
+                *cnp = iptr(in.comp_node_ptr), *cn = iptr(in.comp_node),
+                *cep = iptr(in.comp_edge_ptr), *ce = iptr(in.comp_edge);
+  Layout lay;
+  std::vector<int64_t> node_comp(static_cast<size_t>(d.N), -1),
+      edge_comp(static_cast<size_t>(d.E), -1);
+  lay.node_pos.assign(static_cast<size_t>(d.N), 0);
+  lay.edge_pos.assign(static_cast<size_t>(d.E), 0);
+  auto check_ptr = [&](const char* name, const int64_t* ptr, int64_t total) {
+    TORCH_CHECK_VALUE(ptr[0] == 0, name, " must start at 0, got ", ptr[0]);
+    for (int64_t c = 0; c < C; ++c) {
+      TORCH_CHECK_VALUE(ptr[c] <= ptr[c + 1], name, " must be non-decreasing (", ptr[c],
+                        " > ", ptr[c + 1], " at component ", c, ")");
+    }
+    TORCH_CHECK_VALUE(ptr[C] == total, name, " must end at ", total, ", got ", ptr[C]);
+  };
+  check_ptr("comp_node_ptr", cnp, d.N);
+  check_ptr("comp_edge_ptr", cep, d.E);
+  for (int64_t c = 0; c < C; ++c) {
+    lay.max_nodes = std::max(lay.max_nodes, cnp[c + 1] - cnp[c]);
+    lay.max_edges = std::max(lay.max_edges, cep[c + 1] - cep[c]);
+    for (int64_t j = cnp[c]; j < cnp[c + 1]; ++j) {
+      const int64_t n = cn[j];
+      TORCH_CHECK_VALUE(n >= 0 && n < d.N, "comp_node[", j, "] = ", n, " is out of range for ",
+                        d.N, " nodes");
+      TORCH_CHECK_VALUE(node_comp[n] < 0, "comp_node lists node ", n, " twice");
+      node_comp[n] = c;
+      lay.node_pos[n] = j - cnp[c];
+    }
+    for (int64_t j = cep[c]; j < cep[c + 1]; ++j) {
+      const int64_t e = ce[j];
+      TORCH_CHECK_VALUE(e >= 0 && e < d.E, "comp_edge[", j, "] = ", e, " is out of range for ",
+                        d.E, " edges");
+      TORCH_CHECK_VALUE(edge_comp[e] < 0, "comp_edge lists edge ", e, " twice");
+      edge_comp[e] = c;
+      lay.edge_pos[e] = j - cep[c];
+    }
+  }
+  for (int64_t e = 0; e < d.E; ++e) {
+    const int64_t u = es[e], w = ed[e];
+    TORCH_CHECK_VALUE(u >= 0 && u < d.N && w >= 0 && w < d.N, "edge ", e, " (", u, " -> ", w,
+                      ") has a node id out of range for ", d.N, " nodes");
+    TORCH_CHECK_VALUE(node_comp[u] == edge_comp[e] && node_comp[w] == edge_comp[e], "edge ", e,
+                      " (", u, " -> ", w, ") is not inside its component ", edge_comp[e]);
+    TORCH_CHECK_VALUE(lay.node_pos[u] < lay.node_pos[w], "edge ", e, " (", u, " -> ", w,
+                      ") goes against the component's node order: comp_node must list each "
+                      "component in topological order");
+  }
+  TORCH_CHECK_VALUE(ip[0] == 0 && ip[d.E] == d.L, "in_ptr must run from 0 to L=", d.L,
+                    ", got ", ip[0], " to ", ip[d.E]);
+  std::vector<uint8_t> seen(static_cast<size_t>(d.L), 0);
+  for (int64_t e = 0; e < d.E; ++e) {
+    TORCH_CHECK_VALUE(ip[e] <= ip[e + 1], "in_ptr must be non-decreasing (", ip[e], " > ",
+                      ip[e + 1], " at edge ", e, ")");
+    for (int64_t r = ip[e]; r < ip[e + 1]; ++r) {
+      const int64_t a = ia[r];
+      TORCH_CHECK_VALUE(a >= 0 && a < d.L, "in_arc[", r, "] = ", a, " is out of range for ",
+                        d.L, " arcs");
+      TORCH_CHECK_VALUE(!seen[a], "in_arc lists arc ", a, " twice");
+      seen[a] = 1;
+      const int64_t pe = as[a];
+      TORCH_CHECK_VALUE(ad[a] == e, "in_arc lists arc ", a, " under edge ", e,
+                        " but the arc feeds edge ", ad[a]);
+      TORCH_CHECK_VALUE(pe >= 0 && pe < d.E, "arc_src[", a, "] = ", pe, " is out of range for ",
+                        d.E, " edges");
+      TORCH_CHECK_VALUE(ed[pe] == es[e], "arc ", a, " (edge ", pe, " -> edge ", e,
+                        ") joins edges that do not meet");
+      TORCH_CHECK_VALUE(edge_comp[pe] == edge_comp[e] && lay.edge_pos[pe] < lay.edge_pos[e],
+                        "arc ", a, " (edge ", pe, " -> edge ", e, ") does not go forward in ",
+                        "comp_edge: it must list each component's edges in level order");
+    }
+  }
+  return lay;
+}
+
+template <typename scalar_t, typename acc_t>
+struct CfPtrs {
+  const scalar_t *q, *k, *v, *S, *T, *M, *D, *dy;
+  const int64_t *edge_src, *edge_dst, *arc_src, *in_ptr, *in_arc, *comp_node_ptr, *comp_node,
+      *comp_edge_ptr, *comp_edge, *node_pos, *edge_pos;
+  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
+  int64_t H, K, V;
+};
+
+// Per-thread scratch, kept across calls up to this size.
+constexpr size_t kKeepBytes = size_t(4) << 20;
+constexpr int64_t kGrainWork = 1 << 15;  // flops below which a thread-pool round trip loses
+
+// One kept buffer per element type; a task asks for each type once.
+template <typename T>
+T* task_scratch(int64_t n, std::vector<T>& own) {
+  thread_local std::vector<T> kept;
+  const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
+  if (count * sizeof(T) > kKeepBytes) {
+    if (own.size() < count) own.resize(count);
+    return own.data();
+  }
+  if (kept.size() < count) kept.resize(count);
+  return kept.data();
+}
+
+}  // namespace
+
+#define PLSTM_ISA cf_base
+#define PLSTM_TARGET
+#include "closed_form_impl.h"  // NOLINT(build/include)
+#undef PLSTM_ISA
+#undef PLSTM_TARGET
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define PLSTM_CF_HAVE_AVX2 1
+#define PLSTM_ISA cf_avx2
+#define PLSTM_TARGET __attribute__((target("avx2,fma")))
+#include "closed_form_impl.h"  // NOLINT(build/include)
+#undef PLSTM_ISA
+#undef PLSTM_TARGET
+#endif
+
+namespace {
+
+bool cf_use_avx2() {
+#ifdef PLSTM_CF_HAVE_AVX2
+  static const bool yes = [] {
+    const char* env = std::getenv("PLSTM_GRAPH_CPU_ISA");
+    if (env != nullptr && std::string(env) == "base") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+template <typename scalar_t, typename acc_t>
+CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& lay) {
+  CfPtrs<scalar_t, acc_t> p{};
+  p.q = in.q.data_ptr<scalar_t>();
+  p.k = in.k.data_ptr<scalar_t>();
+  p.v = in.v.data_ptr<scalar_t>();
+  p.S = in.source.data_ptr<scalar_t>();
+  p.T = in.transition.data_ptr<scalar_t>();
+  p.M = in.mark.data_ptr<scalar_t>();
+  p.D = in.direct.data_ptr<scalar_t>();
+  p.edge_src = iptr(in.edge_src);
+  p.edge_dst = iptr(in.edge_dst);
+  p.arc_src = iptr(in.arc_src);
+  p.in_ptr = iptr(in.in_ptr);
+  p.in_arc = iptr(in.in_arc);
+  p.comp_node_ptr = iptr(in.comp_node_ptr);
+  p.comp_node = iptr(in.comp_node);
+  p.comp_edge_ptr = iptr(in.comp_edge_ptr);
+  p.comp_edge = iptr(in.comp_edge);
+  p.node_pos = lay.node_pos.data();
+  p.edge_pos = lay.edge_pos.data();
+  p.H = in.d.H;
+  p.K = in.d.K;
+  p.V = in.d.V;
+  return p;
+}
+
+// Runs task(c, h, scratch) for every (component, head), over the threads when the work is
+// large enough. `scratch_size(nc, ec)` is the task's buffer size in elements.
+template <typename acc_t, typename Size, typename Task>
+void for_each_task(const ClosedFormInputs& in, const Size& scratch_size, const Task& task) {
+  const int64_t H = in.d.H, C = in.C;
+  const int64_t tasks = C * H;
+  if (tasks == 0) return;
+  const int64_t* cnp = iptr(in.comp_node_ptr);
+  const int64_t* cep = iptr(in.comp_edge_ptr);
+  int64_t work = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t nc = cnp[c + 1] - cnp[c];
+    work += (nc * nc + (cep[c + 1] - cep[c]) * nc) * (in.d.K + in.d.V);
+  }
+  work *= H;
+  const int64_t grain = std::max<int64_t>(1, tasks * kGrainWork / std::max<int64_t>(1, work));
+  auto body = [&](int64_t t0, int64_t t1) {
+    std::vector<acc_t> own;
+    std::vector<uint64_t> own_words;
+    std::vector<int32_t> own_ints;
+    std::vector<const acc_t*> own_rows;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t c = t / H, h = t % H;
+      const int64_t nc = cnp[c + 1] - cnp[c], ec = cep[c + 1] - cep[c];
+      const auto size = scratch_size(nc, ec);
+      task(c, h, task_scratch<acc_t>(size.acc, own),
+           task_scratch<uint64_t>(size.words, own_words),
+           task_scratch<int32_t>(size.ints, own_ints),
+           task_scratch<const acc_t*>(4 * nc, own_rows));
+    }
+  };
+  if (at::get_num_threads() > 1 && !at::in_parallel_region() && tasks > grain) {
+    at::parallel_for(0, tasks, grain, body);
+  } else {
+    body(0, tasks);
+  }
+}
+
+#define PLSTM_CF_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace
+
+at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
+                               const at::Tensor& value, const at::Tensor& source,
+                               const at::Tensor& transition, const at::Tensor& mark,
+                               const at::Tensor& direct, const at::Tensor& edge_src,
+                               const at::Tensor& edge_dst, const at::Tensor& arc_src,
+                               const at::Tensor& arc_dst, const at::Tensor& in_ptr,
+                               const at::Tensor& in_arc, const at::Tensor& comp_node_ptr,
+                               const at::Tensor& comp_node, const at::Tensor& comp_edge_ptr,
+                               const at::Tensor& comp_edge) {
+  const ClosedFormInputs in = check_closed_form_inputs(
+      "closed_form_forward", query, key, value, source, transition, mark, direct, edge_src,
+      edge_dst, arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node, comp_edge_ptr,
+      comp_edge);
+  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "closed_form_forward (CPU kernel): query is on ",
+                    in.q.device());
+  const Layout lay = check_layout(in);
+  at::Tensor out = at::empty({in.d.N, in.d.H, in.d.V}, in.q.options());
+  PLSTM_CF_DISPATCH(in.q.scalar_type(), "plstm_graph::closed_form_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
+    p.out = out.data_ptr<scalar_t>();
+    const int64_t K = p.K, V = p.V;
+    auto size = [&](int64_t nc, int64_t ec) { return cf_base::cf_forward_scratch(nc, ec, K, V); };
+#ifdef PLSTM_CF_HAVE_AVX2
+    if (cf_use_avx2()) {
+      for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
+                                     const acc_t** rows) {
+        cf_avx2::cf_forward_task(p, c, h, buf, anc, ints, rows);
+      });
+      return;
+    }
+#endif
+    for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
+                                   const acc_t** rows) {
+      cf_base::cf_forward_task(p, c, h, buf, anc, ints, rows);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
+                     const at::Tensor& value, const at::Tensor& source,
+                     const at::Tensor& transition, const at::Tensor& mark,
+                     const at::Tensor& direct, const at::Tensor& edge_src,
+                     const at::Tensor& edge_dst, const at::Tensor& arc_src,
+                     const at::Tensor& arc_dst, const at::Tensor& in_ptr,
+                     const at::Tensor& in_arc, const at::Tensor& comp_node_ptr,
+                     const at::Tensor& comp_node, const at::Tensor& comp_edge_ptr,
+                     const at::Tensor& comp_edge) {
+  const ClosedFormInputs in = check_closed_form_inputs(
+      "closed_form_backward", query, key, value, source, transition, mark, direct, edge_src,
+      edge_dst, arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node, comp_edge_ptr,
+      comp_edge);
+  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "closed_form_backward (CPU kernel): query is on ",
+                    in.q.device());
+  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
+  const Layout lay = check_layout(in);
+  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
+             dM = at::empty_like(in.mark), dD = at::empty_like(in.direct);
+  PLSTM_CF_DISPATCH(in.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
+    p.dy = dy.data_ptr<scalar_t>();
+    p.dq = dq.data_ptr<scalar_t>();
+    p.dk = dk.data_ptr<scalar_t>();
+    p.dv = dv.data_ptr<scalar_t>();
+    p.dS = dS.data_ptr<scalar_t>();
+    p.dT = dT.data_ptr<scalar_t>();
+    p.dM = dM.data_ptr<scalar_t>();
+    p.dD = dD.data_ptr<scalar_t>();
+    const int64_t K = p.K, V = p.V;
+    auto size = [&](int64_t nc, int64_t ec) {
+      return cf_base::cf_backward_scratch(nc, ec, K, V);
+    };
+#ifdef PLSTM_CF_HAVE_AVX2
+    if (cf_use_avx2()) {
+      for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
+                                     const acc_t** rows) {
+        cf_avx2::cf_backward_task(p, c, h, buf, anc, ints, rows);
+      });
+      return;
+    }
+#endif
+    for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
+                                   const acc_t** rows) {
+      cf_base::cf_backward_task(p, c, h, buf, anc, ints, rows);
+    });
+  });
+  return {dq, dk, dv, dS, dT, dM, dD};
+}
+
+}  // namespace cpu
+}  // namespace plstm_graph
+
+TORCH_LIBRARY_IMPL(plstm_graph, CPU, m) {
+  m.impl("closed_form_forward", &plstm_graph::cpu::closed_form_forward);
+  m.impl("closed_form_backward", &plstm_graph::cpu::closed_form_backward);
+}

@@ -1,0 +1,322 @@
+"""The native closed form (``closed_form_forward/backward``): the algorithm choice, numerics the
+shared suite in test_native.py does not reach (zero gates, multi-word ancestor sets, half
+types), the op contract and the layout checks."""
+import importlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import plstm_graph  # noqa: E402
+from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
+from plstm_graph.dag import build_schedule  # noqa: E402
+from plstm_graph.ops import native  # noqa: E402
+
+dispatcher = importlib.import_module("plstm_graph.ops.plstm_dag")  # the module, not the op
+
+if not plstm_graph.WITH_NATIVE:
+    pytest.skip(f"native ops not built: {native.unavailable_reason('cpu')}",
+                allow_module_level=True)
+
+OPS = torch.ops.plstm_graph
+NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
+
+
+def batch(sizes, prob=0.35, seed=0):
+    parts, off = [], 0
+    for i, n in enumerate(sizes):
+        parts.append(random_dag(n, prob, seed=seed + i) + off)
+        off += n
+    return torch.cat(parts, 1), off
+
+
+def inputs(n, ei, li, dtype=torch.float64, **kw):
+    x = random_inputs(n, ei.size(1), li.size(1), dtype=torch.float64, **kw)
+    return {k: v.to(dtype).requires_grad_() for k, v in x.items()}
+
+
+def cf_args(x, s):
+    return [x[k] for k in NAMES] + [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
+
+
+def closed_form(x, ei, li, **kw):
+    return plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, backend="native",
+                                 algorithm="closed_form", **kw)
+
+
+def against_oracle(x, ei, li, tol=1e-10):
+    y = closed_form(x, ei, li)
+    ref = plstm_oracle(*(x[k] for k in NAMES), ei, li)
+    torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
+    if not ref.requires_grad:  # no nodes: nothing to differentiate
+        assert y.numel() == 0
+        return
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad(y, [x[k] for k in NAMES], g, allow_unused=True)
+    want = torch.autograd.grad(ref, [x[k] for k in NAMES], g, allow_unused=True,
+                               materialize_grads=True)
+    for name, a, b in zip(NAMES, got, want):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"d{name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------
+# choice of algorithm
+# ---------------------------------------------------------------------------------------------
+def test_auto_choice():
+    cpu = torch.device("cpu")
+    ei, n = batch([18] * 32, prob=0.15)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    assert dispatcher.resolve_algorithm(None, "native", cpu, s, 24, 24) == "closed_form"
+    assert dispatcher.resolve_algorithm(None, "torch", cpu, s, 24, 24) == "scan"
+    chain = torch.stack([torch.arange(2999), torch.arange(1, 3000)])
+    s_chain = build_schedule(chain, plstm_graph.line_graph(chain, 3000), 3000)
+    assert dispatcher.resolve_algorithm(None, "native", cpu, s_chain, 24, 24) == "scan"
+    # a forced closed form where it cannot run is refused with the reason
+    with pytest.raises(RuntimeError, match="native CPU"):
+        dispatcher.resolve_algorithm("closed_form", "torch", cpu, s, 24, 24)
+    with pytest.raises(ValueError, match="largest component has 3000 nodes"):
+        dispatcher.resolve_algorithm("closed_form", "native", cpu, s_chain, 24, 24)
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        dispatcher.resolve_algorithm("attention", "native", cpu, s, 24, 24)
+
+
+def test_auto_choice_is_used():
+    """plstm_dag with algorithm=None on a batch of small graphs runs the closed-form op."""
+    ei, n = batch([9] * 6)
+    li = plstm_graph.line_graph(ei, n)
+    x = inputs(n, ei, li, dtype=torch.float32, heads=2, kdim=8, vdim=8)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, backend="native")
+    assert y.grad_fn is not None and "closed_form" in y.grad_fn.name()
+    y_scan = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, backend="native",
+                                   algorithm="scan")
+    torch.testing.assert_close(y, y_scan, atol=2e-5, rtol=2e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# numerics
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_gradcheck(mode):
+    ei, n = batch([7, 5, 1, 6], prob=0.4, seed=3)
+    li = plstm_graph.line_graph(ei, n)
+    if mode == "D":
+        li = plstm_graph.multitree(ei, li)
+    x = inputs(n, ei, li, heads=2, kdim=3, vdim=2, seed=4)
+    s = build_schedule(ei, li, n)
+    assert torch.autograd.gradcheck(lambda *a: native.closed_form_native(*a, s),
+                                    [x[k] for k in NAMES])
+
+
+@pytest.mark.parametrize("which", ["source", "mark", "transition", "all"])
+def test_zero_gates_still_get_gradients(which):
+    """Gates that are exactly zero make parts of the gate matrix vanish, but their gradients do
+    not: the kernel walks the ancestor structure, not the non-zero values."""
+    ei, n = batch([8, 10], prob=0.4, seed=11)
+    li = plstm_graph.line_graph(ei, n)
+    x = inputs(n, ei, li, heads=2, kdim=3, vdim=4, seed=2)
+    with torch.no_grad():
+        names = ["source", "mark", "transition"] if which == "all" else [which]
+        for name in names:
+            x[name][::2] = 0.0
+    against_oracle(x, ei, li)
+
+
+def test_component_larger_than_one_bit_word():
+    """Ancestor sets span several 64-bit words past 64 nodes."""
+    ei, n = batch([150, 3], prob=0.04, seed=5)
+    li = plstm_graph.line_graph(ei, n)
+    x = inputs(n, ei, li, heads=1, kdim=2, vdim=3, seed=1)
+    against_oracle(x, ei, li, tol=1e-9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_no_edges(n):
+    ei = torch.empty(2, 0, dtype=torch.long)
+    li = torch.empty(2, 0, dtype=torch.long)
+    x = inputs(n, ei, li, heads=2, kdim=3, vdim=4)
+    against_oracle(x, ei, li)
+
+
+def test_node_ids_not_in_topological_order():
+    ei = torch.tensor([[4, 4, 2, 0, 3], [2, 0, 0, 1, 1]])  # 4 -> 2 -> 0 -> 1 <- 3, 4 -> 0
+    li = plstm_graph.line_graph(ei, 5)
+    x = inputs(5, ei, li, heads=3, kdim=2, vdim=5, seed=8)
+    against_oracle(x, ei, li)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_types_accumulate_in_float32(dtype):
+    ei, n = batch([12, 9], prob=0.3, seed=6)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = random_inputs(n, ei.size(1), li.size(1), heads=2, kdim=8, vdim=8, seed=3)
+    half = {k: v.to(dtype) for k, v in x.items()}
+    out = OPS.closed_form_forward(*cf_args(half, s))
+    assert out.dtype == dtype
+    ref = OPS.closed_form_forward(*cf_args({k: v.float() for k, v in half.items()}, s))
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    dy = torch.randn_like(ref)
+    grads = OPS.closed_form_backward(dy.to(dtype), *cf_args(half, s))
+    grads_ref = OPS.closed_form_backward(dy.to(dtype).float(),
+                                         *cf_args({k: v.float() for k, v in half.items()}, s))
+    for a, b in zip(grads, grads_ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b, atol=5e-2, rtol=5e-2)
+
+
+def test_threads_do_not_change_a_bit():
+    ei, n = batch([20] * 40 + [300], prob=0.1, seed=2)
+    li = plstm_graph.line_graph(ei, n)
+    x = inputs(n, ei, li, dtype=torch.float32, heads=4, kdim=16, vdim=16)
+
+    def run():
+        y = closed_form(x, ei, li)
+        return [y.detach()] + list(torch.autograd.grad(y.sum(), [x[k] for k in NAMES]))
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        many = run()
+        torch.set_num_threads(1)
+        one = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(many, one):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the op contract
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="needs torch >= 2.4")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_opcheck(dtype):
+    ei, n = batch([6, 4], prob=0.5, seed=1)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = inputs(n, ei, li, dtype=dtype)
+    torch.library.opcheck(OPS.closed_form_forward.default, tuple(cf_args(x, s)))
+    detached = {k: v.detach() for k, v in x.items()}
+    out = OPS.closed_form_forward(*cf_args(detached, s))
+    torch.library.opcheck(OPS.closed_form_backward.default,
+                          tuple([torch.randn_like(out)] + cf_args(detached, s)))
+
+
+def test_autograd_function_fallback():
+    """The autograd.Function used on torch < 2.4 gives the very same numbers."""
+    ei, n = batch([7, 8], seed=4)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = inputs(n, ei, li)
+    args = cf_args(x, s)
+    out1 = native._NativeClosedForm.apply(*args)
+    g1 = torch.autograd.grad(out1.sum(), args[:7])
+    out2 = native.closed_form_native(*args[:7], s)
+    g2 = torch.autograd.grad(out2.sum(), args[:7])
+    assert torch.equal(out1, out2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+
+
+def _layout(case):
+    """A valid layout with one defect; returns (args, expected message)."""
+    ei = torch.tensor([[0, 1, 1, 3], [1, 2, 4, 4]])  # 0 -> 1 -> {2, 4}, 3 -> 4 ; and node 5
+    n = 6
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = {k: v.detach() for k, v in inputs(n, ei, li).items()}
+    args = cf_args(x, s)
+    at = {f: 7 + i for i, f in enumerate(native.CLOSED_FORM_FIELDS)}
+
+    def put(field, value):
+        args[at[field]] = value
+
+    comp_node = s.comp_node.clone()
+    if case == "node_twice":
+        comp_node[1] = comp_node[0]
+        put("comp_node", comp_node)
+        return args, "lists node"
+    if case == "node_out_of_range":
+        comp_node[0] = 99
+        put("comp_node", comp_node)
+        return args, "out of range"
+    if case == "not_topological":
+        i, j = int((comp_node == 0).nonzero()), int((comp_node == 1).nonzero())  # edge 0 -> 1
+        comp_node[i], comp_node[j] = 1, 0
+        put("comp_node", comp_node)
+        return args, "topological order"
+    if case == "ptr_end":
+        ptr = s.comp_node_ptr.clone()
+        ptr[-1] -= 1
+        put("comp_node_ptr", ptr)
+        return args, "comp_node_ptr must end"
+    if case == "ptr_decreasing":
+        ptr = s.comp_edge_ptr.clone()
+        ptr[1] = 5
+        put("comp_edge_ptr", ptr)
+        return args, "non-decreasing"
+    if case == "edge_order":
+        ce = s.comp_edge.clone()
+        i, j = int((ce == 0).nonzero()), int((ce == 1).nonzero())  # arc edge 0 -> edge 1
+        ce[i], ce[j] = 1, 0
+        put("comp_edge", ce)
+        return args, "level order"
+    if case == "arcs_do_not_meet":
+        arc_src = s.arc_src.clone()
+        arc_src[0] = 3  # edge 3 (3 -> 4) does not end where its arc's edge starts
+        put("arc_src", arc_src)
+        return args, "do not meet"
+    if case == "edge_across_components":
+        ptr = s.comp_node_ptr.clone()
+        ptr[1] -= 1
+        put("comp_node_ptr", ptr)
+        return args, "not inside its component"
+    if case == "ptr_length":
+        put("comp_edge_ptr", s.comp_edge_ptr[:-1])
+        return args, "comp_edge_ptr must have shape"
+    raise AssertionError(case)
+
+
+LAYOUT_CASES = ["node_twice", "node_out_of_range", "not_topological", "ptr_end",
+                "ptr_decreasing", "edge_order", "arcs_do_not_meet", "edge_across_components",
+                "ptr_length"]
+
+
+@pytest.mark.parametrize("case", LAYOUT_CASES)
+def test_bad_layout_raises(case):
+    args, message = _layout(case)
+    before = [a.clone() for a in args]
+    with pytest.raises(ValueError, match=message):
+        OPS.closed_form_forward(*args)
+    out_shape = (args[0].size(0), args[0].size(1), args[2].size(2))
+    with pytest.raises(ValueError, match=message):
+        OPS.closed_form_backward(torch.ones(out_shape, dtype=torch.float64), *args)
+    for a, b in zip(args, before):
+        assert torch.equal(a, b)  # nothing was written
+
+
+def test_bad_arguments_raise():
+    ei, n = batch([5, 4], seed=2)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = {k: v.detach() for k, v in inputs(n, ei, li).items()}
+    args = cf_args(x, s)
+    bad = list(args)
+    bad[6] = x["direct"][:-1]
+    with pytest.raises(ValueError, match="direct must have shape"):
+        OPS.closed_form_forward(*bad)
+    bad = list(args)
+    bad[6] = x["direct"].float()
+    with pytest.raises(TypeError, match="direct has dtype"):
+        OPS.closed_form_forward(*bad)
+    bad = list(args)
+    bad[7] = s.edge_src.int()
+    with pytest.raises(TypeError, match="int64"):
+        OPS.closed_form_forward(*bad)
+    with pytest.raises(ValueError, match="grad_out must have shape"):
+        OPS.closed_form_backward(torch.ones(1, 2, 3, dtype=torch.float64), *args)
