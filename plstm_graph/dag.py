@@ -592,8 +592,12 @@ class DagSchedule:
             in topological order (level, then id): the layout of the closed form.
         comp_edge_ptr, comp_edge: CSR of edges by component, in level order within one.
         max_component_nodes: nodes of the largest component.
-        component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes, the
-            node pairs the closed form visits.
+        component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes.
+        ancestor_pairs: the (node, ancestor) pairs, which the closed form visits; counted
+            when no component has more than :data:`ANCESTOR_COUNT_MAX_NODES` nodes, else
+            ``component_pairs`` (an upper bound).
+        path_work: ``sum (E_c + L_c + n_c) n_c`` over components, the size of the closed
+            form's path-weight work.
     """
 
     num_nodes: int
@@ -617,6 +621,8 @@ class DagSchedule:
     comp_edge: Tensor
     max_component_nodes: int = 0
     component_pairs: int = 0
+    ancestor_pairs: int = 0
+    path_work: int = 0
 
     @property
     def num_edges(self) -> int:
@@ -637,6 +643,30 @@ class DagSchedule:
     @property
     def num_components(self) -> int:
         return self.comp_node_ptr.numel() - 1
+
+
+# Components up to this size get their ancestor pairs counted (an [N, this] byte matrix).
+ANCESTOR_COUNT_MAX_NODES = 1024
+_ANCESTOR_COUNT_MAX_BYTES = 1 << 26
+
+
+def _ancestor_pairs(edge_src: Tensor, edge_dst: Tensor, position: Tensor, width: int,
+                    num_nodes: int, edge_order: Tensor, level_ptr: Tensor) -> int:
+    """Number of (node, ancestor) pairs: one row of ancestor flags per node, indexed by
+    position in the component, merged along the edges level by level."""
+    if num_nodes * width > _ANCESTOR_COUNT_MAX_BYTES:
+        return -1
+    reach = torch.zeros(num_nodes, width, dtype=torch.uint8, device=edge_src.device)
+    bounds = level_ptr.tolist()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        if lo == hi:
+            continue
+        edges = edge_order[lo:hi]
+        u, w = edge_src[edges], edge_dst[edges]
+        rows = reach[u]
+        rows[torch.arange(u.numel(), device=u.device), position[u]] = 1
+        reach.index_reduce_(0, w, rows, "amax")
+    return int(reach.sum())
 
 
 def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
@@ -685,10 +715,23 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     torch.cumsum(torch.bincount(edge_comp, minlength=num_comps), 0, out=comp_edge_ptr[1:])
     max_component_nodes = int(sizes.max()) if num_comps > 0 else 0
     component_pairs = int((sizes * (sizes - 1)).sum()) // 2
+    comp_arcs = torch.bincount(edge_comp[arc_dst], minlength=num_comps)
+    comp_edges = comp_edge_ptr[1:] - comp_edge_ptr[:-1]
+    path_work = int(((comp_edges + comp_arcs + sizes) * sizes).sum())
+    ancestor_pairs = component_pairs
+    if 0 < max_component_nodes <= ANCESTOR_COUNT_MAX_NODES:
+        position = torch.empty_like(comp_node)
+        position[comp_node] = torch.arange(num_nodes, device=device) - torch.repeat_interleave(
+            comp_node_ptr[:-1], sizes, output_size=num_nodes)
+        counted = _ancestor_pairs(edge_src, edge_dst, position, max_component_nodes,
+                                  num_nodes, edge_order, level_ptr)
+        if counted >= 0:
+            ancestor_pairs = counted
     return DagSchedule(
         num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst, arc_src=arc_src,
         arc_dst=arc_dst, edge_order=edge_order, level_ptr=level_ptr.cpu(), arc_order=arc_order,
         arc_level_ptr=arc_level_ptr.cpu(), in_ptr=in_ptr, in_arc=in_arc, out_ptr=out_ptr,
         out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
-        max_component_nodes=max_component_nodes, component_pairs=component_pairs)
+        max_component_nodes=max_component_nodes, component_pairs=component_pairs,
+        ancestor_pairs=ancestor_pairs, path_work=path_work)

@@ -76,16 +76,21 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     return backend
 
 
+# Time models of the two native CPU algorithms, fitted (relative least squares) to
+# benchmarks/bench_algorithms.py on the 2-core x86-64 CI machine, one thread, over trees and
+# dense DAGs of 8 to 1024 nodes per graph and K = V = 8, 24, 48; they pick the faster one in
+# 28 of those 30 cases (the two misses were near ties). Units: about 0.1 ns per head.
 def closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
-    """Rough work of the closed form, in multiply-adds per head: the node pairs of every
-    component (an upper bound: only ancestor pairs are visited) times the width of one pair,
-    plus the path weights."""
-    return schedule.component_pairs * (kdim + vdim + 8)
+    """Estimated time of the closed form: the path weights of every component, the
+    (node, ancestor) pairs and the per-node rows."""
+    return (14 * schedule.path_work + 23 * schedule.ancestor_pairs * (kdim + vdim) +
+            180 * schedule.num_nodes * (kdim + vdim))
 
 
 def scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
-    """Rough work of the level scan, in multiply-adds per head."""
-    return (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim
+    """Estimated time of the level scan: a K x V state per edge and arc, plus per-row work."""
+    return (17 * (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim +
+            250 * (schedule.num_edges + schedule.num_nodes) * (kdim + vdim))
 
 
 def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.device,
