@@ -1,7 +1,8 @@
 """Speed and memory of plstm_dag and PLSTMConv.
 
 Rows: the per-edge Python loop the authors' code runs (one graph at a time), the torch
-level scan, the native kernels, and ``PLSTMConv(96, 96, heads=4)`` next to
+level scan, the native level scan, the native closed form (where components are small enough;
+"(auto)" marks what ``plstm_dag`` picks by default), and ``PLSTMConv(96, 96, heads=4)`` next to
 ``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches. Graphs: batches of 1, 32,
 128 and 1024 MUTAG-sized random DAGs, a 20,000-node chain and a random DAG with 300k edges.
 H=4, K=V=24, float32.
@@ -29,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
 from plstm_graph.dag import build_schedule, line_graph, topological_levels  # noqa: E402
+from plstm_graph.ops.plstm_dag import CLOSED_FORM_MAX_NODES, resolve_algorithm  # noqa: E402
 
 H, K, V = 4, 24, 24
 
@@ -189,27 +191,40 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         def loop_fb():
             per_edge_loop(*xs, edge_index, line, sizes).sum().backward()
 
-        record("per-edge loop", timeit(loop_fwd, device, 3), timeit(loop_fb, device, 3))
+        record("per-edge loop", timeit(loop_fwd, device, 5), timeit(loop_fb, device, 5))
 
-    backends = ["torch"] + (["native"] if plstm_graph.ops.native.available(
-        torch.device(device)) else [])
-    for backend in backends:
-        for recompute in ([False, True] if args.recompute else [False]):
-            def call():
-                return plstm_graph.plstm_dag(*xs, edge_index, line, schedule=sched,
-                                             backend=backend, recompute=recompute,
-                                             validate=False)
+    native_ok = plstm_graph.ops.native.available(torch.device(device))
+    closed_ok = (plstm_graph.ops.native.closed_form_available(torch.device(device)) and
+                 sched.max_component_nodes <= CLOSED_FORM_MAX_NODES)
+    variants = [("torch", "scan", False)]
+    if args.recompute:
+        variants.append(("torch", "scan", True))
+    if native_ok:
+        variants.append(("native", "scan", False))
+        if args.recompute:
+            variants.append(("native", "scan", True))
+    if closed_ok:
+        variants.append(("native", "closed_form", False))
+    for backend, algorithm, recompute in variants:
+        def call(backend=backend, algorithm=algorithm, recompute=recompute):
+            return plstm_graph.plstm_dag(*xs, edge_index, line, schedule=sched, backend=backend,
+                                         algorithm=algorithm, recompute=recompute,
+                                         validate=False)
 
-            def fwd():
-                with torch.no_grad():
-                    call()
+        def fwd(call=call):
+            with torch.no_grad():
+                call()
 
-            def fb():
-                call().sum().backward()
+        def fb(call=call):
+            call().sum().backward()
 
-            label = f"plstm_dag {backend}" + (" recompute" if recompute else "")
-            record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
-                   saved_bytes(call))
+        label = f"plstm_dag {backend}" + (" closed form" if algorithm == "closed_form" else "")
+        label += " recompute" if recompute else ""
+        if backend == "native" and algorithm == resolve_algorithm(
+                None, "native", torch.device(device), sched, K, V):
+            label += " (auto)"
+        record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
+               saved_bytes(call))
 
     if args.layers and E <= 100_000:
         from torch_geometric.nn import GATConv, GINConv

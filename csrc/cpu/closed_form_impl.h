@@ -45,11 +45,26 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_blocks(const acc_t* __restrict__ a,
   return part[0];
 }
 
-// y[0:n] += a * x[0:n] for the short rows of width K or V
-template <typename acc_t>
-PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy(acc_t* __restrict__ y, acc_t a, const acc_t* __restrict__ x,
-                                 int64_t n) {
+// y[0:n] += a * x[0:n] for the short rows of width K or V; common widths get a loop of
+// known length (unrolled, no remainder), the branch on n is the same for the whole call
+template <typename acc_t, int64_t n>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy_fixed(acc_t* __restrict__ y, acc_t a,
+                                                const acc_t* __restrict__ x) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+template <typename acc_t>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy(acc_t* __restrict__ y, acc_t a,
+                                          const acc_t* __restrict__ x, int64_t n) {
+  switch (n) {
+    case 8: return cf_axpy_fixed<acc_t, 8>(y, a, x);
+    case 16: return cf_axpy_fixed<acc_t, 16>(y, a, x);
+    case 24: return cf_axpy_fixed<acc_t, 24>(y, a, x);
+    case 32: return cf_axpy_fixed<acc_t, 32>(y, a, x);
+    case 64: return cf_axpy_fixed<acc_t, 64>(y, a, x);
+    default:
+      for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+  }
 }
 
 // Row pointers rows[j] to the [width] vector of node nodes[j], head h, of a [N, H, width]
@@ -95,10 +110,32 @@ PLSTM_TARGET void cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t 
   }
 }
 
-// <a[0:n], b[0:n]> for the short rows of width K or V, summed in a fixed order
+// <a[0:n], b[0:n]> for the short rows of width K or V, summed in a fixed order (the same
+// order for the fixed-length and the general loop, so results do not depend on the path)
+template <typename acc_t, int64_t n>
+PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_fixed(const acc_t* __restrict__ a,
+                                                const acc_t* __restrict__ b) {
+  acc_t part[kBlock] = {};
+  for (int64_t i = 0; i < n; i += kBlock) {
+    for (int64_t r = 0; r < kBlock; ++r) part[r] += a[i + r] * b[i + r];
+  }
+  for (int64_t w = kBlock / 2; w > 0; w /= 2) {
+    for (int64_t r = 0; r < w; ++r) part[r] += part[r + w];
+  }
+  return part[0];
+}
+
 template <typename acc_t>
-PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot(const acc_t* __restrict__ a, const acc_t* __restrict__ b,
-                                 int64_t n) {
+PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot(const acc_t* __restrict__ a,
+                                          const acc_t* __restrict__ b, int64_t n) {
+  switch (n) {
+    case 8: return cf_dot_fixed<acc_t, 8>(a, b);
+    case 16: return cf_dot_fixed<acc_t, 16>(a, b);
+    case 24: return cf_dot_fixed<acc_t, 24>(a, b);
+    case 32: return cf_dot_fixed<acc_t, 32>(a, b);
+    case 64: return cf_dot_fixed<acc_t, 64>(a, b);
+    default: break;
+  }
   acc_t part[kBlock] = {};
   int64_t i = 0;
   for (; i + kBlock <= n; i += kBlock) {
@@ -114,7 +151,7 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot(const acc_t* __restrict__ a, const acc
 // Ancestors of every node of component c as bit sets, anc [nc, words], and then as lists:
 // list[off[n]:off[n + 1]] are the ancestors of node n in increasing position.
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET PLSTM_CF_INLINE void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
+PLSTM_TARGET void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
                                       uint64_t* __restrict__ anc, int32_t* __restrict__ off,
                                       int32_t* __restrict__ list) {
   const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
@@ -161,8 +198,7 @@ inline CfScratch cf_backward_scratch(int64_t nc, int64_t ec, int64_t K, int64_t 
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t h,
-                                  acc_t* buf, uint64_t* anc, int32_t* ints,
-                                  const acc_t** rowbuf) {
+                                  acc_t* buf, const int32_t* ints, const acc_t** rowbuf) {
   const int64_t H = p.H, K = p.K, V = p.V;
   const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
   const int64_t ec = p.comp_edge_ptr[c + 1] - p.comp_edge_ptr[c];
@@ -175,12 +211,11 @@ PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, i
   acc_t* W = conv + nc * (2 * K + V);
   acc_t* Gate = W + ec * np;
   acc_t* __restrict__ y = Gate + nc * np;
-  int32_t* off = ints;
-  int32_t* list = off + nc + 1;
+  const int32_t* off = ints;  // the ancestor lists of cf_ancestors
+  const int32_t* list = off + nc + 1;
   cf_rows(p.q, nodes, nc, H, h, K, qr, conv);
   cf_rows(p.k, nodes, nc, H, h, K, kr, conv + nc * K);
   cf_rows(p.v, nodes, nc, H, h, V, vr, conv + 2 * nc * K);
-  cf_ancestors(p, c, anc, off, list);
   cf_paths(p, c, h, np, W, Gate);
   for (int64_t n = 0; n < nc; ++n) {
     const acc_t* __restrict__ qn = qr[n];
@@ -200,8 +235,7 @@ PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, i
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t h,
-                                   acc_t* buf, uint64_t* anc, int32_t* ints,
-                                   const acc_t** rowbuf) {
+                                   acc_t* buf, const int32_t* ints, const acc_t** rowbuf) {
   const int64_t H = p.H, K = p.K, V = p.V;
   const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
   const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
@@ -219,13 +253,12 @@ PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, 
   acc_t* __restrict__ dK = dGate + nc * np;  // [nc, K]
   acc_t* __restrict__ dV = dK + nc * K;      // [nc, V]
   acc_t* __restrict__ dq = dV + nc * V;      // [K]
-  int32_t* off = ints;
-  int32_t* list = off + nc + 1;
+  const int32_t* off = ints;  // the ancestor lists of cf_ancestors
+  const int32_t* list = off + nc + 1;
   cf_rows(p.q, nodes, nc, H, h, K, qr, conv);
   cf_rows(p.k, nodes, nc, H, h, K, kr, conv + nc * K);
   cf_rows(p.v, nodes, nc, H, h, V, vr, conv + 2 * nc * K);
   cf_rows(p.dy, nodes, nc, H, h, V, dyr, conv + 2 * nc * K + nc * V);
-  cf_ancestors(p, c, anc, off, list);
   cf_paths(p, c, h, np, W, Gate);
   std::fill(dGate, dGate + nc * np, acc_t(0));
   std::fill(dK, dK + nc * K, acc_t(0));

@@ -216,13 +216,14 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& l
   return p;
 }
 
-// Runs task(c, h, scratch) for every (component, head), over the threads when the work is
-// large enough. `scratch_size(nc, ec)` is the task's buffer size in elements.
-template <typename acc_t, typename Size, typename Task>
-void for_each_task(const ClosedFormInputs& in, const Size& scratch_size, const Task& task) {
+// For every component: its ancestor lists once (ancestors(c, words, ints)), then
+// task(c, h, scratch, ints, rows) for each head; over the threads when the work is large
+// enough. `scratch_size(nc, ec)` gives the buffer sizes.
+template <typename acc_t, typename Size, typename Ancestors, typename Task>
+void for_each_component(const ClosedFormInputs& in, const Size& scratch_size,
+                        const Ancestors& ancestors, const Task& task) {
   const int64_t H = in.d.H, C = in.C;
-  const int64_t tasks = C * H;
-  if (tasks == 0) return;
+  if (C == 0) return;
   const int64_t* cnp = iptr(in.comp_node_ptr);
   const int64_t* cep = iptr(in.comp_edge_ptr);
   int64_t work = 0;
@@ -231,26 +232,26 @@ void for_each_task(const ClosedFormInputs& in, const Size& scratch_size, const T
     work += (nc * nc + (cep[c + 1] - cep[c]) * nc) * (in.d.K + in.d.V);
   }
   work *= H;
-  const int64_t grain = std::max<int64_t>(1, tasks * kGrainWork / std::max<int64_t>(1, work));
-  auto body = [&](int64_t t0, int64_t t1) {
+  const int64_t grain = std::max<int64_t>(1, C * kGrainWork / std::max<int64_t>(1, work));
+  auto body = [&](int64_t c0, int64_t c1) {
     std::vector<acc_t> own;
     std::vector<uint64_t> own_words;
     std::vector<int32_t> own_ints;
     std::vector<const acc_t*> own_rows;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c = t / H, h = t % H;
+    for (int64_t c = c0; c < c1; ++c) {
       const int64_t nc = cnp[c + 1] - cnp[c], ec = cep[c + 1] - cep[c];
       const auto size = scratch_size(nc, ec);
-      task(c, h, task_scratch<acc_t>(size.acc, own),
-           task_scratch<uint64_t>(size.words, own_words),
-           task_scratch<int32_t>(size.ints, own_ints),
-           task_scratch<const acc_t*>(4 * nc, own_rows));
+      acc_t* buf = task_scratch<acc_t>(size.acc, own);
+      int32_t* ints = task_scratch<int32_t>(size.ints, own_ints);
+      const acc_t** rows = task_scratch<const acc_t*>(4 * nc, own_rows);
+      ancestors(c, task_scratch<uint64_t>(size.words, own_words), ints);
+      for (int64_t h = 0; h < H; ++h) task(c, h, buf, ints, rows);
     }
   };
-  if (at::get_num_threads() > 1 && !at::in_parallel_region() && tasks > grain) {
-    at::parallel_for(0, tasks, grain, body);
+  if (at::get_num_threads() > 1 && !at::in_parallel_region() && C > grain) {
+    at::parallel_for(0, C, grain, body);
   } else {
-    body(0, tasks);
+    body(0, C);
   }
 }
 
@@ -284,17 +285,27 @@ at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
     auto size = [&](int64_t nc, int64_t ec) { return cf_base::cf_forward_scratch(nc, ec, K, V); };
 #ifdef PLSTM_CF_HAVE_AVX2
     if (cf_use_avx2()) {
-      for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
-                                     const acc_t** rows) {
-        cf_avx2::cf_forward_task(p, c, h, buf, anc, ints, rows);
-      });
+      for_each_component<acc_t>(
+          in, size,
+          [&](int64_t c, uint64_t* words, int32_t* ints) {
+            cf_avx2::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
+                                                        p.comp_node_ptr[c] + 1));
+          },
+          [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+            cf_avx2::cf_forward_task(p, c, h, buf, ints, rows);
+          });
       return;
     }
 #endif
-    for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
-                                   const acc_t** rows) {
-      cf_base::cf_forward_task(p, c, h, buf, anc, ints, rows);
-    });
+    for_each_component<acc_t>(
+        in, size,
+        [&](int64_t c, uint64_t* words, int32_t* ints) {
+          cf_base::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
+                                                      p.comp_node_ptr[c] + 1));
+        },
+        [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+          cf_base::cf_forward_task(p, c, h, buf, ints, rows);
+        });
   });
   return out;
 }
@@ -337,17 +348,27 @@ closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const 
     };
 #ifdef PLSTM_CF_HAVE_AVX2
     if (cf_use_avx2()) {
-      for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
-                                     const acc_t** rows) {
-        cf_avx2::cf_backward_task(p, c, h, buf, anc, ints, rows);
-      });
+      for_each_component<acc_t>(
+          in, size,
+          [&](int64_t c, uint64_t* words, int32_t* ints) {
+            cf_avx2::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
+                                                        p.comp_node_ptr[c] + 1));
+          },
+          [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+            cf_avx2::cf_backward_task(p, c, h, buf, ints, rows);
+          });
       return;
     }
 #endif
-    for_each_task<acc_t>(in, size, [&](int64_t c, int64_t h, acc_t* buf, uint64_t* anc, int32_t* ints,
-                                   const acc_t** rows) {
-      cf_base::cf_backward_task(p, c, h, buf, anc, ints, rows);
-    });
+    for_each_component<acc_t>(
+        in, size,
+        [&](int64_t c, uint64_t* words, int32_t* ints) {
+          cf_base::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
+                                                      p.comp_node_ptr[c] + 1));
+        },
+        [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+          cf_base::cf_backward_task(p, c, h, buf, ints, rows);
+        });
   });
   return {dq, dk, dv, dS, dT, dM, dD};
 }

@@ -5,6 +5,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
 from torch_geometric.nn import MessagePassing
@@ -29,7 +30,8 @@ class _Gate(torch.nn.Module):
 
     The linear map on ``[x_node; e_1; e_2; ...]`` is split into one map per part so that node
     features are projected once per node and edge features once per edge, then gathered; it is
-    the same function as a linear layer on the concatenation without materialising it.
+    the same function as a linear layer on the concatenation without materialising it. The
+    node part (``self.node``) is evaluated by the layer, fused with the other node projections.
     """
 
     def __init__(self, node_dim: int, edge_dims: tuple, heads: int, bias: float):
@@ -45,11 +47,20 @@ class _Gate(torch.nn.Module):
         for lin in self.edges:
             torch.nn.init.zeros_(lin.weight)
 
-    def forward(self, x: Tensor, node: Tensor, edge_feats=(), edge_ids=()) -> Tensor:
-        out = self.node(x)[node]
+    def forward(self, node_logits: Tensor, node, edge_feats=(), edge_ids=()) -> Tensor:
+        """``node_logits = self.node(x)``, gathered at ``node``, plus the edge parts."""
+        out = node_logits[node]
         for lin, feat, ids in zip(self.edges, edge_feats, edge_ids):
             out = out + lin(feat)[ids]
         return out
+
+
+def _rms_norm(y: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``y / sqrt(mean(y^2) + eps) * weight`` over the last dimension, ``weight`` per head
+    (torch's fused RMSNorm where it has one; its weight would be shared by the heads)."""
+    if hasattr(F, "rms_norm"):
+        return F.rms_norm(y, (y.size(-1),), None, eps) * weight
+    return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
 class PLSTMConv(MessagePassing):
@@ -107,8 +118,11 @@ class PLSTMConv(MessagePassing):
             noisy; :obj:`1e-2` keeps small outputs small. (default: :obj:`1e-2`)
         backend (str, optional): :obj:`"torch"`, :obj:`"native"` or :obj:`None` (best
             available), passed to :func:`~plstm_graph.plstm_dag`. (default: :obj:`None`)
+        algorithm (str, optional): :obj:`"scan"`, :obj:`"closed_form"` or :obj:`None`
+            (the faster one for the batch), passed to :func:`~plstm_graph.plstm_dag`.
+            (default: :obj:`None`)
         recompute (bool, optional): Keep only the inputs for backward and recompute the states
-            then. (default: :obj:`False`)
+            then (level scan). (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -125,7 +139,7 @@ class PLSTMConv(MessagePassing):
                  value_dim: Optional[int] = None, transition_bias: Optional[float] = None,
                  alpha: float = 0.5, normalize_over: str = "source", gate_bias: float = -5.0,
                  norm_eps: float = 1e-2, backend: Optional[str] = None,
-                 recompute: bool = False, **kwargs):
+                 algorithm: Optional[str] = None, recompute: bool = False, **kwargs):
         kwargs.setdefault("aggr", "add")
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -155,6 +169,7 @@ class PLSTMConv(MessagePassing):
         self.gate_bias = gate_bias
         self.norm_eps = norm_eps
         self.backend = backend
+        self.algorithm = algorithm
         self.recompute = recompute
 
         self.lin_query = Linear(in_channels, heads * key_dim, bias=False)
@@ -178,18 +193,42 @@ class PLSTMConv(MessagePassing):
             gate.reset_parameters()
         torch.nn.init.ones_(self.norm_weight)
 
+    def _gate_modules(self):
+        return (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate)
+
+    def node_projections(self, x: Tensor):
+        """Query, key, value ``[N, H, K|V]`` and the node parts of the source, mark, direct
+        and transition gates ``[N, H]`` each, from one matrix product (one pass over ``x``
+        instead of seven)."""
+        gates = self._gate_modules()
+        weight = torch.cat([self.lin_query.weight, self.lin_key.weight, self.lin_value.weight] +
+                           [g.node.weight for g in gates])
+        qkv = self.heads * (2 * self.key_dim + self.value_dim)
+        bias = torch.cat([self.norm_weight.new_zeros(qkv)] + [g.node.bias for g in gates])
+        out = F.linear(x, weight.to(x.dtype), bias.to(x.dtype))
+        n, h = x.size(0), self.heads
+        q, k, v, *node_gates = out.split([h * self.key_dim, h * self.key_dim,
+                                          h * self.value_dim, h, h, h, h], dim=-1)
+        return (q.reshape(n, h, self.key_dim), k.reshape(n, h, self.key_dim),
+                v.reshape(n, h, self.value_dim), node_gates)
+
     def gates(self, x: Tensor, edge_index: Tensor, line_index: Tensor,
-              edge_attr: Optional[Tensor] = None):
-        """Source, transition, mark and direct gates ``[E,H], [L,H], [E,H], [N,H]``."""
+              edge_attr: Optional[Tensor] = None, node_logits=None):
+        """Source, transition, mark and direct gates ``[E,H], [L,H], [E,H], [N,H]``.
+
+        ``node_logits``: the node parts from :meth:`node_projections` (computed when absent).
+        """
+        if node_logits is None:
+            node_logits = [g.node(x) for g in self._gate_modules()]
         src, dst = edge_index[0], edge_index[1]
         arc_in, arc_out = line_index[0], line_index[1]
         shared = dst[arc_in]
         one = (edge_attr,) if edge_attr is not None else ()
         two = (edge_attr, edge_attr) if edge_attr is not None else ()
-        source = torch.sigmoid(self.source_gate(x, src, one, (slice(None),)))
-        mark = torch.sigmoid(self.mark_gate(x, dst, one, (slice(None),)))
-        direct = torch.sigmoid(self.direct_gate(x, slice(None)))
-        logits = self.transition_gate(x, shared, two, (arc_in, arc_out))
+        source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
+        mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
+        direct = torch.sigmoid(node_logits[2])
+        logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
         if self.mode == "D":
             transition = torch.tanh(logits)
         else:
@@ -237,15 +276,14 @@ class PLSTMConv(MessagePassing):
                 line_index = multitree(edge_index, line_index, node_level)
 
         num_nodes, heads = x.size(0), self.heads
-        query = self.lin_query(x).view(num_nodes, heads, self.key_dim)
-        key = self.lin_key(x).view(num_nodes, heads, self.key_dim)
-        value = self.lin_value(x).view(num_nodes, heads, self.value_dim)
-        source, transition, mark, direct = self.gates(x, edge_index, line_index, edge_attr)
+        query, key, value, node_logits = self.node_projections(x)
+        source, transition, mark, direct = self.gates(x, edge_index, line_index, edge_attr,
+                                                      node_logits)
         out = plstm_dag(query, key, value, source, transition, mark, direct, edge_index,
                         line_index, node_level=node_level, schedule=schedule,
-                        backend=self.backend,
+                        backend=self.backend, algorithm=self.algorithm,
                         recompute=self.recompute)
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + self.norm_eps) * self.norm_weight
+        out = _rms_norm(out, self.norm_weight, self.norm_eps)
         return self.lin_out(out.reshape(num_nodes, heads * self.value_dim))
 
     def __repr__(self) -> str:

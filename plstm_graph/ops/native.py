@@ -16,9 +16,10 @@ the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term
     torch.ops.plstm_graph.closed_form_backward(grad_out, q, k, v, source, transition, mark,
                                                direct, *components) -> seven gradients
 
-with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers their
-fake (meta) kernels and the autograd formulas of the forward ops once, so the ops work under
-autograd and ``torch.compile(fullgraph=True)``.
+with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers the fake
+(meta) kernels of all four ops and the autograd formula of ``scan_forward``, so the ops work
+under autograd and ``torch.compile(fullgraph=True)``; the closed form's autograd is wired in
+C++ (``csrc/plstm_dag.cpp``), where it costs no Python on the hot path.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -198,35 +199,10 @@ def _closed_form_backward_fake(grad_out, query, key, value, source, transition, 
                  for t in (query, key, value, source, transition, mark, direct))
 
 
-def _closed_form_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)  # the seven inputs and the layout: nothing else is kept
-
-
-def _closed_form_backward(ctx, grad_out):
-    saved = ctx.saved_tensors
-    grads = torch.ops.plstm_graph.closed_form_backward(grad_out.contiguous(), *saved)
-    return (*grads,) + (None,) * len(CLOSED_FORM_FIELDS)
-
-
 if WITH_NATIVE and _LIBRARY_API:
+    # (its autograd is wired in C++, csrc/plstm_dag.cpp)
     torch.library.register_fake("plstm_graph::closed_form_forward")(_closed_form_forward_fake)
     torch.library.register_fake("plstm_graph::closed_form_backward")(_closed_form_backward_fake)
-    torch.library.register_autograd("plstm_graph::closed_form_forward", _closed_form_backward,
-                                    setup_context=_closed_form_setup_context)
-
-
-class _NativeClosedForm(torch.autograd.Function):
-    """Autograd for torch < 2.4 (no torch.library.register_autograd): eager mode only."""
-
-    @staticmethod
-    def forward(ctx, *inputs):
-        out = torch.ops.plstm_graph.closed_form_forward(*inputs)
-        _closed_form_setup_context(ctx, inputs, out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        return _closed_form_backward(ctx, grad_out)
 
 
 def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
@@ -235,11 +211,9 @@ def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor
     if not closed_form_available(query.device):
         raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
                            f"the native closed form has CPU kernels only, got {query.device}")
-    inputs = (query, key, value, source, transition, mark, direct,
-              *(getattr(schedule, name) for name in CLOSED_FORM_FIELDS))
-    if not _LIBRARY_API:
-        return _NativeClosedForm.apply(*inputs)
-    return torch.ops.plstm_graph.closed_form_forward(*inputs)
+    return torch.ops.plstm_graph.closed_form_forward(
+        query, key, value, source, transition, mark, direct,
+        *(getattr(schedule, name) for name in CLOSED_FORM_FIELDS))
 
 
 class _NativeScan(torch.autograd.Function):
