@@ -293,7 +293,7 @@ void edges_by_source(const Inputs& in, at::Tensor& src_ptr, at::Tensor& src_edge
 
 
 // ---------------------------------------------------------------------------------------------
-// autograd of the closed form, wired once here for every backend (the Python side only adds
+// autograd of both forward ops, wired once here for every backend (the Python side only adds
 // the fake kernels). In C++ rather than through torch.library.register_autograd: on a batch of
 // molecules the whole op takes a few hundred microseconds, and a Python autograd wrapper
 // costs a sizeable part of that on every forward and backward.
@@ -362,6 +362,82 @@ class ClosedForm : public torch::autograd::Function<ClosedForm> {
   }
 };
 
+using ScanForwardSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, bool);
+
+// The level scan: `states` is a cache for backward (empty unless keep_states) and carries no
+// gradient.
+class Scan : public torch::autograd::Function<Scan> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                               const at::Tensor& v, const at::Tensor& source,
+                               const at::Tensor& transition, const at::Tensor& mark,
+                               const variable_list& schedule, bool keep_states) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("plstm_graph::scan_forward", "")
+                         .typed<ScanForwardSig>();
+    auto [out, states] = op.call(q, k, v, source, transition, mark, schedule[0], schedule[1],
+                                 schedule[2], schedule[3], schedule[4], schedule[5],
+                                 schedule[6], schedule[7], schedule[8], schedule[9],
+                                 schedule[10], schedule[11], keep_states);
+    variable_list saved = {q, k, v, source, transition, mark, states};
+    saved.insert(saved.end(), schedule.begin(), schedule.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["keep_states"] = keep_states;
+    ctx->mark_non_differentiable({states});
+    return {out, states};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list s = ctx->get_saved_variables();
+    variable_list grads(8);  // q, k, v, source, transition, mark, schedule, keep_states
+    const at::Tensor& dy = grad_outputs[0];
+    if (!dy.defined()) return grads;
+    c10::optional<at::Tensor> states;
+    if (ctx->saved_data["keep_states"].toBool()) states = s[6];
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("plstm_graph::scan_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                              at::Tensor>(
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                const at::Tensor&, const at::Tensor&)>();
+    auto r = op.call(dy.contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], states, s[7], s[8],
+                     s[9], s[10], s[11], s[12], s[13], s[14], s[15], s[16], s[17], s[18]);
+    grads[0] = std::get<0>(r);
+    grads[1] = std::get<1>(r);
+    grads[2] = std::get<2>(r);
+    grads[3] = std::get<3>(r);
+    grads[4] = std::get<4>(r);
+    grads[5] = std::get<5>(r);
+    return grads;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> scan_forward_autograd(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& source,
+    const at::Tensor& transition, const at::Tensor& mark, const at::Tensor& edge_src,
+    const at::Tensor& edge_dst, const at::Tensor& arc_src, const at::Tensor& arc_dst,
+    const at::Tensor& edge_order, const at::Tensor& level_ptr, const at::Tensor& in_ptr,
+    const at::Tensor& in_arc, const at::Tensor& out_ptr, const at::Tensor& out_arc,
+    const at::Tensor& node_ptr, const at::Tensor& node_edge, bool keep_states) {
+  auto r = Scan::apply(q, k, v, source, transition, mark,
+                       variable_list{edge_src, edge_dst, arc_src, arc_dst, edge_order,
+                                     level_ptr, in_ptr, in_arc, out_ptr, out_arc, node_ptr,
+                                     node_edge},
+                       keep_states);
+  return {r[0], r[1]};
+}
+
 at::Tensor closed_form_forward_autograd(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& source,
     const at::Tensor& transition, const at::Tensor& mark, const at::Tensor& direct,
@@ -408,6 +484,7 @@ TORCH_LIBRARY(plstm_graph, m) {
 }
 
 TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {
+  m.impl("scan_forward", &plstm_graph::scan_forward_autograd);
   m.impl("closed_form_forward", &plstm_graph::closed_form_forward_autograd);
 }
 

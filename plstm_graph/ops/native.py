@@ -17,9 +17,9 @@ the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term
                                                direct, *components) -> seven gradients
 
 with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers the fake
-(meta) kernels of all four ops and the autograd formula of ``scan_forward``, so the ops work
-under autograd and ``torch.compile(fullgraph=True)``; the closed form's autograd is wired in
-C++ (``csrc/plstm_dag.cpp``), where it costs no Python on the hot path.
+(meta) kernels of all four ops, so that ``torch.compile(fullgraph=True)`` traces them; the
+autograd of both forward ops is wired in C++ (``csrc/plstm_dag.cpp``), where it costs no
+Python on the hot path and needs no particular torch version.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -154,38 +154,12 @@ def _scan_backward_fake(grad_out, query, key, value, source, transition, mark, s
                  for t in (query, key, value, source, transition, mark))
 
 
-def _setup_context(ctx, inputs, output):
-    query, key, value, source, transition, mark = inputs[:6]
-    schedule = inputs[6:6 + len(SCHEDULE_FIELDS)]
-    keep_states = inputs[-1]
-    _, states = output
-    ctx.keep_states = keep_states
-    # `states` is a cache for backward and carries no gradient: without this the engine would
-    # materialise an [E, H, K, V] zero tensor for it on every backward
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(query, key, value, source, transition, mark,
-                          states if keep_states else None, *schedule)
-
-
-def _backward(ctx, grad_out, grad_states=None):
-    query, key, value, source, transition, mark, states, *schedule = ctx.saved_tensors
-    if not ctx.keep_states:
-        states = None
-    if grad_out is None:  # `out` did not reach the loss
-        return (None,) * (6 + len(SCHEDULE_FIELDS) + 1)
-    grads = torch.ops.plstm_graph.scan_backward(
-        grad_out.contiguous(), query, key, value, source, transition, mark, states, *schedule)
-    return (*grads,) + (None,) * (len(SCHEDULE_FIELDS) + 1)
-
-
-# torch >= 2.4: fake kernels + autograd registered on the op itself (torch.compile-able).
-_LIBRARY_API = hasattr(torch.library, "register_fake") and hasattr(torch.library,
-                                                                   "register_autograd")
+# torch >= 2.4: fake kernels registered on the ops (torch.compile traces them); the autograd
+# of both forward ops is wired in C++ (csrc/plstm_dag.cpp) and works on any torch.
+_LIBRARY_API = hasattr(torch.library, "register_fake")
 if WITH_NATIVE and _LIBRARY_API:
     torch.library.register_fake("plstm_graph::scan_forward")(_scan_forward_fake)
     torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
-    torch.library.register_autograd("plstm_graph::scan_forward", _backward,
-                                    setup_context=_setup_context)
 
 
 def _closed_form_forward_fake(query, key, value, source, transition, mark, direct, *components):
@@ -216,22 +190,6 @@ def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor
         *(getattr(schedule, name) for name in CLOSED_FORM_FIELDS))
 
 
-class _NativeScan(torch.autograd.Function):
-    """Autograd for torch < 2.4 (no torch.library.register_autograd): eager mode only."""
-
-    @staticmethod
-    def forward(ctx, query, key, value, source, transition, mark, keep_states, *index):
-        inputs = (query, key, value, source, transition, mark, *index, keep_states)
-        out, states = torch.ops.plstm_graph.scan_forward(*inputs)
-        _setup_context(ctx, inputs, (out, states))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grads = _backward(ctx, grad_out)
-        return (*grads[:6], None) + (None,) * len(SCHEDULE_FIELDS)
-
-
 def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
                 mark: Tensor, schedule, recompute: bool = False) -> Tensor:
     """The state part of ``plstm_dag`` (no direct term) with the native kernels.
@@ -242,9 +200,6 @@ def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, trans
     if not available(query.device):
         raise RuntimeError(unavailable_reason(query.device))
     index = [getattr(schedule, name) for name in SCHEDULE_FIELDS]
-    if not _LIBRARY_API:
-        return _NativeScan.apply(query, key, value, source, transition, mark, not recompute,
-                                 *index)
     out, _ = torch.ops.plstm_graph.scan_forward(query, key, value, source, transition, mark,
                                                 *index, not recompute)
     return out
