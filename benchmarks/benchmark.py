@@ -220,7 +220,7 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
 
         label = f"plstm_dag {backend}" + (" closed form" if algorithm == "closed_form" else "")
         label += " recompute" if recompute else ""
-        if backend == "native" and algorithm == resolve_algorithm(
+        if backend == "native" and not recompute and algorithm == resolve_algorithm(
                 None, "native", torch.device(device), sched, K, V):
             label += " (auto)"
         record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),

@@ -84,6 +84,32 @@ def test_conv_matches_written_out_math(mode, edge_dim):
     torch.testing.assert_close(conv(x, ei, attr), out, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(not plstm_graph.WITH_NATIVE, reason="needs the native ops")
+@pytest.mark.parametrize("algorithm", ["scan", "closed_form"])
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_conv_algorithms_match_written_out_math(algorithm, mode):
+    """Both native algorithms behind the layer, values and gradients, against the reference
+    written out with the oracle (and therefore against each other)."""
+    ei = torch.cat([random_dag(9, 0.35, seed=2), random_dag(6, 0.5, seed=3) + 9], 1)
+    num_nodes = 16  # node 15 is isolated
+    line = line_graph(ei, num_nodes)
+    if mode == "D":
+        line = multitree(ei, line)
+    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3, value_dim=2,
+                              backend="native", algorithm=algorithm).double())
+    x = torch.randn(num_nodes, 5, dtype=torch.float64, requires_grad=True)
+    attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
+    out = conv(x, ei, attr, line_index=line)
+    ref = _conv_reference(conv, x, ei, line, attr)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    g = torch.randn_like(out)
+    params = [x] + list(conv.parameters())
+    got = torch.autograd.grad(out, params, g)
+    want = torch.autograd.grad(ref, params, g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9)
+
+
 def test_p_mode_transitions_are_normalised():
     ei = random_dag(20, 0.4, seed=1)
     line = line_graph(ei, 20)
