@@ -331,6 +331,7 @@ class ClosedForm : public torch::autograd::Function<ClosedForm> {
     ctx->save_for_backward({q, k, v, source, transition, mark, direct, edge_src, edge_dst,
                             arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node,
                             comp_edge_ptr, comp_edge});
+    ctx->set_materialize_grads(false);
     return out;
   }
 
@@ -390,6 +391,8 @@ class Scan : public torch::autograd::Function<Scan> {
     ctx->save_for_backward(saved);
     ctx->saved_data["keep_states"] = keep_states;
     ctx->mark_non_differentiable({states});
+    // no [E, H, K, V] zero tensor for the gradient of `states` on every backward
+    ctx->set_materialize_grads(false);
     return {out, states};
   }
 
