@@ -92,6 +92,15 @@ void check_qkv_and_gates(const char* op,
                     shape_str(v));
 }
 
+// A [N, H, width] tensor whose [H, width] block per node is contiguous, nodes any (positive)
+// stride apart, as it is; anything else as a contiguous copy. PLSTMConv hands over q, k and v
+// as column slices of one fused projection: this saves copying them on every call.
+at::Tensor rows_contiguous(const at::Tensor& t) {
+  const bool rows_ok = t.stride(2) == 1 && (t.size(1) <= 1 || t.stride(1) == t.size(2)) &&
+                       t.stride(0) >= t.size(1) * t.size(2) && t.size(0) > 0;
+  return rows_ok ? t : t.contiguous();
+}
+
 // source and mark [E, H], transition [L, H]: sets d.E and d.L.
 void check_gate_shapes(const char* op, const at::Tensor& source, const at::Tensor& transition,
                        const at::Tensor& mark, Dims& d) {
@@ -220,9 +229,9 @@ ClosedFormInputs check_closed_form_inputs(
   in.comp_node = index_arg(op, comp_node, "comp_node", d.N, dev);
   in.comp_edge_ptr = index_arg(op, comp_edge_ptr, "comp_edge_ptr", in.C + 1, dev);
   in.comp_edge = index_arg(op, comp_edge, "comp_edge", d.E, dev);
-  in.q = q.contiguous();
-  in.k = k.contiguous();
-  in.v = v.contiguous();
+  in.q = rows_contiguous(q);
+  in.k = rows_contiguous(k);
+  in.v = rows_contiguous(v);
   in.source = source.contiguous();
   in.transition = transition.contiguous();
   in.mark = mark.contiguous();

@@ -82,8 +82,9 @@ Inputs check_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
 // grad_out [N, H, V] in the dtype and on the device of q; returned contiguous.
 at::Tensor check_grad_out(const at::Tensor& q, int64_t V, const at::Tensor& grad_out);
 
-// The closed form's inputs after the checks (contiguous; index tensors int64 on the device of
-// q). The consistency of the component layout is checked by the kernel.
+// The closed form's inputs after the checks: index tensors int64 on the device of q, all
+// contiguous except q, k and v, which keep a node stride (stride(0)) when each node's [H, K|V]
+// block is contiguous. The consistency of the component layout is checked by the kernel.
 struct ClosedFormInputs {
   at::Tensor q, k, v, source, transition, mark, direct;
   at::Tensor edge_src, edge_dst, arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node,

@@ -319,3 +319,31 @@ def test_bad_arguments_raise():
         OPS.closed_form_forward(*bad)
     with pytest.raises(ValueError, match="grad_out must have shape"):
         OPS.closed_form_backward(torch.ones(1, 2, 3, dtype=torch.float64), *args)
+
+
+def test_strided_rows_are_read_in_place():
+    """q, k, v as column slices of one wider tensor (how PLSTMConv hands them over) give the
+    same values and gradients as contiguous copies."""
+    ei, n = batch([6, 7], seed=9)
+    li = plstm_graph.line_graph(ei, n)
+    s = build_schedule(ei, li, n)
+    x = inputs(n, ei, li, heads=2, kdim=3, vdim=4)
+    wide = torch.cat([x["query"].detach().reshape(n, -1), x["key"].detach().reshape(n, -1),
+                      x["value"].detach().reshape(n, -1), torch.randn(n, 5,
+                                                                      dtype=torch.float64)], 1)
+    wide.requires_grad_()
+    q, k, v = wide[:, :6].view(n, 2, 3), wide[:, 6:12].view(n, 2, 3), wide[:, 12:20].view(n, 2, 4)
+    assert not q.is_contiguous() and q.stride() == (25, 3, 1)
+    rest = [x[k_].detach().requires_grad_() for k_ in NAMES[3:]]
+    idx = [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
+    y = OPS.closed_form_forward(q, k, v, *rest, *idx)
+    dense = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    y_ref = OPS.closed_form_forward(*dense, *[r.detach() for r in rest], *idx)
+    assert torch.equal(y, y_ref)
+    g = torch.randn_like(y)
+    (dwide,) = torch.autograd.grad(y, [wide], g)
+    dq, dk, dv = torch.autograd.grad(y_ref, dense, g)
+    assert torch.equal(dwide[:, :6], dq.reshape(n, -1))
+    assert torch.equal(dwide[:, 6:12], dk.reshape(n, -1))
+    assert torch.equal(dwide[:, 12:20], dv.reshape(n, -1))
+    assert not dwide[:, 20:].any()

@@ -68,13 +68,14 @@ PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy(acc_t* __restrict__ y, acc_t a,
 }
 
 // Row pointers rows[j] to the [width] vector of node nodes[j], head h, of a [N, H, width]
-// tensor: in place for float/double, else converted into `buf` ([nc, width]).
+// tensor whose nodes are `stride` elements apart: in place for float/double, else converted
+// into `buf` ([nc, width]).
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET PLSTM_CF_INLINE void cf_rows(const scalar_t* x, const int64_t* nodes, int64_t nc,
-                                 int64_t H, int64_t h, int64_t width, const acc_t** rows,
-                                 acc_t* buf) {
+PLSTM_TARGET PLSTM_CF_INLINE void cf_rows(const scalar_t* x, int64_t stride, const int64_t* nodes,
+                                          int64_t nc, int64_t h, int64_t width,
+                                          const acc_t** rows, acc_t* buf) {
   for (int64_t j = 0; j < nc; ++j) {
-    const scalar_t* src = x + (nodes[j] * H + h) * width;
+    const scalar_t* src = x + nodes[j] * stride + h * width;
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       rows[j] = src;
     } else {
@@ -213,9 +214,9 @@ PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, i
   acc_t* __restrict__ y = Gate + nc * np;
   const int32_t* off = ints;  // the ancestor lists of cf_ancestors
   const int32_t* list = off + nc + 1;
-  cf_rows(p.q, nodes, nc, H, h, K, qr, conv);
-  cf_rows(p.k, nodes, nc, H, h, K, kr, conv + nc * K);
-  cf_rows(p.v, nodes, nc, H, h, V, vr, conv + 2 * nc * K);
+  cf_rows(p.q, p.q_stride, nodes, nc, h, K, qr, conv);
+  cf_rows(p.k, p.k_stride, nodes, nc, h, K, kr, conv + nc * K);
+  cf_rows(p.v, p.v_stride, nodes, nc, h, V, vr, conv + 2 * nc * K);
   cf_paths(p, c, h, np, W, Gate);
   for (int64_t n = 0; n < nc; ++n) {
     const acc_t* __restrict__ qn = qr[n];
@@ -255,10 +256,10 @@ PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, 
   acc_t* __restrict__ dq = dV + nc * V;      // [K]
   const int32_t* off = ints;  // the ancestor lists of cf_ancestors
   const int32_t* list = off + nc + 1;
-  cf_rows(p.q, nodes, nc, H, h, K, qr, conv);
-  cf_rows(p.k, nodes, nc, H, h, K, kr, conv + nc * K);
-  cf_rows(p.v, nodes, nc, H, h, V, vr, conv + 2 * nc * K);
-  cf_rows(p.dy, nodes, nc, H, h, V, dyr, conv + 2 * nc * K + nc * V);
+  cf_rows(p.q, p.q_stride, nodes, nc, h, K, qr, conv);
+  cf_rows(p.k, p.k_stride, nodes, nc, h, K, kr, conv + nc * K);
+  cf_rows(p.v, p.v_stride, nodes, nc, h, V, vr, conv + 2 * nc * K);
+  cf_rows(p.dy, H * V, nodes, nc, h, V, dyr, conv + 2 * nc * K + nc * V);
   cf_paths(p, c, h, np, W, Gate);
   std::fill(dGate, dGate + nc * np, acc_t(0));
   std::fill(dK, dK + nc * K, acc_t(0));

@@ -137,6 +137,7 @@ struct CfPtrs {
       *comp_edge_ptr, *comp_edge, *node_pos, *edge_pos;
   scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
   int64_t H, K, V;
+  int64_t q_stride, k_stride, v_stride;  // elements between consecutive nodes
 };
 
 // Per-thread scratch, kept across calls up to this size.
@@ -213,6 +214,9 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& l
   p.H = in.d.H;
   p.K = in.d.K;
   p.V = in.d.V;
+  p.q_stride = in.q.stride(0);
+  p.k_stride = in.k.stride(0);
+  p.v_stride = in.v.stride(0);
   return p;
 }
 
@@ -328,7 +332,11 @@ closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const 
                     in.q.device());
   const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
   const Layout lay = check_layout(in);
-  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
+  // (q, k, v may be strided views; their gradients are written contiguous)
+  const auto opts = in.q.options();
+  at::Tensor dq = at::empty({in.d.N, in.d.H, in.d.K}, opts),
+             dk = at::empty({in.d.N, in.d.H, in.d.K}, opts),
+             dv = at::empty({in.d.N, in.d.H, in.d.V}, opts);
   at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
              dM = at::empty_like(in.mark), dD = at::empty_like(in.direct);
   PLSTM_CF_DISPATCH(in.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
