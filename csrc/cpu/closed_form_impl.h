@@ -149,6 +149,17 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot(const acc_t* __restrict__ a,
   return part[0];
 }
 
+// Position of the lowest set bit of a non-zero word.
+PLSTM_TARGET PLSTM_CF_INLINE int cf_lowest_bit(uint64_t bits) {
+#if defined(_MSC_VER) && !defined(__clang__)
+  unsigned long index;
+  _BitScanForward64(&index, bits);
+  return static_cast<int>(index);
+#else
+  return __builtin_ctzll(bits);
+#endif
+}
+
 // Ancestors of every node of component c as bit sets, anc [nc, words], and then as lists:
 // list[off[n]:off[n + 1]] are the ancestors of node n in increasing position.
 template <typename scalar_t, typename acc_t>
@@ -174,7 +185,7 @@ PLSTM_TARGET void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
     const uint64_t* an = anc + n * words;
     for (int64_t x = 0; x < words; ++x) {
       for (uint64_t bits = an[x]; bits != 0; bits &= bits - 1) {
-        list[count++] = static_cast<int32_t>(x * 64 + __builtin_ctzll(bits));
+        list[count++] = static_cast<int32_t>(x * 64 + cf_lowest_bit(bits));
       }
     }
     off[n + 1] = count;

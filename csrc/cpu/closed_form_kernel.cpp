@@ -13,6 +13,7 @@
 // order, so results are bitwise reproducible whatever the thread count. The component layout
 // is checked completely before any memory is touched.
 #include "../plstm_dag.h"
+#include "isa.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,6 +31,7 @@
 #include <vector>
 
 #if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
 #define __restrict__ __restrict
 #define PLSTM_CF_INLINE inline
 #else  // the small helpers sit in the innermost loops: a call per pair costs more than the work
@@ -165,8 +167,7 @@ T* task_scratch(int64_t n, std::vector<T>& own) {
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define PLSTM_CF_HAVE_AVX2 1
+#ifdef PLSTM_HAVE_AVX2
 #define PLSTM_ISA cf_avx2
 #define PLSTM_TARGET __attribute__((target("avx2,fma")))
 #include "closed_form_impl.h"  // NOLINT(build/include)
@@ -175,20 +176,6 @@ T* task_scratch(int64_t n, std::vector<T>& own) {
 #endif
 
 namespace {
-
-bool cf_use_avx2() {
-#ifdef PLSTM_CF_HAVE_AVX2
-  static const bool yes = [] {
-    const char* env = std::getenv("PLSTM_GRAPH_CPU_ISA");
-    if (env != nullptr && std::string(env) == "base") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
 
 template <typename scalar_t, typename acc_t>
 CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& lay) {
@@ -287,8 +274,8 @@ at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
     p.out = out.data_ptr<scalar_t>();
     const int64_t K = p.K, V = p.V;
     auto size = [&](int64_t nc, int64_t ec) { return cf_base::cf_forward_scratch(nc, ec, K, V); };
-#ifdef PLSTM_CF_HAVE_AVX2
-    if (cf_use_avx2()) {
+#ifdef PLSTM_HAVE_AVX2
+    if (use_avx2()) {
       for_each_component<acc_t>(
           in, size,
           [&](int64_t c, uint64_t* words, int32_t* ints) {
@@ -354,8 +341,8 @@ closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const 
     auto size = [&](int64_t nc, int64_t ec) {
       return cf_base::cf_backward_scratch(nc, ec, K, V);
     };
-#ifdef PLSTM_CF_HAVE_AVX2
-    if (cf_use_avx2()) {
+#ifdef PLSTM_HAVE_AVX2
+    if (use_avx2()) {
       for_each_component<acc_t>(
           in, size,
           [&](int64_t c, uint64_t* words, int32_t* ints) {

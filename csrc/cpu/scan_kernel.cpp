@@ -20,6 +20,8 @@
 // input raises a ValueError instead of reading out of bounds or racing.
 #include "scan_kernel.h"
 
+#include "isa.h"
+
 #include "../plstm_dag.h"
 
 #include <ATen/Dispatch.h>
@@ -339,8 +341,7 @@ constexpr int kRowLanes = 8;  // partial sums of the short (V) row reductions
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define PLSTM_HAVE_AVX2 1
+#ifdef PLSTM_HAVE_AVX2
 #define PLSTM_ISA avx2
 #define PLSTM_TARGET __attribute__((target("avx2,fma")))
 #include "scan_impl.h"  // NOLINT(build/include)
@@ -349,21 +350,6 @@ constexpr int kRowLanes = 8;  // partial sums of the short (V) row reductions
 #endif
 
 namespace {
-
-// AVX2+FMA when the CPU has it, unless PLSTM_GRAPH_CPU_ISA=base asks for the baseline kernels.
-bool use_avx2() {
-#ifdef PLSTM_HAVE_AVX2
-  static const bool yes = [] {
-    const char* env = std::getenv("PLSTM_GRAPH_CPU_ISA");
-    if (env != nullptr && std::string(env) == "base") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
 
 template <typename scalar_t, typename acc_t>
 struct Kernels {
