@@ -246,6 +246,38 @@ void for_each_component(const ClosedFormInputs& in, const Size& scratch_size,
   }
 }
 
+// The work of one op: ancestor lists and the per-head task of the chosen instruction set.
+template <typename scalar_t, typename acc_t>
+void run_closed_form(const ClosedFormInputs& in, const CfPtrs<scalar_t, acc_t>& p,
+                     bool backward) {
+  using P = CfPtrs<scalar_t, acc_t>;
+  void (*ancestors)(const P&, int64_t, uint64_t*, int32_t*, int32_t*) =
+      &cf_base::cf_ancestors<scalar_t, acc_t>;
+  void (*task)(const P&, int64_t, int64_t, acc_t*, const int32_t*, const acc_t**) =
+      backward ? &cf_base::cf_backward_task<scalar_t, acc_t>
+               : &cf_base::cf_forward_task<scalar_t, acc_t>;
+#ifdef PLSTM_HAVE_AVX2
+  if (use_avx2()) {
+    ancestors = &cf_avx2::cf_ancestors<scalar_t, acc_t>;
+    task = backward ? &cf_avx2::cf_backward_task<scalar_t, acc_t>
+                    : &cf_avx2::cf_forward_task<scalar_t, acc_t>;
+  }
+#endif
+  const int64_t K = p.K, V = p.V;
+  for_each_component<acc_t>(
+      in,
+      [&](int64_t nc, int64_t ec) {
+        return backward ? cf_base::cf_backward_scratch(nc, ec, K, V)
+                        : cf_base::cf_forward_scratch(nc, ec, K, V);
+      },
+      [&](int64_t c, uint64_t* words, int32_t* ints) {
+        ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] - p.comp_node_ptr[c] + 1));
+      },
+      [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+        task(p, c, h, buf, ints, rows);
+      });
+}
+
 #define PLSTM_CF_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
@@ -272,31 +304,7 @@ at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
     p.out = out.data_ptr<scalar_t>();
-    const int64_t K = p.K, V = p.V;
-    auto size = [&](int64_t nc, int64_t ec) { return cf_base::cf_forward_scratch(nc, ec, K, V); };
-#ifdef PLSTM_HAVE_AVX2
-    if (use_avx2()) {
-      for_each_component<acc_t>(
-          in, size,
-          [&](int64_t c, uint64_t* words, int32_t* ints) {
-            cf_avx2::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
-                                                        p.comp_node_ptr[c] + 1));
-          },
-          [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-            cf_avx2::cf_forward_task(p, c, h, buf, ints, rows);
-          });
-      return;
-    }
-#endif
-    for_each_component<acc_t>(
-        in, size,
-        [&](int64_t c, uint64_t* words, int32_t* ints) {
-          cf_base::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
-                                                      p.comp_node_ptr[c] + 1));
-        },
-        [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-          cf_base::cf_forward_task(p, c, h, buf, ints, rows);
-        });
+    run_closed_form<scalar_t, acc_t>(in, p, /*backward=*/false);
   });
   return out;
 }
@@ -337,33 +345,7 @@ closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const 
     p.dT = dT.data_ptr<scalar_t>();
     p.dM = dM.data_ptr<scalar_t>();
     p.dD = dD.data_ptr<scalar_t>();
-    const int64_t K = p.K, V = p.V;
-    auto size = [&](int64_t nc, int64_t ec) {
-      return cf_base::cf_backward_scratch(nc, ec, K, V);
-    };
-#ifdef PLSTM_HAVE_AVX2
-    if (use_avx2()) {
-      for_each_component<acc_t>(
-          in, size,
-          [&](int64_t c, uint64_t* words, int32_t* ints) {
-            cf_avx2::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
-                                                        p.comp_node_ptr[c] + 1));
-          },
-          [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-            cf_avx2::cf_backward_task(p, c, h, buf, ints, rows);
-          });
-      return;
-    }
-#endif
-    for_each_component<acc_t>(
-        in, size,
-        [&](int64_t c, uint64_t* words, int32_t* ints) {
-          cf_base::cf_ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] -
-                                                      p.comp_node_ptr[c] + 1));
-        },
-        [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-          cf_base::cf_backward_task(p, c, h, buf, ints, rows);
-        });
+    run_closed_form<scalar_t, acc_t>(in, p, /*backward=*/true);
   });
   return {dq, dk, dv, dS, dT, dM, dD};
 }
