@@ -569,7 +569,9 @@ def weakly_connected_components(edge_index: Tensor,
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class DagSchedule:
-    """Index tensors that drive the level-parallel scan over one (batched) DAG.
+    """Index tensors that drive both algorithms over one (batched) DAG: the level-parallel
+    scan and the per-component closed form, plus the sizes the op layer needs to choose
+    between them.
 
     An edge ``e = (u -> w)`` is computed at the level of its tail ``u``: all its predecessors
     end at ``u`` and so start at strictly lower levels. All tensors are ``long`` and live on the
