@@ -6,7 +6,8 @@ equal-sized graphs, by graph size, next to the dispatcher's cost estimates.
 Graphs: "tree" (a random tree plus a few ring closures, molecule- and AST-like) and "dense" (a
 random DAG with about three in-edges per node, Bayesian-network-like), ids shuffled, batched
 up to about --nodes nodes. H=4, K=V=24, float32. The last column says which algorithm
-``plstm_dag(..., algorithm=None)`` picks.
+``plstm_dag(..., algorithm=None)`` picks. ``--backend torch`` compares the two pure-PyTorch
+implementations instead of the native ones.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=2000)
     parser.add_argument("--sizes", default="8,16,32,64,128,256,512")
+    parser.add_argument("--backend", default="native", choices=("native", "torch"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -95,15 +97,20 @@ def main(argv=None):
             row = {}
             for algorithm in ("scan", "closed_form"):
                 def call(algorithm=algorithm):
-                    y = plstm_graph.plstm_dag(*xs, ei, li, schedule=s, backend="native",
+                    y = plstm_graph.plstm_dag(*xs, ei, li, schedule=s, backend=args.backend,
                                               algorithm=algorithm, validate=False)
                     y.sum().backward()
                 row[algorithm] = timeit(call)
-            cost = dispatcher.scan_cost(s, K, V) / dispatcher.closed_form_cost(s, K, V)
-            auto = dispatcher.resolve_algorithm(None, "native", torch.device("cpu"), s, K, V)
+            if args.backend == "native":
+                cost = dispatcher.scan_cost(s, K, V) / dispatcher.closed_form_cost(s, K, V)
+            else:
+                cost = (dispatcher.torch_scan_cost(s, K, V) /
+                        dispatcher.torch_closed_form_cost(s, K, V))
+            auto = dispatcher.resolve_algorithm(None, args.backend, torch.device("cpu"), s, K, V)
             if os.getenv("BENCH_FEATURES"):
                 print("#features", kind, n, K, V, num_nodes, ei.size(1), li.size(1),
-                      s.path_work, s.ancestor_pairs, row["scan"], row["closed_form"])
+                      s.path_work, s.ancestor_pairs, s.num_components, s.max_component_nodes,
+                      s.max_component_edges, row["scan"], row["closed_form"])
             print(f"| {kind} | {n} | {num_nodes} | {ei.size(1)} | {row['scan'] * 1e3:.2f} ms | "
                   f"{row['closed_form'] * 1e3:.2f} ms | "
                   f"{row['scan'] / row['closed_form']:.2f} | {cost:.2f} | {auto} |", flush=True)

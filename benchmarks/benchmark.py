@@ -1,8 +1,9 @@
 """Speed and memory of plstm_dag and PLSTMConv.
 
 Rows: the per-edge Python loop the authors' code runs (one graph at a time), the torch
-level scan, the native level scan, the native closed form (where components are small enough;
-"(auto)" marks what ``plstm_dag`` picks by default), and ``PLSTMConv(96, 96, heads=4)`` next to
+level scan, its closed form (where components are small enough for padding), the native level
+scan, the native closed form (where components are small enough; "(auto)" marks what
+``plstm_dag`` picks by default), and ``PLSTMConv(96, 96, heads=4)`` next to
 ``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches. Graphs: batches of 1, 32,
 128 and 1024 MUTAG-sized random DAGs, a 20,000-node chain and a random DAG with 300k edges.
 H=4, K=V=24, float32.
@@ -199,6 +200,8 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
     variants = [("torch", "scan", False)]
     if args.recompute:
         variants.append(("torch", "scan", True))
+    if resolve_algorithm(None, "torch", torch.device(device), sched, K, V) == "closed_form":
+        variants.append(("torch", "closed_form", False))
     if native_ok:
         variants.append(("native", "scan", False))
         if args.recompute:

@@ -594,6 +594,7 @@ class DagSchedule:
             in topological order (level, then id): the layout of the closed form.
         comp_edge_ptr, comp_edge: CSR of edges by component, in level order within one.
         max_component_nodes: nodes of the largest component.
+        max_component_edges: edges of the component with the most edges.
         component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes.
         ancestor_pairs: the (node, ancestor) pairs, which the closed form visits; counted
             when no component has more than :data:`ANCESTOR_COUNT_MAX_NODES` nodes, else
@@ -622,6 +623,7 @@ class DagSchedule:
     comp_edge_ptr: Tensor
     comp_edge: Tensor
     max_component_nodes: int = 0
+    max_component_edges: int = 0
     component_pairs: int = 0
     ancestor_pairs: int = 0
     path_work: int = 0
@@ -719,6 +721,7 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     component_pairs = int((sizes * (sizes - 1)).sum()) // 2
     comp_arcs = torch.bincount(edge_comp[arc_dst], minlength=num_comps)
     comp_edges = comp_edge_ptr[1:] - comp_edge_ptr[:-1]
+    max_component_edges = int(comp_edges.max()) if num_comps > 0 else 0
     path_work = int(((comp_edges + comp_arcs + sizes) * sizes).sum())
     ancestor_pairs = component_pairs
     if 0 < max_component_nodes <= ANCESTOR_COUNT_MAX_NODES:
@@ -735,5 +738,6 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         arc_level_ptr=arc_level_ptr.cpu(), in_ptr=in_ptr, in_arc=in_arc, out_ptr=out_ptr,
         out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
-        max_component_nodes=max_component_nodes, component_pairs=component_pairs,
+        max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
+        component_pairs=component_pairs,
         ancestor_pairs=ancestor_pairs, path_work=path_work)

@@ -71,13 +71,20 @@ def test_auto_choice():
     li = plstm_graph.line_graph(ei, n)
     s = build_schedule(ei, li, n)
     assert dispatcher.resolve_algorithm(None, "native", cpu, s, 24, 24) == "closed_form"
-    assert dispatcher.resolve_algorithm(None, "torch", cpu, s, 24, 24) == "scan"
+    assert dispatcher.resolve_algorithm(None, "torch", cpu, s, 24, 24) == "closed_form"
     chain = torch.stack([torch.arange(2999), torch.arange(1, 3000)])
     s_chain = build_schedule(chain, plstm_graph.line_graph(chain, 3000), 3000)
     assert dispatcher.resolve_algorithm(None, "native", cpu, s_chain, 24, 24) == "scan"
+    assert dispatcher.resolve_algorithm(None, "torch", cpu, s_chain, 24, 24) == "scan"
+    # one mid-sized component: the padded torch closed form is not worth it, the native one is
+    big, n_big = batch([200], prob=0.02, seed=1)
+    s_big = build_schedule(big, plstm_graph.line_graph(big, n_big), n_big)
+    assert dispatcher.resolve_algorithm(None, "torch", cpu, s_big, 24, 24) == "scan"
+    assert dispatcher.resolve_algorithm(None, "native", cpu, s_big, 24, 24) == "closed_form"
+    assert dispatcher.resolve_algorithm("closed_form", "torch", cpu, s, 24, 24) == "closed_form"
     # a forced closed form where it cannot run is refused with the reason
-    with pytest.raises(RuntimeError, match="native CPU"):
-        dispatcher.resolve_algorithm("closed_form", "torch", cpu, s, 24, 24)
+    with pytest.raises(RuntimeError, match="CPU kernels only"):
+        dispatcher.resolve_algorithm("closed_form", "native", torch.device("cuda"), s, 24, 24)
     with pytest.raises(ValueError, match="largest component has 3000 nodes"):
         dispatcher.resolve_algorithm("closed_form", "native", cpu, s_chain, 24, 24)
     with pytest.raises(ValueError, match="unknown algorithm"):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import plstm_graph
 from plstm_graph.ops import native
+from impls import IMPLS, impl_kwargs
 from oracle import plstm_oracle
 
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
@@ -99,9 +100,10 @@ def test_fuzz_matches_oracle(problem, cot_seed, recompute):
     y_ref = plstm_oracle(*xs, edge_index, lg)
     g_ref = _grads(y_ref, xs, cot)
     scale = 1.0 + float(y_ref.detach().abs().max()) if y_ref.numel() else 1.0
-    for backend in BACKENDS:
+    for backend in IMPLS:
         xs = [inputs[k].clone().requires_grad_(True) for k in NAMES]
-        y = plstm_graph.plstm_dag(*xs, edge_index, lg, backend=backend, recompute=recompute)
+        y = plstm_graph.plstm_dag(*xs, edge_index, lg, recompute=recompute,
+                                  **impl_kwargs(backend))
         assert y.dtype == torch.float64 and y.shape == y_ref.shape
         torch.testing.assert_close(y.detach(), y_ref.detach(), rtol=1e-9, atol=1e-9 * scale)
         for name, a, b in zip(NAMES, _grads(y, xs, cot), g_ref):

@@ -7,11 +7,11 @@ import torch
 import plstm_graph
 from plstm_graph.dag import build_schedule
 from plstm_graph.ops import native
+from impls import IMPLS, impl_kwargs
 from oracle import plstm_oracle, random_dag, random_inputs
 
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
-BACKENDS = ["torch"] + (["native"] if plstm_graph.WITH_NATIVE and
-                        native.available(torch.device("cpu")) else [])
+BACKENDS = IMPLS  # "backend/algorithm": every implementation
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 
@@ -46,6 +46,8 @@ def grads_of(y, inputs, cotangent):
 
 def run_pkg(inputs, edge_index, line_index, cotangent=None, **kw):
     x = leaf(inputs)
+    if "backend" in kw:
+        kw.update(impl_kwargs(kw.pop("backend")))
     y = plstm_graph.plstm_dag(*(x[n] for n in NAMES), edge_index, line_index, **kw)
     if cotangent is None:
         cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(5),
@@ -255,8 +257,8 @@ def test_gradcheck(graph, mode, recompute, backend):
     xs = tuple(inputs[name].clone().requires_grad_(True) for name in NAMES)
 
     def f(*args):
-        return plstm_graph.plstm_dag(*args, edge_index, lg, backend=backend,
-                                     recompute=recompute)
+        return plstm_graph.plstm_dag(*args, edge_index, lg, recompute=recompute,
+                                     **impl_kwargs(backend))
 
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-7, rtol=1e-5)
 

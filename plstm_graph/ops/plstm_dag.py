@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..dag import DagSchedule, build_schedule
 from . import native
+from .closed_form_torch import closed_form_torch
 from .scan_torch import scan_torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -93,20 +94,38 @@ def scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
             250 * (schedule.num_edges + schedule.num_nodes) * (kdim + vdim))
 
 
+def torch_closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
+    """Estimated time of the pure-PyTorch closed form, which pads every component to the
+    largest one: a triangular solve and three batched matrix products per component."""
+    p, r = schedule.max_component_nodes, schedule.max_component_edges
+    return 2 * schedule.num_components * (r * r * p + r * p * p + p * p * (kdim + vdim))
+
+
+def torch_scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
+    """Estimated time of the pure-PyTorch level scan (same units)."""
+    return (30 * (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim +
+            500_000 * schedule.num_levels)
+
+
 def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.device,
                       schedule: DagSchedule, kdim: int, vdim: int) -> str:
     if algorithm is None:
-        if (backend == "native" and native.closed_form_available(device) and
-                schedule.max_component_nodes <= CLOSED_FORM_MAX_NODES and
-                closed_form_cost(schedule, kdim, vdim) < scan_cost(schedule, kdim, vdim)):
+        if schedule.max_component_nodes > CLOSED_FORM_MAX_NODES:
+            return "scan"
+        if backend == "native":
+            if (native.closed_form_available(device) and
+                    closed_form_cost(schedule, kdim, vdim) < scan_cost(schedule, kdim, vdim)):
+                return "closed_form"
+            return "scan"
+        if torch_closed_form_cost(schedule, kdim, vdim) < torch_scan_cost(schedule, kdim, vdim):
             return "closed_form"
         return "scan"
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
     if algorithm == "closed_form":
-        if backend != "native" or not native.closed_form_available(device):
-            raise RuntimeError(f"algorithm='closed_form' runs on the native CPU kernels only "
-                               f"(backend={backend!r}, device={device}); use algorithm='scan'")
+        if backend == "native" and not native.closed_form_available(device):
+            raise RuntimeError(f"the native closed form has CPU kernels only (device={device}); "
+                               f"use backend='torch' or algorithm='scan'")
         if schedule.max_component_nodes > CLOSED_FORM_MAX_NODES:
             raise ValueError(f"algorithm='closed_form' needs O(n^2) memory per component; the "
                              f"largest component has {schedule.max_component_nodes} nodes "
@@ -128,11 +147,12 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         y_n = \sum_{e:\, dst(e) = n} M_e\, C_e^\top q_n + D_n\, (q_n \cdot k_n)\, v_n .
 
     Two algorithms compute it. The level scan runs level by level (levels of the tail nodes),
-    every edge of a level at once, over the whole batch. The closed form (native CPU kernels)
-    evaluates, per weakly connected component, the masked linear attention
+    every edge of a level at once, over the whole batch. The closed form evaluates, per weakly
+    connected component, the masked linear attention
     :math:`y_n = \sum_m \mathrm{Gate}_{nm} (q_n \cdot k_m) v_m + D_n (q_n \cdot k_n) v_n`
-    over the pairs of a node and its ancestors; on batches of small graphs (molecules) it does
-    a fraction of the scan's work and keeps nothing but the inputs for backward.
+    (natively: over the pairs of a node and its ancestors; in torch: as batched dense algebra
+    over components padded to the largest); on batches of small graphs (molecules) it does a
+    fraction of the scan's work and keeps nothing but the inputs for backward.
 
     Args:
         query, key: ``[N, H, K]``.
@@ -149,9 +169,11 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
             work and index checks.
         backend: ``"torch"``, ``"native"`` or ``None`` (native when it was built for the
             inputs' device, torch otherwise).
-        algorithm: ``"scan"``, ``"closed_form"`` (native backend on the CPU, components of at
-            most :data:`CLOSED_FORM_MAX_NODES` nodes) or ``None``: the closed form when it is
-            available and cheaper by :func:`closed_form_cost`, the scan otherwise. Both give
+        algorithm: ``"scan"``, ``"closed_form"`` (components of at most
+            :data:`CLOSED_FORM_MAX_NODES` nodes; natively on the CPU only) or ``None``: the
+            closed form where the time models (:func:`closed_form_cost` against
+            :func:`scan_cost` natively, :func:`torch_closed_form_cost` against
+            :func:`torch_scan_cost` in torch) say it is faster, the scan otherwise. Both give
             the same values up to rounding.
         recompute: scan only: keep only the inputs for backward and recompute the states then
             (saves ``E*H*K*V`` elements of memory for one more forward scan). The closed form
@@ -185,10 +207,12 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
                                value.size(-1))
 
     dtype = query.dtype
-    if method == "closed_form":  # accumulates in float32 for the half types itself
+    if method == "closed_form" and chosen == "native":  # float32 accumulation for half types
         return native.closed_form_native(*tensors.values(), schedule)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
+    if method == "closed_form":
+        return closed_form_torch(q, k, v, s, t, m, d, schedule).to(dtype)
     if chosen == "native":
         out = native.scan_native(q, k, v, s, t, m, schedule, recompute)
     else:

@@ -1,0 +1,71 @@
+"""The closed form in plain PyTorch: batched dense algebra over padded components.
+
+Spec §2 writes pLSTM on a DAG as a masked linear attention. Per weakly connected component
+(padded to the largest one: ``P`` nodes, ``R`` edges) and head, with the component's edges in
+level order, ``A[b, a] = T_{a->b}`` is strictly lower triangular, so
+
+    Gate = Mk (I - A)^{-1} Sk        (Sk[e, m] = S_e where m = src e; Mk[n, e] = M_e where n = dst e)
+    y    = (Gate * Q K^T + diag(D * diag(Q K^T))) V
+
+is one batched unit-triangular solve and a few batched matrix products, differentiated by
+autograd. Every op is a stock PyTorch op, so this runs wherever PyTorch does (CPU, CUDA, ...);
+the padding makes it pay ``C * H * (R^2 P + P^2 (K + V))``, which is cheap only while every
+component is small, and the dispatcher only picks it then.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..dag import DagSchedule
+
+
+def _positions(ptr: Tensor, members: Tensor, total: int):
+    """Component and position inside it of every member listed by the CSR (ptr, members)."""
+    sizes = ptr[1:] - ptr[:-1]
+    comp_sorted = torch.repeat_interleave(torch.arange(sizes.numel(), device=ptr.device), sizes,
+                                          output_size=total)
+    comp = torch.empty_like(members)
+    pos = torch.empty_like(members)
+    comp[members] = comp_sorted
+    pos[members] = torch.arange(total, device=ptr.device) - ptr[comp_sorted]
+    return comp, pos, (int(sizes.max()) if sizes.numel() else 0)
+
+
+def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                      transition: Tensor, mark: Tensor, direct: Tensor,
+                      s: DagSchedule) -> Tensor:
+    """All of ``plstm_dag`` (direct term included) by the closed form, in the dtype given."""
+    num_nodes, heads, kdim = query.shape
+    vdim = value.shape[-1]
+    if num_nodes == 0:
+        return query.new_zeros(0, heads, vdim) + 0 * value.sum()
+    num_edges = s.num_edges
+    comp, pos, width = _positions(s.comp_node_ptr, s.comp_node, num_nodes)
+    num_comps = s.num_components
+
+    def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
+        out = x.new_zeros(num_comps, width, heads, x.shape[-1])
+        return out.index_put((comp, pos), x)
+
+    q, k, v = padded(query), padded(key), padded(value)
+    qk = torch.einsum("cnhk,cmhk->chnm", q, k)
+    d = direct.new_zeros(num_comps, width, heads).index_put((comp, pos), direct)
+    att = torch.diag_embed(d.transpose(1, 2) * torch.diagonal(qk, dim1=-2, dim2=-1))
+    if num_edges > 0:
+        ecomp, epos, rows = _positions(s.comp_edge_ptr, s.comp_edge, num_edges)
+        src_pos, dst_pos = pos[s.edge_src], pos[s.edge_dst]
+        a = transition.new_zeros(num_comps, rows, rows, heads)
+        a = a.index_put((ecomp[s.arc_dst], epos[s.arc_dst], epos[s.arc_src]), transition)
+        sk = source.new_zeros(num_comps, rows, width, heads)
+        sk = sk.index_put((ecomp, epos, src_pos), source)
+        mk = mark.new_zeros(num_comps, width, rows, heads)
+        mk = mk.index_put((ecomp, dst_pos, epos), mark)
+        eye = torch.eye(rows, dtype=a.dtype, device=a.device)
+        paths = torch.linalg.solve_triangular(eye - a.permute(0, 3, 1, 2),
+                                              sk.permute(0, 3, 1, 2), upper=False,
+                                              unitriangular=True)  # [C, H, R, P]
+        gate = mk.permute(0, 3, 1, 2) @ paths  # [C, H, P, P]
+        att = att + gate * qk
+    y = torch.einsum("chnm,cmhv->cnhv", att, v)
+    return y[comp, pos]
