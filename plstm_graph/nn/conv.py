@@ -55,12 +55,11 @@ class _Gate(torch.nn.Module):
         return out
 
 
-def _rms_norm(y: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """``y / sqrt(mean(y^2) + eps) * weight`` over the last dimension, ``weight`` per head
-    (torch's fused RMSNorm where it has one; its weight would be shared by the heads)."""
+def _rms_norm(y: Tensor, eps: float) -> Tensor:
+    """``y / sqrt(mean(y^2) + eps)`` over the last dimension (torch's own where it has one)."""
     if hasattr(F, "rms_norm"):
-        return F.rms_norm(y, (y.size(-1),), None, eps) * weight
-    return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps) * weight
+        return F.rms_norm(y, (y.size(-1),), None, eps)
+    return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
 
 
 class PLSTMConv(MessagePassing):
@@ -283,8 +282,11 @@ class PLSTMConv(MessagePassing):
                         line_index, node_level=node_level, schedule=schedule,
                         backend=self.backend, algorithm=self.algorithm,
                         recompute=self.recompute)
-        out = _rms_norm(out, self.norm_weight, self.norm_eps)
-        return self.lin_out(out.reshape(num_nodes, heads * self.value_dim))
+        # the per-head norm weight scales the output projection's columns instead of the
+        # [N, H, V] activations: the same function, one [N, H, V] product less each way
+        out = _rms_norm(out, self.norm_eps).reshape(num_nodes, heads * self.value_dim)
+        weight = self.lin_out.weight * self.norm_weight.reshape(1, -1).to(out.dtype)
+        return F.linear(out, weight, self.lin_out.bias)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
