@@ -11,7 +11,7 @@ the line graph, which meet at the shared node ``edge_index[1, a] == edge_index[0
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import List, Optional, Tuple
 
 import torch
@@ -596,9 +596,10 @@ class DagSchedule:
         max_component_nodes: nodes of the largest component.
         max_component_edges: edges of the component with the most edges.
         component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes.
-        ancestor_pairs: the (node, ancestor) pairs, which the closed form visits; counted
-            when no component has more than :data:`ANCESTOR_COUNT_MAX_NODES` nodes, else
-            ``component_pairs`` (an upper bound).
+        ancestor_pairs: (property) the (node, ancestor) pairs, which the closed form visits;
+            counted on first use (a pass per level) when no component has more than
+            :data:`ANCESTOR_COUNT_MAX_NODES` nodes, else ``component_pairs`` (an upper
+            bound). The op layer asks only when cheaper bounds leave the choice open.
         path_work: ``sum (E_c + L_c + n_c) n_c`` over components, the size of the closed
             form's path-weight work.
     """
@@ -625,8 +626,8 @@ class DagSchedule:
     max_component_nodes: int = 0
     max_component_edges: int = 0
     component_pairs: int = 0
-    ancestor_pairs: int = 0
     path_work: int = 0
+    _ancestor_pairs: Optional[int] = field(default=None, repr=False, compare=False)
 
     @property
     def num_edges(self) -> int:
@@ -648,27 +649,51 @@ class DagSchedule:
     def num_components(self) -> int:
         return self.comp_node_ptr.numel() - 1
 
+    @property
+    def ancestor_pairs(self) -> int:
+        if self._ancestor_pairs is None:
+            self._ancestor_pairs = _count_ancestor_pairs(self)
+        return self._ancestor_pairs
+
 
 # Components up to this size get their ancestor pairs counted (an [N, this] byte matrix).
 ANCESTOR_COUNT_MAX_NODES = 1024
 _ANCESTOR_COUNT_MAX_BYTES = 1 << 26
+# a vectorised level step costs about as much as this many edges on Python integers
+_PER_EDGE_COUNT_EDGES_PER_LEVEL = 40
 
 
-def _ancestor_pairs(edge_src: Tensor, edge_dst: Tensor, position: Tensor, width: int,
-                    num_nodes: int, edge_order: Tensor, level_ptr: Tensor) -> int:
-    """Number of (node, ancestor) pairs: one row of ancestor flags per node, indexed by
-    position in the component, merged along the edges level by level."""
-    if num_nodes * width > _ANCESTOR_COUNT_MAX_BYTES:
-        return -1
-    reach = torch.zeros(num_nodes, width, dtype=torch.uint8, device=edge_src.device)
-    bounds = level_ptr.tolist()
+def _count_ancestor_pairs(s: "DagSchedule") -> int:
+    """Number of (node, ancestor) pairs: a set of ancestor flags per node (by position in its
+    component), merged along the edges in level order. Deep, narrow graphs (a long chain: a
+    few edges per level) do it edge by edge on Python integers as bit sets; wide ones one
+    vectorised step per level on a byte matrix."""
+    num_nodes, width = s.num_nodes, s.max_component_nodes
+    if (width == 0 or width > ANCESTOR_COUNT_MAX_NODES or
+            num_nodes * width > _ANCESTOR_COUNT_MAX_BYTES):
+        return s.component_pairs
+    device = s.edge_src.device
+    sizes = s.comp_node_ptr[1:] - s.comp_node_ptr[:-1]
+    position = torch.empty_like(s.comp_node)
+    position[s.comp_node] = torch.arange(num_nodes, device=device) - torch.repeat_interleave(
+        s.comp_node_ptr[:-1], sizes, output_size=num_nodes)
+    if s.num_edges < _PER_EDGE_COUNT_EDGES_PER_LEVEL * max(1, s.num_levels):
+        src = s.edge_src[s.edge_order].tolist()
+        dst = s.edge_dst[s.edge_order].tolist()
+        pos = position.tolist()
+        flags = [0] * num_nodes
+        for u, w in zip(src, dst):  # level order: a tail's flags are final when it is read
+            flags[w] |= flags[u] | (1 << pos[u])
+        return sum(bin(f).count("1") for f in flags)
+    reach = torch.zeros(num_nodes, width, dtype=torch.uint8, device=device)
+    bounds = s.level_ptr.tolist()
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         if lo == hi:
             continue
-        edges = edge_order[lo:hi]
-        u, w = edge_src[edges], edge_dst[edges]
+        edges = s.edge_order[lo:hi]
+        u, w = s.edge_src[edges], s.edge_dst[edges]
         rows = reach[u]
-        rows[torch.arange(u.numel(), device=u.device), position[u]] = 1
+        rows[torch.arange(u.numel(), device=device), position[u]] = 1
         reach.index_reduce_(0, w, rows, "amax")
     return int(reach.sum())
 
@@ -723,15 +748,6 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     comp_edges = comp_edge_ptr[1:] - comp_edge_ptr[:-1]
     max_component_edges = int(comp_edges.max()) if num_comps > 0 else 0
     path_work = int(((comp_edges + comp_arcs + sizes) * sizes).sum())
-    ancestor_pairs = component_pairs
-    if 0 < max_component_nodes <= ANCESTOR_COUNT_MAX_NODES:
-        position = torch.empty_like(comp_node)
-        position[comp_node] = torch.arange(num_nodes, device=device) - torch.repeat_interleave(
-            comp_node_ptr[:-1], sizes, output_size=num_nodes)
-        counted = _ancestor_pairs(edge_src, edge_dst, position, max_component_nodes,
-                                  num_nodes, edge_order, level_ptr)
-        if counted >= 0:
-            ancestor_pairs = counted
     return DagSchedule(
         num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst, arc_src=arc_src,
         arc_dst=arc_dst, edge_order=edge_order, level_ptr=level_ptr.cpu(), arc_order=arc_order,
@@ -739,5 +755,4 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
         max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
-        component_pairs=component_pairs,
-        ancestor_pairs=ancestor_pairs, path_work=path_work)
+        component_pairs=component_pairs, path_work=path_work)

@@ -91,6 +91,23 @@ def test_auto_choice():
         dispatcher.resolve_algorithm("attention", "native", cpu, s, 24, 24)
 
 
+def test_bounds_decide_like_the_exact_count():
+    """The choice first tries the bounds 0 and component_pairs for the ancestor pairs and only
+    counts them when those disagree; it must always agree with the exact count."""
+    cpu = torch.device("cpu")
+    cases = [batch([n] * max(1, 400 // n), prob=p, seed=n) for n in (5, 20, 60, 150)
+             for p in (0.05, 0.3)]
+    chain = torch.stack([torch.arange(999), torch.arange(1, 1000)])
+    cases.append((chain, 1000))
+    for ei, n in cases:
+        s = build_schedule(ei, plstm_graph.line_graph(ei, n), n)
+        for kv in (4, 24, 64):
+            exact = (dispatcher.closed_form_cost(s, kv, kv) <
+                     dispatcher.scan_cost(s, kv, kv))
+            got = dispatcher.resolve_algorithm(None, "native", cpu, s, kv, kv)
+            assert got == ("closed_form" if exact else "scan")
+
+
 def test_auto_choice_is_used():
     """plstm_dag with algorithm=None on a batch of small graphs runs the closed-form op."""
     ei, n = batch([9] * 6)

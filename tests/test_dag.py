@@ -623,3 +623,22 @@ def test_schedule_component_layout():
         own = edges[eptr[c]:eptr[c + 1]]
         assert all(src[e] in members for e in own)
         assert [level[src[e]] for e in own] == sorted(level[src[e]] for e in own)
+
+
+@pytest.mark.parametrize("per_edge", [0, 10 ** 9])  # the vectorised and the per-edge count
+@pytest.mark.parametrize("seed", range(4))
+def test_ancestor_pairs_match_networkx(seed, per_edge, monkeypatch):
+    monkeypatch.setattr(plstm_graph.dag, "_PER_EDGE_COUNT_EDGES_PER_LEVEL", per_edge)
+    parts, off = [], 0
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 6)):
+        size = rng.randint(1, 90)  # past 64: more than one word of flags per node
+        parts.append(random_dag(size, rng.choice([0.05, 0.2, 0.5]), seed=seed * 10 + off) + off)
+        off += size
+    edge_index = torch.cat(parts, 1)
+    s = build_schedule(edge_index, line_graph(edge_index, off), off)
+    g = nx.DiGraph()
+    g.add_nodes_from(range(off))
+    g.add_edges_from(edge_index.t().tolist())
+    assert s.ancestor_pairs == sum(len(nx.ancestors(g, v)) for v in g)
+    assert s.ancestor_pairs <= s.component_pairs

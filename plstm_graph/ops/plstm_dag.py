@@ -81,11 +81,25 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
 # benchmarks/bench_algorithms.py on the 2-core x86-64 CI machine, one thread, over trees and
 # dense DAGs of 8 to 1024 nodes per graph and K = V = 8, 24, 48; they pick the faster one in
 # 28 of those 30 cases (the two misses were near ties). Units: about 0.1 ns per head.
-def closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
+def closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int,
+                     ancestor_pairs: Optional[int] = None) -> int:
     """Estimated time of the closed form: the path weights of every component, the
-    (node, ancestor) pairs and the per-node rows."""
-    return (14 * schedule.path_work + 23 * schedule.ancestor_pairs * (kdim + vdim) +
+    (node, ancestor) pairs (``schedule.ancestor_pairs`` unless given) and the per-node rows."""
+    if ancestor_pairs is None:
+        ancestor_pairs = schedule.ancestor_pairs
+    return (14 * schedule.path_work + 23 * ancestor_pairs * (kdim + vdim) +
             180 * schedule.num_nodes * (kdim + vdim))
+
+
+def _closed_form_is_cheaper(schedule: DagSchedule, kdim: int, vdim: int) -> bool:
+    """The native time models compared; the ancestor pairs (a pass per level to count) are
+    counted only when the bounds 0 and ``component_pairs`` leave the answer open."""
+    scan = scan_cost(schedule, kdim, vdim)
+    if closed_form_cost(schedule, kdim, vdim, schedule.component_pairs) < scan:
+        return True
+    if closed_form_cost(schedule, kdim, vdim, 0) >= scan:
+        return False
+    return closed_form_cost(schedule, kdim, vdim) < scan
 
 
 def scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
@@ -118,7 +132,7 @@ def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.devi
             return "scan"
         if backend == "native":
             if (native.closed_form_available(device) and
-                    closed_form_cost(schedule, kdim, vdim) < scan_cost(schedule, kdim, vdim)):
+                    _closed_form_is_cheaper(schedule, kdim, vdim)):
                 return "closed_form"
             return "scan"
         if torch_closed_form_cost(schedule, kdim, vdim) < torch_scan_cost(schedule, kdim, vdim):
