@@ -27,6 +27,7 @@ __all__ = [
     "to_dag",
     "reverse_dag",
     "weakly_connected_components",
+    "component_positions",
     "DagSchedule",
     "build_schedule",
 ]
@@ -656,6 +657,19 @@ class DagSchedule:
         return self._ancestor_pairs
 
 
+def component_positions(ptr: Tensor, members: Tensor, total: int) -> Tuple[Tensor, Tensor]:
+    """Component and position inside it of every member (node or edge id) listed by the
+    component CSR ``(ptr, members)``, e.g. ``DagSchedule.comp_node_ptr, comp_node``."""
+    sizes = ptr[1:] - ptr[:-1]
+    comp_sorted = torch.repeat_interleave(torch.arange(sizes.numel(), device=ptr.device), sizes,
+                                          output_size=total)
+    comp = torch.empty_like(members)
+    position = torch.empty_like(members)
+    comp[members] = comp_sorted
+    position[members] = torch.arange(total, device=ptr.device) - ptr[comp_sorted]
+    return comp, position
+
+
 # Components up to this size get their ancestor pairs counted (an [N, this] byte matrix).
 ANCESTOR_COUNT_MAX_NODES = 1024
 _ANCESTOR_COUNT_MAX_BYTES = 1 << 26
@@ -673,10 +687,7 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
             num_nodes * width > _ANCESTOR_COUNT_MAX_BYTES):
         return s.component_pairs
     device = s.edge_src.device
-    sizes = s.comp_node_ptr[1:] - s.comp_node_ptr[:-1]
-    position = torch.empty_like(s.comp_node)
-    position[s.comp_node] = torch.arange(num_nodes, device=device) - torch.repeat_interleave(
-        s.comp_node_ptr[:-1], sizes, output_size=num_nodes)
+    _, position = component_positions(s.comp_node_ptr, s.comp_node, num_nodes)
     if s.num_edges < _PER_EDGE_COUNT_EDGES_PER_LEVEL * max(1, s.num_levels):
         src = s.edge_src[s.edge_order].tolist()
         dst = s.edge_dst[s.edge_order].tolist()

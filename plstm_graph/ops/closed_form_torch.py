@@ -17,19 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dag import DagSchedule
-
-
-def _positions(ptr: Tensor, members: Tensor, total: int):
-    """Component and position inside it of every member listed by the CSR (ptr, members)."""
-    sizes = ptr[1:] - ptr[:-1]
-    comp_sorted = torch.repeat_interleave(torch.arange(sizes.numel(), device=ptr.device), sizes,
-                                          output_size=total)
-    comp = torch.empty_like(members)
-    pos = torch.empty_like(members)
-    comp[members] = comp_sorted
-    pos[members] = torch.arange(total, device=ptr.device) - ptr[comp_sorted]
-    return comp, pos, (int(sizes.max()) if sizes.numel() else 0)
+from ..dag import DagSchedule, component_positions
 
 
 def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
@@ -41,7 +29,8 @@ def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     if num_nodes == 0:
         return query.new_zeros(0, heads, vdim) + 0 * value.sum()
     num_edges = s.num_edges
-    comp, pos, width = _positions(s.comp_node_ptr, s.comp_node, num_nodes)
+    comp, pos = component_positions(s.comp_node_ptr, s.comp_node, num_nodes)
+    width = s.max_component_nodes
     num_comps = s.num_components
 
     def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
@@ -53,7 +42,8 @@ def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     d = direct.new_zeros(num_comps, width, heads).index_put((comp, pos), direct)
     att = torch.diag_embed(d.transpose(1, 2) * torch.diagonal(qk, dim1=-2, dim2=-1))
     if num_edges > 0:
-        ecomp, epos, rows = _positions(s.comp_edge_ptr, s.comp_edge, num_edges)
+        ecomp, epos = component_positions(s.comp_edge_ptr, s.comp_edge, num_edges)
+        rows = s.max_component_edges
         src_pos, dst_pos = pos[s.edge_src], pos[s.edge_dst]
         a = transition.new_zeros(num_comps, rows, rows, heads)
         a = a.index_put((ecomp[s.arc_dst], epos[s.arc_dst], epos[s.arc_src]), transition)
