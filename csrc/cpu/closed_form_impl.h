@@ -31,6 +31,15 @@ PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy_blocks(acc_t* __restrict__ y, acc_t a,
   }
 }
 
+// part[0] + ... + part[kBlock - 1] in a fixed tree order (deterministic, vectorisable)
+template <typename acc_t>
+PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_sum_lanes(acc_t* part) {
+  for (int64_t w = kBlock / 2; w > 0; w /= 2) {
+    for (int64_t r = 0; r < w; ++r) part[r] += part[r + w];
+  }
+  return part[0];
+}
+
 // <a[0:n], b[0:n]>, n a multiple of kBlock, summed in a fixed order
 template <typename acc_t>
 PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_blocks(const acc_t* __restrict__ a,
@@ -39,10 +48,7 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_blocks(const acc_t* __restrict__ a,
   for (int64_t i = 0; i < n; i += kBlock) {
     for (int64_t r = 0; r < kBlock; ++r) part[r] += a[i + r] * b[i + r];
   }
-  for (int64_t w = kBlock / 2; w > 0; w /= 2) {
-    for (int64_t r = 0; r < w; ++r) part[r] += part[r + w];
-  }
-  return part[0];
+  return cf_sum_lanes(part);
 }
 
 // y[0:n] += a * x[0:n] for the short rows of width K or V; common widths get a loop of
@@ -120,10 +126,7 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_fixed(const acc_t* __restrict__ a,
   for (int64_t i = 0; i < n; i += kBlock) {
     for (int64_t r = 0; r < kBlock; ++r) part[r] += a[i + r] * b[i + r];
   }
-  for (int64_t w = kBlock / 2; w > 0; w /= 2) {
-    for (int64_t r = 0; r < w; ++r) part[r] += part[r + w];
-  }
-  return part[0];
+  return cf_sum_lanes(part);
 }
 
 template <typename acc_t>
@@ -143,10 +146,7 @@ PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot(const acc_t* __restrict__ a,
     for (int64_t r = 0; r < kBlock; ++r) part[r] += a[i + r] * b[i + r];
   }
   for (int64_t r = 0; i < n; ++i, ++r) part[r] += a[i] * b[i];
-  for (int64_t w = kBlock / 2; w > 0; w /= 2) {
-    for (int64_t r = 0; r < w; ++r) part[r] += part[r + w];
-  }
-  return part[0];
+  return cf_sum_lanes(part);
 }
 
 // Position of the lowest set bit of a non-zero word.
