@@ -127,9 +127,11 @@ def test_p_mode_transitions_are_normalised():
 
 def test_init_follows_spec():
     conv = PLSTMConv(16, 8, heads=2, edge_dim=3)
-    assert torch.all(conv.source_gate.node.bias == -5)
-    assert torch.all(conv.mark_gate.node.bias == -5)
-    assert torch.all(conv.direct_gate.node.bias == -5)
+    # source/mark/direct start at sigmoid(0) = 0.5 (the authors' -5 does not learn)
+    assert torch.all(conv.source_gate.node.bias == 0)
+    assert torch.all(conv.mark_gate.node.bias == 0)
+    assert torch.all(conv.direct_gate.node.bias == 0)
+    assert torch.all(PLSTMConv(16, 8, gate_bias=-5).mark_gate.node.bias == -5)
     assert torch.all(conv.transition_gate.node.bias == 3.0)
     assert torch.all(conv.source_gate.node.weight == 0)
     assert torch.all(conv.transition_gate.edges[1].weight == 0)

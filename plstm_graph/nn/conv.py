@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+import weakref
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.dense.linear import Linear as LazyLinear
+from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.utils import scatter
 
-from ..dag import DagSchedule, line_graph, multitree
+from ..dag import (DagSchedule, build_schedule, check_edge_index, line_graph, multitree,
+                   topological_levels)
 from ..ops import plstm_dag
 
 MODES = ("P", "D")
+ORIENTATIONS = ("auto", "id", "none")
+# MessagePassing arguments whose other values the recurrence cannot honour
+_SUM_AGGRS = (None, "add", "sum")
 # Transition bias that starts an arc with a single successor in the carrying regime
 # (T ~ 0.85), see the spec: P-mode 3 / (0.5 + 3), D-mode tanh(1.25).
 DEFAULT_TRANSITION_BIAS = {"P": 3.0, "D": 1.25}
@@ -22,7 +29,8 @@ DEFAULT_TRANSITION_BIAS = {"P": 3.0, "D": 1.25}
 
 def _small_normal_(weight: Tensor) -> None:
     """N(0, 2 / (5 fan_in)), the pLSTM paper's init for the q/k/v/out projections."""
-    torch.nn.init.normal_(weight, std=math.sqrt(2.0 / (5.0 * weight.size(1))))
+    if not is_uninitialized_parameter(weight):  # lazy layers are initialised on first use
+        torch.nn.init.normal_(weight, std=math.sqrt(2.0 / (5.0 * weight.size(1))))
 
 
 class _Gate(torch.nn.Module):
@@ -37,12 +45,13 @@ class _Gate(torch.nn.Module):
     def __init__(self, node_dim: int, edge_dims: tuple, heads: int, bias: float):
         super().__init__()
         self.init_bias = bias
-        self.node = Linear(node_dim, heads, bias=True)
+        self.node = LazyLinear(node_dim, heads, bias=True)  # node_dim=-1: lazy
         self.edges = torch.nn.ModuleList(Linear(d, heads, bias=False) for d in edge_dims)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        torch.nn.init.zeros_(self.node.weight)
+        if not is_uninitialized_parameter(self.node.weight):
+            torch.nn.init.zeros_(self.node.weight)
         torch.nn.init.constant_(self.node.bias, self.init_bias)
         for lin in self.edges:
             torch.nn.init.zeros_(lin.weight)
@@ -55,11 +64,80 @@ class _Gate(torch.nn.Module):
         return out
 
 
-def _rms_norm(y: Tensor, eps: float) -> Tensor:
-    """``y / sqrt(mean(y^2) + eps)`` over the last dimension (torch's own where it has one)."""
-    if hasattr(F, "rms_norm"):
-        return F.rms_norm(y, (y.size(-1),), None, eps)
-    return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+def _orientation(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """The DAG of an undirected graph by node id (as :func:`~plstm_graph.to_dag`) and, for every
+    input edge, the DAG edge it became (both stored directions map to one DAG edge)."""
+    lo = torch.minimum(edge_index[0], edge_index[1])
+    hi = torch.maximum(edge_index[0], edge_index[1])
+    key, inverse = torch.unique(lo * max(num_nodes, 1) + hi, return_inverse=True)
+    dag = torch.stack([key // max(num_nodes, 1), key % max(num_nodes, 1)])
+    return dag, inverse
+
+
+def _first_occurrence(inverse: Tensor, size: int) -> Tensor:
+    """For every DAG edge the first input edge that maps to it (whose attributes it keeps)."""
+    first = torch.full((size,), inverse.numel(), dtype=torch.long, device=inverse.device)
+    return first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(),
+                                                          device=inverse.device), "amin")
+
+
+def _is_undirected(edge_index: Tensor, num_nodes: int) -> bool:
+    """Whether every edge is stored in both directions (PyG's undirected convention)."""
+    if edge_index.numel() == 0:
+        return False
+    n = max(num_nodes, 1)
+    fwd = torch.sort(edge_index[0] * n + edge_index[1]).values
+    rev = torch.sort(edge_index[1] * n + edge_index[0]).values
+    return bool(torch.equal(fwd, rev))
+
+
+class _PreparedGraph:
+    """What one layer needs of one input graph: the DAG it runs on, the map from input edges
+    to DAG edges (``None`` when the input was already the DAG), its line graph, levels and
+    schedule."""
+
+    __slots__ = ("edge_index", "edge_map", "first_edge", "line_index", "node_level", "schedule")
+
+    def __init__(self, edge_index, edge_map, first_edge, line_index, node_level, schedule):
+        # edge_map [E_in] -> DAG edge; first_edge [E_dag] -> the input edge whose attributes
+        # the DAG edge keeps
+        self.edge_index = edge_index
+        self.edge_map = edge_map
+        self.first_edge = first_edge
+        self.line_index = line_index
+        self.node_level = node_level
+        self.schedule = schedule
+
+
+class _GraphCache:
+    """The last prepared graph of a layer, reused while the very same ``edge_index`` tensor,
+    unmodified, comes back (node-level tasks call a layer on one graph every step).
+
+    Keyed on the tensor object (a weak reference, so a freed tensor whose address is reused
+    never hits) and its version counter (bumped by every in-place write), which makes it safe
+    to leave on: a different or modified ``edge_index`` is prepared again.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._ref = None
+        self._version = -1
+        self._key = None
+        self._value = None
+
+    def get(self, edge_index: Tensor, key) -> Optional[_PreparedGraph]:
+        if (self._ref is not None and self._ref() is edge_index and
+                self._version == edge_index._version and self._key == key):
+            return self._value
+        return None
+
+    def put(self, edge_index: Tensor, key, value: _PreparedGraph) -> None:
+        self._ref = weakref.ref(edge_index)
+        self._version = edge_index._version
+        self._key = key
+        self._value = value
 
 
 class PLSTMConv(MessagePassing):
@@ -88,8 +166,27 @@ class PLSTMConv(MessagePassing):
     leaving :math:`a`; in D-mode (distribution) :math:`T = \tanh(t)` on the line graph pruned to
     a multitree. Heads are independent; no :math:`1/\sqrt{K}` scaling.
 
+    The layer takes an ordinary PyG graph: an undirected one (every edge stored in both
+    directions) is oriented from the lower to the higher node id (``orient``), a directed one
+    must be acyclic. The DAG preparation (orientation, levels, line graph, schedule) is kept
+    for the last ``edge_index`` seen and reused while the same tensor comes back unmodified,
+    so a node-level task on one graph prepares it once. Batches of many graphs are prepared
+    fastest once per graph with :class:`~plstm_graph.transforms.PrepareDAG` and
+    :class:`~plstm_graph.transforms.DAGPlan` (pass ``**plan.view(mode)``).
+
+    As a :class:`~torch_geometric.nn.conv.MessagePassing` layer: messages are summed by the
+    recurrence itself, so ``aggr`` must be ``"add"``/``"sum"``; ``flow="target_to_source"``
+    runs the reversed DAG (the same as the layer on ``edge_index.flip(0)``); propagate hooks
+    (:meth:`register_propagate_forward_pre_hook`, :meth:`register_propagate_forward_hook`)
+    fire around the recurrence; message and aggregate hooks are refused (there is no separate
+    message step). Explainer edge masks (``edge_mask_type="object"``) scale the state each
+    input edge carries (its source gate and every transition into it), so a mask of 0 cuts the
+    edge out of every path and 1 leaves it as it is; both stored directions of an undirected
+    edge act on the one DAG edge they become.
+
     Args:
-        in_channels (int): Size of each input sample.
+        in_channels (int): Size of each input sample, or :obj:`-1` to derive it from the
+            first input (lazy initialisation).
         out_channels (int): Size of each output sample.
         heads (int, optional): Number of heads :math:`H`. (default: :obj:`4`)
         mode (str, optional): :obj:`"P"` (propagation) or :obj:`"D"` (distribution).
@@ -108,13 +205,23 @@ class PLSTMConv(MessagePassing):
             the arcs leaving the incoming edge (the paper), :obj:`"target"` over the arcs
             entering the outgoing edge (the authors' edge-feature code).
             (default: :obj:`"source"`)
-        gate_bias (float, optional): Initial bias of the source, mark and direct gates.
-            (default: :obj:`-5.0`)
+        gate_bias (float, optional): Initial bias of the source, mark and direct gates:
+            :obj:`0` starts them at :math:`\sigma(0) = 0.5`, where the graph path and a node's
+            own term are of one size. The pLSTM authors' :obj:`-5` (0.007) starts the graph
+            path at about 1/140 of the direct term, and models built with it stayed at the
+            majority class on the bundled node and graph tasks. (default: :obj:`0.0`)
         norm_eps (float, optional): :math:`\epsilon` of the per-head RMSNorm,
             :math:`y / \sqrt{\overline{y^2} + \epsilon}`. A tiny value keeps only the
             direction of :math:`y`: the scale (how much arrived along the graph) is lost and
             the output flips sign wherever :math:`y` crosses zero, which made MUTAG training
             noisy; :obj:`1e-2` keeps small outputs small. (default: :obj:`1e-2`)
+        orient (str, optional): How :meth:`forward` turns ``edge_index`` into a DAG:
+            :obj:`"auto"` orients a graph that stores both directions of every edge from the
+            lower to the higher node id and takes any other graph as a DAG; :obj:`"id"` always
+            orients by id; :obj:`"none"` never does. (default: :obj:`"auto"`)
+        cached (bool, optional): Reuse the DAG preparation while the same unmodified
+            ``edge_index`` tensor comes back (see above; cleared by
+            :meth:`reset_parameters`). (default: :obj:`True`)
         backend (str, optional): :obj:`"torch"`, :obj:`"native"` or :obj:`None` (best
             available), passed to :func:`~plstm_graph.plstm_dag`. (default: :obj:`None`)
         algorithm (str, optional): :obj:`"scan"`, :obj:`"closed_form"` or :obj:`None`
@@ -123,29 +230,45 @@ class PLSTMConv(MessagePassing):
         recompute (bool, optional): Keep only the inputs for backward and recompute the states
             then (level scan). (default: :obj:`False`)
         **kwargs (optional): Additional arguments of
-            :class:`torch_geometric.nn.conv.MessagePassing`.
+            :class:`torch_geometric.nn.conv.MessagePassing` (``flow``; ``aggr`` only as a sum).
 
     Shapes:
-        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, DAG edge indices
-          :math:`(2, |\mathcal{E}|)`, edge features :math:`(|\mathcal{E}|, D)` *(optional)*,
-          line-graph arcs :math:`(2, L)` *(optional)*, node levels :math:`(|\mathcal{V}|)`
-          *(optional)*
+        - **input:** node features :math:`(|\mathcal{V}|, F_{in})`, edge indices
+          :math:`(2, |\mathcal{E}|)` (a DAG, or an undirected graph to orient), edge features
+          :math:`(|\mathcal{E}|, D)` *(optional)*; for a prepared DAG also line-graph arcs
+          :math:`(2, L)`, node levels :math:`(|\mathcal{V}|)` and its schedule *(optional)*
         - **output:** node features :math:`(|\mathcal{V}|, F_{out})`
     """
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, mode: str = "P",
                  edge_dim: Optional[int] = None, key_dim: Optional[int] = None,
                  value_dim: Optional[int] = None, transition_bias: Optional[float] = None,
-                 alpha: float = 0.5, normalize_over: str = "source", gate_bias: float = -5.0,
-                 norm_eps: float = 1e-2, backend: Optional[str] = None,
-                 algorithm: Optional[str] = None, recompute: bool = False, **kwargs):
-        kwargs.setdefault("aggr", "add")
-        super().__init__(**kwargs)
+                 alpha: float = 0.5, normalize_over: str = "source", gate_bias: float = 0.0,
+                 norm_eps: float = 1e-2, orient: str = "auto", cached: bool = True,
+                 backend: Optional[str] = None, algorithm: Optional[str] = None,
+                 recompute: bool = False, **kwargs):
+        aggr = kwargs.pop("aggr", "add")
+        if not (aggr in _SUM_AGGRS if isinstance(aggr, (str, type(None))) else False):
+            raise ValueError(f"PLSTMConv sums over the in-edges of a node by definition of the "
+                             f"pLSTM recurrence and cannot aggregate with aggr={aggr!r}; leave "
+                             f"aggr at 'add' (or 'sum')")
+        if kwargs.get("node_dim", -2) not in (-2, 0):
+            raise ValueError(f"PLSTMConv takes node features of shape [N, F] (node_dim=-2), "
+                             f"got node_dim={kwargs['node_dim']!r}")
+        if kwargs.get("decomposed_layers", 1) != 1:
+            raise ValueError("PLSTMConv cannot be decomposed (decomposed_layers must be 1): "
+                             "the recurrence is one fused operation")
+        super().__init__(aggr="add", **kwargs)
         if mode not in MODES:
             raise ValueError(f"mode must be 'P' or 'D', got {mode!r}")
         if normalize_over not in ("source", "target"):
             raise ValueError(f"normalize_over must be 'source' or 'target', got "
                              f"{normalize_over!r}")
+        if orient not in ORIENTATIONS:
+            raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
+        if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
+            raise ValueError(f"in_channels must be a positive int or -1 (lazy), got "
+                             f"{in_channels!r}")
         if heads < 1:
             raise ValueError(f"heads must be positive, got {heads}")
         key_dim = key_dim if key_dim is not None else out_channels // heads
@@ -167,13 +290,16 @@ class PLSTMConv(MessagePassing):
         self.normalize_over = normalize_over
         self.gate_bias = gate_bias
         self.norm_eps = norm_eps
+        self.orient = orient
+        self.cached = cached
         self.backend = backend
         self.algorithm = algorithm
         self.recompute = recompute
+        self._cache = _GraphCache()
 
-        self.lin_query = Linear(in_channels, heads * key_dim, bias=False)
-        self.lin_key = Linear(in_channels, heads * key_dim, bias=False)
-        self.lin_value = Linear(in_channels, heads * value_dim, bias=False)
+        self.lin_query = LazyLinear(in_channels, heads * key_dim, bias=False)
+        self.lin_key = LazyLinear(in_channels, heads * key_dim, bias=False)
+        self.lin_value = LazyLinear(in_channels, heads * value_dim, bias=False)
         one_edge = (edge_dim,) if edge_dim is not None else ()
         two_edges = (edge_dim, edge_dim) if edge_dim is not None else ()
         self.source_gate = _Gate(in_channels, one_edge, heads, gate_bias)
@@ -188,12 +314,42 @@ class PLSTMConv(MessagePassing):
         super().reset_parameters()
         for lin in (self.lin_query, self.lin_key, self.lin_value, self.lin_out):
             _small_normal_(lin.weight)
-        for gate in (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate):
+        for gate in self._gate_modules():
             gate.reset_parameters()
         torch.nn.init.ones_(self.norm_weight)
+        self._cache.clear()
 
     def _gate_modules(self):
         return (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate)
+
+    def _node_linears(self):
+        return (self.lin_query, self.lin_key, self.lin_value) + tuple(
+            g.node for g in self._gate_modules())
+
+    def initialize_parameters(self, x: Tensor) -> None:
+        """Materialise the input-side weights of a lazy layer (``in_channels=-1``) from the
+        width of ``x`` and give them the layer's initialisation."""
+        if not any(is_uninitialized_parameter(lin.weight) for lin in self._node_linears()):
+            return
+        for lin in self._node_linears():
+            lin(x[:0])  # PyG's lazy Linear materialises its weight on first call
+        self.in_channels = x.size(-1)
+        for lin in (self.lin_query, self.lin_key, self.lin_value):
+            _small_normal_(lin.weight)
+        for gate in self._gate_modules():
+            gate.reset_parameters()
+
+    # MessagePassing has message/aggregate steps with their own hooks; the recurrence fuses
+    # both, so a hook there would silently never run.
+    def _no_separate_step(self, *args, **kwargs):
+        raise ValueError("PLSTMConv has no separate message or aggregate step (the pLSTM "
+                         "recurrence fuses them); use register_propagate_forward_pre_hook / "
+                         "register_propagate_forward_hook, which fire around it")
+
+    register_message_forward_pre_hook = _no_separate_step
+    register_message_forward_hook = _no_separate_step
+    register_aggregate_forward_pre_hook = _no_separate_step
+    register_aggregate_forward_hook = _no_separate_step
 
     def node_projections(self, x: Tensor):
         """Query, key, value ``[N, H, K|V]`` and the node parts of the source, mark, direct
@@ -204,7 +360,7 @@ class PLSTMConv(MessagePassing):
                            [g.node.weight for g in gates])
         qkv = self.heads * (2 * self.key_dim + self.value_dim)
         bias = torch.cat([self.norm_weight.new_zeros(qkv)] + [g.node.bias for g in gates])
-        out = F.linear(x, weight.to(x.dtype), bias.to(x.dtype))
+        out = F.linear(x, weight, bias)
         n, h = x.size(0), self.heads
         q, k, v, *node_gates = out.split([h * self.key_dim, h * self.key_dim,
                                           h * self.value_dim, h, h, h, h], dim=-1)
@@ -212,10 +368,13 @@ class PLSTMConv(MessagePassing):
                 v.reshape(n, h, self.value_dim), node_gates)
 
     def gates(self, x: Tensor, edge_index: Tensor, line_index: Tensor,
-              edge_attr: Optional[Tensor] = None, node_logits=None):
+              edge_attr: Optional[Tensor] = None, node_logits=None,
+              edge_mask: Optional[Tensor] = None):
         """Source, transition, mark and direct gates ``[E,H], [L,H], [E,H], [N,H]``.
 
         ``node_logits``: the node parts from :meth:`node_projections` (computed when absent).
+        ``edge_mask``: ``[E]`` weights that scale the state each edge carries (its source gate
+        and the transitions into it).
         """
         if node_logits is None:
             node_logits = [g.node(x) for g in self._gate_modules()]
@@ -235,58 +394,185 @@ class PLSTMConv(MessagePassing):
             total = scatter(logits.abs(), axis, dim=0, dim_size=edge_index.size(1),
                             reduce="sum")
             transition = logits / (self.alpha + total[axis])
+        if edge_mask is not None:
+            mask = edge_mask.to(source.dtype).unsqueeze(-1)
+            source = source * mask
+            transition = transition * mask[arc_out]
         return source, transition, mark, direct
+
+    # -----------------------------------------------------------------------------------------
+    # input handling
+    # -----------------------------------------------------------------------------------------
+    def _check_features(self, x: Tensor, edge_index: Tensor,
+                        edge_attr: Optional[Tensor]) -> Optional[Tensor]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+        dtype = self.lin_out.weight.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {dtype}; "
+                            f"convert one of them (e.g. x.to({dtype}) or layer.to({x.dtype}))")
+        if isinstance(edge_index, Tensor) and edge_index.layout != torch.strided:
+            raise TypeError(f"PLSTMConv takes edge_index as a [2, E] index tensor, not a sparse "
+                            f"adjacency ({edge_index.layout}); convert it with "
+                            f"edge_index.coalesce().indices() or torch_geometric.utils."
+                            f"to_edge_index")
+        if not isinstance(edge_index, Tensor) or edge_index.dtype in (torch.float16,
+                                                                     torch.bfloat16,
+                                                                     torch.float32,
+                                                                     torch.float64):
+            what = (type(edge_index).__name__ if not isinstance(edge_index, Tensor)
+                    else edge_index.dtype)
+            raise TypeError(f"edge_index must be a long tensor of shape [2, E], got {what}; "
+                            f"a SparseTensor adjacency is not supported")
+        expected = self.in_channels if self.in_channels > 0 else x.size(-1)
+        if x.dim() != 2 or x.size(-1) != expected:
+            raise ValueError(f"x must have shape [N, {expected}], got {list(x.shape)}")
+        if self.edge_dim is None:
+            return None
+        if edge_attr is None:
+            raise ValueError(f"this layer was built with edge_dim={self.edge_dim}; pass "
+                             f"edge_attr")
+        if not isinstance(edge_attr, Tensor) or not edge_attr.is_floating_point():
+            what = edge_attr.dtype if isinstance(edge_attr, Tensor) else type(edge_attr)
+            raise TypeError(f"edge_attr must be a floating tensor, got {what} (one-hot encode "
+                            f"categorical edge types first)")
+        if edge_attr.dtype != dtype:
+            raise TypeError(f"edge_attr has dtype {edge_attr.dtype} but the layer's parameters "
+                            f"are {dtype}; convert one of them")
+        if edge_attr.dim() == 1:
+            edge_attr = edge_attr.unsqueeze(-1)
+        if edge_attr.shape != (edge_index.size(1), self.edge_dim):
+            raise ValueError(f"edge_attr must have shape [E={edge_index.size(1)}, "
+                             f"{self.edge_dim}], got {list(edge_attr.shape)}")
+        return edge_attr
+
+    def prepare(self, edge_index: Tensor, num_nodes: Optional[int] = None) -> _PreparedGraph:
+        """Orient ``edge_index`` as :meth:`forward` does and build the line graph, levels and
+        schedule of the DAG this layer runs on (cached, see the class docstring)."""
+        num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
+        key = (num_nodes, self.orient, self.flow, self.mode)
+        if self.cached:
+            hit = self._cache.get(edge_index, key)
+            if hit is not None:
+                return hit
+        edge_map = first = None
+        if self.orient == "id" or (self.orient == "auto" and
+                                   _is_undirected(edge_index, num_nodes)):
+            check_edge_index(edge_index, num_nodes)  # a self-loop cannot be oriented
+            dag, edge_map = _orientation(edge_index, num_nodes)
+            first = _first_occurrence(edge_map, dag.size(1))
+        else:
+            dag = edge_index
+        if self.flow == "target_to_source":
+            dag = dag.flip(0)
+        try:
+            level = topological_levels(dag, num_nodes, method="torch")
+        except ValueError as exc:
+            if "cycle" not in str(exc):
+                raise
+            raise ValueError(f"{exc}. PLSTMConv runs on DAGs: pass a DAG, an undirected "
+                             f"graph with both directions of every edge (oriented by node id "
+                             f"with orient='auto'), or orient it yourself with "
+                             f"plstm_graph.to_dag(edge_index)[0] or the PrepareDAG "
+                             f"transform") from None
+        line = line_graph(dag, num_nodes)
+        if self.mode == "D":
+            line = multitree(dag, line, level)
+        schedule = build_schedule(dag, line, num_nodes, node_level=level, validate=False)
+        prepared = _PreparedGraph(dag, edge_map, first, line, level, schedule)
+        if self.cached:
+            self._cache.put(edge_index, key, prepared)
+        return prepared
+
+    def _explain_edge_mask(self, prepared: Optional[_PreparedGraph],
+                           num_edges: int) -> Optional[Tensor]:
+        """The Explainer's mask over the input edges (set by PyG's ``set_masks``), mapped to
+        the DAG edges the layer runs on."""
+        if not self.explain or self._edge_mask is None:
+            return None
+        mask = self._edge_mask.sigmoid() if self._apply_sigmoid else self._edge_mask
+        if mask.numel() != num_edges:
+            raise ValueError(f"the explainer's edge mask has {mask.numel()} entries but "
+                             f"edge_index has {num_edges} edges")
+        if prepared is None or prepared.edge_map is None:
+            return mask
+        # both stored directions of an undirected edge act on the one DAG edge
+        out = mask.new_ones(prepared.edge_index.size(1))
+        return out.scatter_reduce(0, prepared.edge_map, mask, "prod")
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
                 line_index: Optional[Tensor] = None,
                 node_level: Optional[Tensor] = None,
-                schedule: Optional[DagSchedule] = None) -> Tensor:
+                schedule: Optional[DagSchedule] = None,
+                edge_mask: Optional[Tensor] = None) -> Tensor:
         """
         Args:
             x: node features ``[N, in_channels]``.
-            edge_index: edges of a DAG ``[2, E]`` (for an undirected PyG graph use
-                :class:`~plstm_graph.transforms.PrepareDAG` or :func:`~plstm_graph.to_dag`).
+            edge_index: ``[2, E]``: a DAG, or an undirected PyG graph (both directions of
+                every edge stored), which is oriented by node id (see ``orient``).
             edge_attr: ``[E, edge_dim]`` when the layer was built with ``edge_dim``.
-            line_index: the precomputed line graph for this layer's mode (full for P, the
-                multitree for D), e.g. ``batch.line_index_p``; built on the fly when absent,
-                which costs a Python pass over the arcs in D-mode.
-            node_level: precomputed topological levels ``[N]`` (e.g. ``batch.dag_level``);
-                computed with networkx when absent.
-            schedule: a prebuilt :class:`~plstm_graph.dag.DagSchedule` for exactly these
-                ``edge_index`` / ``line_index`` (as :meth:`DAGPlan.view
-                <plstm_graph.transforms.DAGPlan.view>` hands out); skips the index work.
+            line_index: for a prepared DAG (``edge_index`` already the DAG this layer runs
+                on, after any ``flow`` reversal): its line graph for this layer's mode (full
+                for P, the multitree for D), e.g. from :meth:`DAGPlan.view
+                <plstm_graph.transforms.DAGPlan.view>`. With it, ``edge_index`` is taken as
+                given (no orientation, no reversal).
+            node_level: with ``line_index``: the DAG's topological levels ``[N]``.
+            schedule: with ``line_index``: a prebuilt :class:`~plstm_graph.dag.DagSchedule`
+                for exactly this DAG and line graph; skips all index work.
+            edge_mask: ``[E]`` weights in ``[0, 1]`` (e.g. an explanation) that scale the
+                state each edge of ``edge_index`` carries.
         """
-        if x.dim() != 2 or x.size(-1) != self.in_channels:
-            raise ValueError(f"x must have shape [N, {self.in_channels}], got {list(x.shape)}")
-        if self.edge_dim is not None:
-            if edge_attr is None:
-                raise ValueError(f"this layer was built with edge_dim={self.edge_dim}; pass "
-                                 f"edge_attr")
-            if edge_attr.dim() == 1:
-                edge_attr = edge_attr.unsqueeze(-1)
-            if edge_attr.shape != (edge_index.size(1), self.edge_dim):
-                raise ValueError(f"edge_attr must have shape [E={edge_index.size(1)}, "
-                                 f"{self.edge_dim}], got {list(edge_attr.shape)}")
-        else:
-            edge_attr = None
+        edge_attr = self._check_features(x, edge_index, edge_attr)
+        self.initialize_parameters(x)
+        for hook in self._propagate_forward_pre_hooks.values():
+            res = hook(self, (edge_index, None, dict(x=x, edge_attr=edge_attr)))
+            if res is not None:
+                edge_index, _, kwargs = res
+                x, edge_attr = kwargs["x"], kwargs.get("edge_attr")
+        num_edges_in = edge_index.size(1)
+        prepared = None
         if line_index is None:
-            line_index = line_graph(edge_index, x.size(0))
-            if self.mode == "D":
-                line_index = multitree(edge_index, line_index, node_level)
+            if node_level is not None or schedule is not None:
+                raise ValueError("node_level and schedule describe a prepared DAG and need its "
+                                 "line_index too (e.g. **DAGPlan.view(mode))")
+            prepared = self.prepare(edge_index, x.size(0))
+            if prepared.first_edge is not None and edge_attr is not None:
+                edge_attr = edge_attr[prepared.first_edge]
+            dag_index, line_index = prepared.edge_index, prepared.line_index
+            node_level, schedule = prepared.node_level, prepared.schedule
+        else:
+            dag_index = edge_index
+        explain_mask = self._explain_edge_mask(prepared, num_edges_in)
+        if edge_mask is not None:
+            if edge_mask.shape != (num_edges_in,):
+                raise ValueError(f"edge_mask must have shape [E={num_edges_in}], got "
+                                 f"{list(edge_mask.shape)}")
+            if prepared is not None and prepared.edge_map is not None:
+                edge_mask = edge_mask.new_ones(dag_index.size(1)).scatter_reduce(
+                    0, prepared.edge_map, edge_mask, "prod")
+            explain_mask = edge_mask if explain_mask is None else explain_mask * edge_mask
 
         num_nodes, heads = x.size(0), self.heads
         query, key, value, node_logits = self.node_projections(x)
-        source, transition, mark, direct = self.gates(x, edge_index, line_index, edge_attr,
-                                                      node_logits)
-        out = plstm_dag(query, key, value, source, transition, mark, direct, edge_index,
+        source, transition, mark, direct = self.gates(x, dag_index, line_index, edge_attr,
+                                                      node_logits, explain_mask)
+        out = plstm_dag(query, key, value, source, transition, mark, direct, dag_index,
                         line_index, node_level=node_level, schedule=schedule,
                         backend=self.backend, algorithm=self.algorithm,
                         recompute=self.recompute)
         # the per-head norm weight scales the output projection's columns instead of the
         # [N, H, V] activations: the same function, one [N, H, V] product less each way
-        out = _rms_norm(out, self.norm_eps).reshape(num_nodes, heads * self.value_dim)
-        weight = self.lin_out.weight * self.norm_weight.reshape(1, -1).to(out.dtype)
-        return F.linear(out, weight, self.lin_out.bias)
+        out = F.rms_norm(out, (self.value_dim,), None, self.norm_eps)
+        out = out.reshape(num_nodes, heads * self.value_dim)
+        weight = self.lin_out.weight * self.norm_weight.reshape(1, -1)
+        out = F.linear(out, weight, self.lin_out.bias)
+        for hook in self._propagate_forward_hooks.values():
+            res = hook(self, (edge_index, None, dict(x=x, edge_attr=edge_attr)), out)
+            if res is not None:
+                out = res
+        return out
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
