@@ -288,7 +288,13 @@ def train(name, dataset, args, device) -> dict:
 
 
 def _bias(text: str):
-    return None if text == "default" else float(text)
+    """'default', one float for both modes, or 'P,D' (two floats)."""
+    if text == "default":
+        return None
+    if "," in text:
+        p_bias, d_bias = (float(t) for t in text.split(","))
+        return {"P": p_bias, "D": d_bias}
+    return float(text)
 
 
 def parse_args(argv=None):

@@ -312,3 +312,199 @@ def test_gradients_reach_every_parameter():
         for name, p in conv.named_parameters():
             assert p.grad is not None and bool(torch.isfinite(p.grad).all()), name
         assert conv.transition_gate.node.bias.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# PLSTMConv as a MessagePassing layer and on plain PyG input
+# ---------------------------------------------------------------------------------------------
+def _same_params(conv, **kwargs):
+    other = PLSTMConv(conv.in_channels, conv.out_channels, heads=conv.heads, mode=conv.mode,
+                      edge_dim=conv.edge_dim, key_dim=conv.key_dim, value_dim=conv.value_dim,
+                      **kwargs).to(conv.lin_out.weight.dtype)
+    other.load_state_dict(conv.state_dict())
+    return other
+
+
+@pytest.mark.parametrize("aggr", ["mean", "max", "min", ["sum", "mean"]])
+def test_aggr_other_than_sum_is_refused(aggr):
+    with pytest.raises(ValueError, match="aggr"):
+        PLSTMConv(4, 4, heads=2, aggr=aggr)
+    assert PLSTMConv(4, 4, heads=2, aggr="sum").aggr == "add"
+
+
+def test_node_dim_and_decomposed_layers_are_refused():
+    with pytest.raises(ValueError, match="node_dim"):
+        PLSTMConv(4, 4, heads=2, node_dim=1)
+    with pytest.raises(ValueError, match="decomposed"):
+        PLSTMConv(4, 4, heads=2, decomposed_layers=2)
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_flow_target_to_source_runs_the_reversed_dag(mode):
+    ei = random_dag(14, 0.3, seed=11)
+    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2).double())
+    rev = _same_params(conv, flow="target_to_source")
+    x = torch.randn(14, 5, dtype=torch.float64)
+    attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
+    out = rev(x, ei, attr)
+    torch.testing.assert_close(out, conv(x, ei.flip(0), attr), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out, conv(x, ei, attr))
+
+
+def test_lazy_in_channels():
+    ei = random_dag(9, 0.4, seed=3)
+    lazy = PLSTMConv(-1, 8, heads=2, edge_dim=3)
+    assert lazy.in_channels == -1
+    x, attr = torch.randn(9, 5), torch.randn(ei.size(1), 3)
+    out = lazy(x, ei, attr)
+    assert out.shape == (9, 8) and lazy.in_channels == 5
+    assert lazy.lin_query.weight.shape == (8, 5)
+    assert torch.all(lazy.source_gate.node.weight == 0)  # the layer's own init, not PyG's
+    eager = PLSTMConv(5, 8, heads=2, edge_dim=3)
+    eager.load_state_dict(lazy.state_dict())
+    torch.testing.assert_close(eager(x, ei, attr), out)
+    # a lazy layer loads a state dict before its first call
+    fresh = PLSTMConv(-1, 8, heads=2, edge_dim=3)
+    fresh.load_state_dict(eager.state_dict())
+    torch.testing.assert_close(fresh(x, ei, attr), out)
+    with pytest.raises(ValueError, match="in_channels"):
+        PLSTMConv(-3, 8)
+
+
+def test_undirected_input_is_oriented_by_node_id():
+    g = _undirected_graph(12, 3, edge_dim=2)
+    conv = _perturb(PLSTMConv(6, 4, heads=2, edge_dim=2).double())
+    dag, attr = plstm_graph.to_dag(g.edge_index, g.edge_attr, 12)
+    want = conv(g.x, dag, attr)
+    torch.testing.assert_close(conv(g.x, g.edge_index, g.edge_attr), want)
+    # the stored order of the two directions does not matter
+    perm = torch.randperm(g.edge_index.size(1))
+    torch.testing.assert_close(conv(g.x, g.edge_index[:, perm], g.edge_attr[perm]), want)
+    with pytest.raises(ValueError, match="cycle"):  # orient='none' keeps both directions
+        _same_params(conv, orient="none")(g.x, g.edge_index, g.edge_attr)
+
+
+def test_cycle_error_says_what_to_do():
+    ei = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 3]])
+    with pytest.raises(ValueError, match=r"cycle.*to_dag"):
+        PLSTMConv(4, 4, heads=2)(torch.randn(4, 4), ei)
+
+
+def test_dtype_mismatch_raises():
+    ei = torch.tensor([[0, 1], [1, 2]])
+    conv = PLSTMConv(4, 4, heads=2, edge_dim=2)
+    with pytest.raises(TypeError, match="float64"):
+        conv(torch.randn(3, 4, dtype=torch.float64), ei, torch.randn(2, 2))
+    with pytest.raises(TypeError, match="edge_attr"):
+        conv(torch.randn(3, 4), ei, torch.randint(0, 3, (2, 2)))
+    with pytest.raises(TypeError, match="edge_attr has dtype"):
+        conv(torch.randn(3, 4), ei, torch.randn(2, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="edge_index"):
+        conv(torch.randn(3, 4), ei.float(), torch.randn(2, 2))
+    sparse = torch.sparse_coo_tensor(ei, torch.ones(2), (3, 3))
+    with pytest.raises(TypeError, match="sparse"):
+        conv(torch.randn(3, 4), sparse, torch.randn(2, 2))
+    # the whole layer in float64 works
+    assert conv.double()(torch.randn(3, 4, dtype=torch.float64), ei,
+                         torch.randn(2, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_preparation_is_cached_per_edge_index_tensor(monkeypatch):
+    import plstm_graph.nn.conv as conv_module
+
+    calls = []
+    real = conv_module.build_schedule
+    monkeypatch.setattr(conv_module, "build_schedule",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    ei = random_dag(10, 0.3, seed=5)
+    conv = _perturb(PLSTMConv(4, 4, heads=2, mode="D").double())
+    x = torch.randn(10, 4, dtype=torch.float64)
+    first = conv(x, ei)
+    assert torch.equal(conv(x, ei), first) and len(calls) == 1
+    torch.testing.assert_close(conv(x * 2, ei.clone()), conv(x * 2, ei))
+    assert len(calls) == 3  # the clone is another tensor; then ei is prepared again
+    ei[:, 0] = ei[:, 0].flip(0)  # in-place change (a reversed edge): prepared again
+    other = conv(x, ei)
+    assert len(calls) == 4 and not torch.allclose(other, first)
+    uncached = _same_params(conv, cached=False)
+    torch.testing.assert_close(uncached(x, ei), other)
+    conv.reset_parameters()  # clears the cache
+    conv(x, ei)
+    assert len(calls) == 6  # (one for the uncached layer)
+
+
+def _masked_reference(conv, x, edge_index, mask):
+    """The layer with the state of every edge scaled by its mask, from the written-out math."""
+    line = line_graph(edge_index, x.size(0))
+    if conv.mode == "D":
+        line = multitree(edge_index, line)
+    handle = conv.register_propagate_forward_pre_hook(lambda *a: None)  # (hooks do not matter)
+    handle.remove()
+    n, h = x.size(0), conv.heads
+    q, k, v, logits = conv.node_projections(x)
+    S, T, M, D = conv.gates(x, edge_index, line, None, logits)
+    S = S * mask[:, None]
+    T = T * mask[line[1], None]
+    y = plstm_oracle(q, k, v, S, T, M, D, edge_index, line)
+    y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + conv.norm_eps) * conv.norm_weight
+    return conv.lin_out(y.reshape(n, -1))
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_edge_mask_scales_the_state_an_edge_carries(mode):
+    ei = random_dag(12, 0.35, seed=8)
+    conv = _perturb(PLSTMConv(4, 6, heads=2, mode=mode).double())
+    x = torch.randn(12, 4, dtype=torch.float64)
+    mask = torch.rand(ei.size(1), dtype=torch.float64)
+    mask[0] = 0.0
+    torch.testing.assert_close(conv(x, ei, edge_mask=mask), _masked_reference(conv, x, ei, mask))
+    torch.testing.assert_close(conv(x, ei, edge_mask=torch.ones_like(mask)), conv(x, ei))
+
+
+def test_explainer_edge_masks_act_on_the_given_edges():
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = PLSTMConv(6, 8, heads=2)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x, edge_index):
+            return self.head(torch.relu(self.conv(x, edge_index)))
+
+    torch.manual_seed(0)
+    g = _undirected_graph(12, 2)
+    model = _perturb(Net().double())
+    explainer = Explainer(model, algorithm=GNNExplainer(epochs=20), explanation_type="model",
+                          edge_mask_type="object", node_mask_type=None,
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="raw"))
+    explanation = explainer(g.x, g.edge_index, index=11)
+    mask = explanation.edge_mask
+    assert mask.shape == (g.edge_index.size(1),)
+    assert float(mask.max() - mask.min()) > 1e-3  # not constant
+    # the explainer's mask goes through the layer exactly like edge_mask on the DAG
+    from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
+    raw = torch.randn(g.edge_index.size(1), dtype=torch.float64)
+    set_masks(model, raw, g.edge_index, apply_sigmoid=True)
+    explained = model.conv(g.x, g.edge_index)
+    clear_masks(model)
+    dag, edge_map = plstm_graph.nn.conv._orientation(g.edge_index, 12)
+    dag_mask = torch.ones(dag.size(1), dtype=torch.float64).scatter_reduce(
+        0, edge_map, raw.sigmoid(), "prod")
+    torch.testing.assert_close(explained, model.conv(g.x, dag, edge_mask=dag_mask))
+
+
+def test_propagate_hooks_fire_and_message_hooks_are_refused():
+    ei = random_dag(8, 0.4, seed=1)
+    conv = PLSTMConv(4, 4, heads=2)
+    seen = []
+    conv.register_propagate_forward_pre_hook(lambda m, inputs: seen.append("pre"))
+    conv.register_propagate_forward_hook(lambda m, inputs, out: out * 0 + 1)
+    out = conv(torch.randn(8, 4), ei)
+    assert seen == ["pre"] and torch.all(out == 1)
+    for name in ("register_message_forward_pre_hook", "register_message_forward_hook",
+                 "register_aggregate_forward_pre_hook", "register_aggregate_forward_hook"):
+        with pytest.raises(ValueError, match="propagate"):
+            getattr(conv, name)(lambda *a: None)

@@ -197,7 +197,8 @@ class PLSTMConv(MessagePassing):
             (default: :obj:`out_channels // heads`)
         value_dim (int, optional): Value width :math:`V` per head.
             (default: :obj:`out_channels // heads`)
-        transition_bias (float, optional): Initial transition logit :math:`t_0`; the default
+        transition_bias (float or dict, optional): Initial transition logit :math:`t_0`, or a
+            dict ``{"P": t_P, "D": t_D}`` (a missing mode keeps its default); the default
             puts an arc with a single successor at :math:`T \approx 0.85` (:obj:`3.0` in P-mode,
             :obj:`1.25` in D-mode), so that long routes are trainable from the start.
         alpha (float, optional): P-mode normaliser offset :math:`\alpha`. (default: :obj:`0.5`)
@@ -242,7 +243,7 @@ class PLSTMConv(MessagePassing):
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 4, mode: str = "P",
                  edge_dim: Optional[int] = None, key_dim: Optional[int] = None,
-                 value_dim: Optional[int] = None, transition_bias: Optional[float] = None,
+                 value_dim: Optional[int] = None, transition_bias=None,
                  alpha: float = 0.5, normalize_over: str = "source", gate_bias: float = 0.0,
                  norm_eps: float = 1e-2, orient: str = "auto", cached: bool = True,
                  backend: Optional[str] = None, algorithm: Optional[str] = None,
@@ -284,6 +285,8 @@ class PLSTMConv(MessagePassing):
         self.edge_dim = edge_dim
         self.key_dim = key_dim
         self.value_dim = value_dim
+        if isinstance(transition_bias, dict):  # one per mode, e.g. from PLSTMNet(...)
+            transition_bias = transition_bias.get(mode)
         self.transition_bias = (DEFAULT_TRANSITION_BIAS[mode] if transition_bias is None
                                 else float(transition_bias))
         self.alpha = alpha
