@@ -10,6 +10,7 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.utils import degree
 
 from .nn import PLSTMBlock
+from .nn.inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 from .transforms import DAGPlan
 
 POOLS = {"mean": global_mean_pool, "sum": global_add_pool}
@@ -48,14 +49,22 @@ class PLSTMNet(torch.nn.Module):
         dropout (float, optional): Dropout in the blocks and before the head.
         degree_dim (int, optional): Width of each degree encoding (0 disables it).
             (default: :obj:`8`)
+        mlp_ratio (int, optional): Hidden width of each MLP block as a multiple of
+            ``hidden_channels`` (the paper's 4). (default: :obj:`4`)
         **kwargs (optional): Further :class:`~plstm_graph.nn.PLSTMConv` arguments
             (``backend``, ``transition_bias``, ...).
+
+    Called with a plain PyG graph (no ``plan``), the model orients it (undirected graphs by
+    node id), prepares the DAG of both directions and keeps that preparation while the same
+    ``edge_index`` tensor comes back unmodified (one graph, many steps). Batches of many graphs
+    are fastest prepared once per graph with :class:`~plstm_graph.transforms.PrepareDAG` and
+    passed as ``plan=DAGPlan.from_data(batch)``.
     """
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int = 2, heads: int = 4, edge_dim: Optional[int] = None,
                  pool: Optional[str] = "mean", dropout: float = 0.0, degree_dim: int = 8,
-                 **kwargs):
+                 mlp_ratio: int = 4, **kwargs):
         super().__init__()
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)} or None, got {pool!r}")
@@ -71,13 +80,15 @@ class PLSTMNet(torch.nn.Module):
         self.block_roles = [("P", False), ("D", False), ("P", True), ("D", True)]
         self.blocks = torch.nn.ModuleList(
             PLSTMBlock(hidden_channels, heads=heads, mode=mode, edge_dim=edge_dim,
-                       dropout=dropout, **kwargs)
+                       dropout=dropout, mlp_ratio=mlp_ratio, **kwargs)
             for _ in range(num_layers) for mode, _ in self.block_roles)
         self.norm = torch.nn.LayerNorm(hidden_channels)
         self.dropout = torch.nn.Dropout(dropout)
         self.head = torch.nn.Linear(hidden_channels, out_channels)
+        self._cache = GraphCache()
 
     def reset_parameters(self) -> None:
+        self._cache.clear()
         self.encoder.reset_parameters()
         for block in self.blocks:
             block.reset_parameters()
@@ -100,18 +111,33 @@ class PLSTMNet(torch.nn.Module):
         Returns:
             ``[num_graphs, out_channels]``, or ``[N, out_channels]`` when ``pool=None``.
         """
+        dtype = self.encoder.weight.dtype
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.dtype != dtype:
+            what = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x has dtype {what} but the model's parameters are {dtype}; "
+                            f"convert one of them (e.g. x.to({dtype}) or model.to(x.dtype))")
+        edge_map = None
         if plan is None:
-            plan = DAGPlan.from_graph(edge_index, x.size(0),
-                                      edge_attr if self.edge_dim is not None else None)
+            plan, edge_map, first = self._plan_for(edge_index, x.size(0))
+            dag_attr = None
+            if self.edge_dim is not None and edge_attr is not None:
+                dag_attr = edge_attr if first is None else edge_attr[first]
+        else:
+            dag_attr = plan.edge_attr if self.edge_dim is not None else None
+            if dag_attr is not None and dag_attr.is_floating_point():
+                # the plan's oriented copy of the batch's edge features follows the model
+                dag_attr = dag_attr.to(dtype)
+        edge_mask = self._explainer_mask(edge_index, plan, edge_map)
         feats = [x]
         if self.degree_dim > 0:
-            feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim))
+            feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim).to(dtype))
         h = self.encoder(torch.cat(feats, dim=-1))
         roles = self.block_roles * self.num_layers
         for block, (mode, reverse) in zip(self.blocks, roles):
             view = plan.view(mode, reverse)
-            if self.edge_dim is None:
-                view["edge_attr"] = None
+            view["edge_attr"] = dag_attr
+            if edge_mask is not None:
+                view["edge_mask"] = edge_mask
             h = block(h, **view)
         h = self.norm(h)
         if self.pool is not None:
@@ -119,6 +145,40 @@ class PLSTMNet(torch.nn.Module):
                 batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
             h = POOLS[self.pool](h, batch)
         return self.head(self.dropout(h))
+
+    def _plan_for(self, edge_index: Tensor, num_nodes: int):
+        """The plan of a plain graph (cached per ``edge_index`` tensor), the map from input
+        edges to DAG edges and the input edge whose features each DAG edge keeps (both
+        ``None`` when ``edge_index`` is already the DAG)."""
+        key = (num_nodes,)
+        hit = self._cache.get(edge_index, key)
+        if hit is not None:
+            return hit
+        edge_map = first = None
+        dag = edge_index
+        if is_undirected(edge_index, num_nodes):
+            dag, edge_map = orient_by_id(edge_index, num_nodes)
+            first = first_occurrence(edge_map, dag.size(1))
+        plan = DAGPlan.from_graph(dag, num_nodes, orient="none")
+        self._cache.put(edge_index, key, (plan, edge_map, first))
+        return plan, edge_map, first
+
+    def _explainer_mask(self, edge_index: Tensor, plan: DAGPlan,
+                        edge_map: Optional[Tensor]) -> Optional[Tensor]:
+        """An explainer's edge mask (PyG's ``set_masks`` puts it on every conv, over the
+        model's input edges) as one weight per DAG edge; ``None`` when not explaining."""
+        conv = self.blocks[0].conv if len(self.blocks) else None
+        if conv is None or not conv.explain or conv._edge_mask is None:
+            return None
+        mask = conv._edge_mask.sigmoid() if conv._apply_sigmoid else conv._edge_mask
+        if edge_map is not None and mask.numel() == edge_map.numel():
+            return mask.new_ones(plan.edge_index.size(1)).scatter_reduce(0, edge_map, mask,
+                                                                         "prod")
+        if mask.numel() != plan.edge_index.size(1):
+            raise ValueError(f"the explainer's edge mask has {mask.numel()} entries, but the "
+                             f"model runs on {plan.edge_index.size(1)} DAG edges; explain the "
+                             f"model on a plain graph (no plan) or on the DAG's edges")
+        return mask
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, {self.hidden_channels}, "

@@ -490,7 +490,7 @@ def test_explainer_edge_masks_act_on_the_given_edges():
     set_masks(model, raw, g.edge_index, apply_sigmoid=True)
     explained = model.conv(g.x, g.edge_index)
     clear_masks(model)
-    dag, edge_map = plstm_graph.nn.conv._orientation(g.edge_index, 12)
+    dag, edge_map = plstm_graph.nn.inputs.orient_by_id(g.edge_index, 12)
     dag_mask = torch.ones(dag.size(1), dtype=torch.float64).scatter_reduce(
         0, edge_map, raw.sigmoid(), "prod")
     torch.testing.assert_close(explained, model.conv(g.x, dag, edge_mask=dag_mask))

@@ -219,3 +219,66 @@ def test_reset_parameters_restores_gate_init():
     for name, p in model.named_parameters():
         if "_gate." in name and name.endswith("weight"):
             assert p.abs().max() == 0, name
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes, plain batches, explanations
+# ---------------------------------------------------------------------------------------------
+def test_double_model_on_float32_prepared_batch_and_mismatch_raises():
+    data = [PrepareDAG()(g) for g in graphs()]
+    for g in data:  # a float32 data set
+        g.x, g.edge_attr, g.dag_edge_attr = g.x.float(), g.edge_attr.float(), g.dag_edge_attr.float()
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    torch.manual_seed(0)
+    model = PLSTMNet(IN, HIDDEN, OUT, num_layers=1, heads=2, edge_dim=EDGE_DIM)
+    out32 = run(model, batch)
+    with pytest.raises(TypeError, match="float64"):
+        model(batch.x.double(), batch.dag_edge_index, None, batch.batch,
+              plan=DAGPlan.from_data(batch))
+    model = model.double()
+    out64 = model(batch.x.double(), batch.dag_edge_index, None, batch.batch,
+                  plan=DAGPlan.from_data(batch))
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-5)
+    plain = model(batch.x.double(), batch.edge_index, batch.edge_attr.double(), batch.batch)
+    torch.testing.assert_close(plain, out64)
+
+
+def test_plain_call_prepares_once_per_edge_index(monkeypatch):
+    import plstm_graph.models as models
+
+    calls = []
+    real = models.DAGPlan.from_graph
+    monkeypatch.setattr(models.DAGPlan, "from_graph",
+                        staticmethod(lambda *a, **k: calls.append(1) or real(*a, **k)))
+    batch = next(iter(DataLoader(graphs(), batch_size=7)))
+    model = make_model()
+    first = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+    again = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
+    assert len(calls) == 1 and torch.equal(first, again)
+    model(batch.x, batch.edge_index.clone(), batch.edge_attr, batch.batch)
+    assert len(calls) == 2
+
+
+def test_explainer_on_plstmnet_gives_a_mask_over_the_input_edges():
+    from torch_geometric.explain import Explainer, GNNExplainer
+
+    g = graphs(count=3)[2]
+    model = make_model(pool=None, edge_dim=None)
+
+    class NodeModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x, edge_index):
+            return self.net(x, edge_index)
+
+    explainer = Explainer(NodeModel(), algorithm=GNNExplainer(epochs=10),
+                          explanation_type="model", edge_mask_type="object",
+                          node_mask_type=None,
+                          model_config=dict(mode="multiclass_classification",
+                                            task_level="node", return_type="raw"))
+    mask = explainer(g.x, g.edge_index, index=5).edge_mask
+    assert mask.shape == (g.edge_index.size(1),)
+    assert float(mask.max() - mask.min()) > 1e-4

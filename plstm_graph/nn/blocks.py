@@ -36,17 +36,19 @@ class PLSTMBlock(torch.nn.Module):
         mode (str): ``"P"`` or ``"D"``.
         edge_dim (int, optional): Edge feature width passed to the layer's gates.
         dropout (float): Dropout on both residual branches.
+        mlp_ratio (int): Hidden width of the MLP block as a multiple of ``channels``.
         **kwargs: Further :class:`PLSTMConv` arguments.
     """
 
     def __init__(self, channels: int, heads: int = 4, mode: str = "P",
-                 edge_dim: Optional[int] = None, dropout: float = 0.0, **kwargs):
+                 edge_dim: Optional[int] = None, dropout: float = 0.0, mlp_ratio: int = 4,
+                 **kwargs):
         super().__init__()
         self.norm = torch.nn.LayerNorm(channels)
         self.conv = PLSTMConv(channels, channels, heads=heads, mode=mode, edge_dim=edge_dim,
                               **kwargs)
         self.dropout = torch.nn.Dropout(dropout)
-        self.mlp = MLPBlock(channels, dropout=dropout)
+        self.mlp = MLPBlock(channels, expansion=mlp_ratio, dropout=dropout)
 
     def reset_parameters(self) -> None:
         self.norm.reset_parameters()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Optional, Tuple
 
 import torch
@@ -17,6 +16,7 @@ from torch_geometric.utils import scatter
 from ..dag import (DagSchedule, build_schedule, check_edge_index, line_graph, multitree,
                    topological_levels)
 from ..ops import plstm_dag
+from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 
 MODES = ("P", "D")
 ORIENTATIONS = ("auto", "id", "none")
@@ -64,33 +64,6 @@ class _Gate(torch.nn.Module):
         return out
 
 
-def _orientation(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
-    """The DAG of an undirected graph by node id (as :func:`~plstm_graph.to_dag`) and, for every
-    input edge, the DAG edge it became (both stored directions map to one DAG edge)."""
-    lo = torch.minimum(edge_index[0], edge_index[1])
-    hi = torch.maximum(edge_index[0], edge_index[1])
-    key, inverse = torch.unique(lo * max(num_nodes, 1) + hi, return_inverse=True)
-    dag = torch.stack([key // max(num_nodes, 1), key % max(num_nodes, 1)])
-    return dag, inverse
-
-
-def _first_occurrence(inverse: Tensor, size: int) -> Tensor:
-    """For every DAG edge the first input edge that maps to it (whose attributes it keeps)."""
-    first = torch.full((size,), inverse.numel(), dtype=torch.long, device=inverse.device)
-    return first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(),
-                                                          device=inverse.device), "amin")
-
-
-def _is_undirected(edge_index: Tensor, num_nodes: int) -> bool:
-    """Whether every edge is stored in both directions (PyG's undirected convention)."""
-    if edge_index.numel() == 0:
-        return False
-    n = max(num_nodes, 1)
-    fwd = torch.sort(edge_index[0] * n + edge_index[1]).values
-    rev = torch.sort(edge_index[1] * n + edge_index[0]).values
-    return bool(torch.equal(fwd, rev))
-
-
 class _PreparedGraph:
     """What one layer needs of one input graph: the DAG it runs on, the map from input edges
     to DAG edges (``None`` when the input was already the DAG), its line graph, levels and
@@ -107,37 +80,6 @@ class _PreparedGraph:
         self.line_index = line_index
         self.node_level = node_level
         self.schedule = schedule
-
-
-class _GraphCache:
-    """The last prepared graph of a layer, reused while the very same ``edge_index`` tensor,
-    unmodified, comes back (node-level tasks call a layer on one graph every step).
-
-    Keyed on the tensor object (a weak reference, so a freed tensor whose address is reused
-    never hits) and its version counter (bumped by every in-place write), which makes it safe
-    to leave on: a different or modified ``edge_index`` is prepared again.
-    """
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self._ref = None
-        self._version = -1
-        self._key = None
-        self._value = None
-
-    def get(self, edge_index: Tensor, key) -> Optional[_PreparedGraph]:
-        if (self._ref is not None and self._ref() is edge_index and
-                self._version == edge_index._version and self._key == key):
-            return self._value
-        return None
-
-    def put(self, edge_index: Tensor, key, value: _PreparedGraph) -> None:
-        self._ref = weakref.ref(edge_index)
-        self._version = edge_index._version
-        self._key = key
-        self._value = value
 
 
 class PLSTMConv(MessagePassing):
@@ -298,7 +240,7 @@ class PLSTMConv(MessagePassing):
         self.backend = backend
         self.algorithm = algorithm
         self.recompute = recompute
-        self._cache = _GraphCache()
+        self._cache = GraphCache()
 
         self.lin_query = LazyLinear(in_channels, heads * key_dim, bias=False)
         self.lin_key = LazyLinear(in_channels, heads * key_dim, bias=False)
@@ -462,10 +404,10 @@ class PLSTMConv(MessagePassing):
                 return hit
         edge_map = first = None
         if self.orient == "id" or (self.orient == "auto" and
-                                   _is_undirected(edge_index, num_nodes)):
+                                   is_undirected(edge_index, num_nodes)):
             check_edge_index(edge_index, num_nodes)  # a self-loop cannot be oriented
-            dag, edge_map = _orientation(edge_index, num_nodes)
-            first = _first_occurrence(edge_map, dag.size(1))
+            dag, edge_map = orient_by_id(edge_index, num_nodes)
+            first = first_occurrence(edge_map, dag.size(1))
         else:
             dag = edge_index
         if self.flow == "target_to_source":
@@ -525,7 +467,8 @@ class PLSTMConv(MessagePassing):
             schedule: with ``line_index``: a prebuilt :class:`~plstm_graph.dag.DagSchedule`
                 for exactly this DAG and line graph; skips all index work.
             edge_mask: ``[E]`` weights in ``[0, 1]`` (e.g. an explanation) that scale the
-                state each edge of ``edge_index`` carries.
+                state each edge of ``edge_index`` carries; when given, it replaces a mask an
+                explainer set on the layer.
         """
         edge_attr = self._check_features(x, edge_index, edge_attr)
         self.initialize_parameters(x)
@@ -547,20 +490,20 @@ class PLSTMConv(MessagePassing):
             node_level, schedule = prepared.node_level, prepared.schedule
         else:
             dag_index = edge_index
-        explain_mask = self._explain_edge_mask(prepared, num_edges_in)
-        if edge_mask is not None:
-            if edge_mask.shape != (num_edges_in,):
-                raise ValueError(f"edge_mask must have shape [E={num_edges_in}], got "
-                                 f"{list(edge_mask.shape)}")
+        if edge_mask is None:
+            edge_mask = self._explain_edge_mask(prepared, num_edges_in)
+        else:  # (an explicit mask, e.g. PLSTMNet's mapping of an explainer's, wins)
+            if not isinstance(edge_mask, Tensor) or edge_mask.shape != (num_edges_in,):
+                shape = list(edge_mask.shape) if isinstance(edge_mask, Tensor) else edge_mask
+                raise ValueError(f"edge_mask must have shape [E={num_edges_in}], got {shape}")
             if prepared is not None and prepared.edge_map is not None:
                 edge_mask = edge_mask.new_ones(dag_index.size(1)).scatter_reduce(
                     0, prepared.edge_map, edge_mask, "prod")
-            explain_mask = edge_mask if explain_mask is None else explain_mask * edge_mask
 
         num_nodes, heads = x.size(0), self.heads
         query, key, value, node_logits = self.node_projections(x)
         source, transition, mark, direct = self.gates(x, dag_index, line_index, edge_attr,
-                                                      node_logits, explain_mask)
+                                                      node_logits, edge_mask)
         out = plstm_dag(query, key, value, source, transition, mark, direct, dag_index,
                         line_index, node_level=node_level, schedule=schedule,
                         backend=self.backend, algorithm=self.algorithm,
