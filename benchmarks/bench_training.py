@@ -79,10 +79,11 @@ class GINModel(torch.nn.Module):
 
 
 class PLSTMPlain(torch.nn.Module):
-    def __init__(self, in_channels, hidden, out_channels, edge_dim):
+    def __init__(self, in_channels, hidden, out_channels, edge_dim, **kwargs):
         super().__init__()
         self.edge_dim = edge_dim
-        self.net = PLSTMNet(in_channels, hidden, out_channels, num_layers=1, edge_dim=edge_dim)
+        self.net = PLSTMNet(in_channels, hidden, out_channels, num_layers=1, edge_dim=edge_dim,
+                            **kwargs)
 
     def forward(self, batch):
         return self.net(batch.x, batch.edge_index, batch.get("edge_attr"), batch.batch)
@@ -146,7 +147,7 @@ def datasets():
     }
 
 
-def time_models(spec, epochs: int, hidden: int) -> Dict[str, float]:
+def time_models(spec, epochs: int, hidden: int, **kwargs) -> Dict[str, float]:
     torch.manual_seed(0)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     raw = DataLoader(spec["raw"], batch_size=spec["batch"], shuffle=True, generator=gen())
@@ -155,10 +156,11 @@ def time_models(spec, epochs: int, hidden: int) -> Dict[str, float]:
     args = (spec["in_channels"], hidden, spec["out"], spec["edge_dim"])
     runs = {
         "gin": (make_epoch(GINModel(*args[:3]), raw, spec["task"]), None),
-        "plstm plain": (make_epoch(PLSTMPlain(*args), raw, spec["task"]), None),
-        "plstm prepared": (make_epoch(PLSTMPrepared(*args), prepared, spec["task"]), None),
-        "plstm linear-op": (make_epoch(PLSTMPrepared(*args), prepared, spec["task"]),
-                            linear_op),
+        "plstm plain": (make_epoch(PLSTMPlain(*args, **kwargs), raw, spec["task"]), None),
+        "plstm prepared": (make_epoch(PLSTMPrepared(*args, **kwargs), prepared, spec["task"]),
+                           None),
+        "plstm linear-op": (make_epoch(PLSTMPrepared(*args, **kwargs), prepared,
+                                       spec["task"]), linear_op),
     }
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for round_ in range(epochs + 1):
@@ -193,6 +195,8 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--only", default=None, help="substring of the data set to run")
+    p.add_argument("--mlp-ratio", type=int, default=None, help="PLSTMNet mlp_ratio (default: "
+                   "the library's)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"# {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
@@ -200,7 +204,8 @@ def main(argv=None) -> None:
     for name, spec in datasets().items():
         if args.only and args.only not in name:
             continue
-        times = time_models(spec, args.epochs, args.hidden)
+        kwargs = {} if args.mlp_ratio is None else dict(mlp_ratio=args.mlp_ratio)
+        times = time_models(spec, args.epochs, args.hidden, **kwargs)
         gin = times["gin"]
         print(f"\n{name}: epoch time (median of {args.epochs}), ratio to GIN")
         for model, t in times.items():
