@@ -13,7 +13,7 @@ from torch_geometric.nn.dense.linear import Linear as LazyLinear
 from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.utils import scatter
 
-from ..dag import (DagSchedule, build_schedule, check_edge_index, line_graph, multitree,
+from ..dag import (DagSchedule, build_schedule, check_edge_index, _multitree_checked, line_graph,
                    topological_levels)
 from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
@@ -413,7 +413,7 @@ class PLSTMConv(MessagePassing):
         if self.flow == "target_to_source":
             dag = dag.flip(0)
         try:
-            level = topological_levels(dag, num_nodes, method="torch")
+            level = topological_levels(dag, num_nodes)
         except ValueError as exc:
             if "cycle" not in str(exc):
                 raise
@@ -424,7 +424,7 @@ class PLSTMConv(MessagePassing):
                              f"transform") from None
         line = line_graph(dag, num_nodes)
         if self.mode == "D":
-            line = multitree(dag, line, level)
+            line = _multitree_checked(dag, line, level)
         schedule = build_schedule(dag, line, num_nodes, node_level=level, validate=False)
         prepared = _PreparedGraph(dag, edge_map, first, line, level, schedule)
         if self.cached:
