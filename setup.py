@@ -115,7 +115,9 @@ setup(
                                     "examples", "examples.*")),
     package_data={"plstm_graph": ["datasets/data/**/*"]},
     python_requires=">=3.9",
-    install_requires=["torch>=2.1", "torch_geometric>=2.5", "networkx"],
+    # torch 2.4: torch.library.register_fake, torch.serialization.add_safe_globals,
+    # torch.nn.functional.rms_norm
+    install_requires=["torch>=2.4", "torch_geometric>=2.5", "networkx"],
     extras_require={"test": ["pytest", "hypothesis"], "examples": ["tqdm"],
                     "plot": ["matplotlib"], "scatter": ["torch_scatter"]},
     ext_modules=ext_modules,

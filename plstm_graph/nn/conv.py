@@ -23,7 +23,8 @@ ORIENTATIONS = ("auto", "id", "none")
 # MessagePassing arguments whose other values the recurrence cannot honour
 _SUM_AGGRS = (None, "add", "sum")
 # Transition bias that starts an arc with a single successor in the carrying regime
-# (T ~ 0.85), see the spec: P-mode 3 / (0.5 + 3), D-mode tanh(1.25).
+# (T ~ 0.85), see docs/contract.md ("Gates and initialisation"): P-mode 3 / (0.5 + 3),
+# D-mode tanh(1.25).
 DEFAULT_TRANSITION_BIAS = {"P": 3.0, "D": 1.25}
 
 
