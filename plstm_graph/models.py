@@ -96,7 +96,8 @@ class PLSTMNet(torch.nn.Module):
         self.head.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor] = None,
-                batch: Optional[Tensor] = None, plan: Optional[DAGPlan] = None) -> Tensor:
+                batch: Optional[Tensor] = None, plan: Optional[DAGPlan] = None,
+                batch_size: Optional[int] = None) -> Tensor:
         """
         Args:
             x: ``[N, in_channels]`` node features.
@@ -107,6 +108,8 @@ class PLSTMNet(torch.nn.Module):
             plan: the batch's :class:`~plstm_graph.transforms.DAGPlan`
                 (``DAGPlan.from_data(batch)`` after :class:`~plstm_graph.transforms.PrepareDAG`);
                 built from ``edge_index`` when absent.
+            batch_size: the number of graphs (``batch.num_graphs``); saves the pooling a
+                host sync (``batch.max()``), which ``torch.compile`` would break the graph at.
 
         Returns:
             ``[num_graphs, out_channels]``, or ``[N, out_channels]`` when ``pool=None``.
@@ -143,9 +146,12 @@ class PLSTMNet(torch.nn.Module):
         if self.pool is not None:
             if batch is None:
                 batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
-            h = POOLS[self.pool](h, batch)
+            h = POOLS[self.pool](h, batch, batch_size)
         return self.head(self.dropout(h))
 
+    # index bookkeeping on a new graph is data-dependent: under torch.compile it runs eagerly
+    # (one graph break); pass a prepared plan to compile the whole forward
+    @torch.compiler.disable
     def _plan_for(self, edge_index: Tensor, num_nodes: int):
         """The plan of a plain graph (cached per ``edge_index`` tensor), the map from input
         edges to DAG edges and the input edge whose features each DAG edge keeps (both

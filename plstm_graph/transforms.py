@@ -182,6 +182,15 @@ class DAGPlan:
         return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=line,
                     node_level=level, schedule=self._schedules[key])
 
+    def build(self) -> "DAGPlan":
+        """Build the schedules of every view now (they are otherwise built on first use) and
+        return the plan: call it outside a ``torch.compile``-d function, which can then take
+        the plan as an input without tracing any index bookkeeping."""
+        for mode in ("P", "D"):
+            for reverse in ((False, True) if self.level_rev is not None else (False,)):
+                self.view(mode, reverse)
+        return self
+
     def to(self, device) -> "DAGPlan":
         def move(t):
             return t.to(device) if isinstance(t, Tensor) else t
