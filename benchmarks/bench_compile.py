@@ -75,14 +75,15 @@ def run(args):
         if name == "compiled" and args.verbose:
             for reason, count in counters["graph_break"].items():
                 print(f"graph break x{count}: {reason[:300]}")
-        frames = counters["stats"]["unique_graphs"]
+        frames = counters["stats"]["unique_graphs"]  # one per (re)compilation of a frame
         results[name] = dict(first=first, median=statistics.median(times[len(loader):] or times),
                              breaks=breaks, graphs=frames,
                              recompiles=counters["recompiles"] if "recompiles" in counters
                              else None)
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"thread(s), native={plstm_graph.WITH_NATIVE}, MUTAG batches of {args.batch_size}, "
-          f"hidden {args.hidden}, {len(batches)} steps")
+          f"hidden {args.hidden}, {len(batches)} steps, backend {args.backend}, duck shapes "
+          f"{'off' if args.no_duck_shape else 'on'}")
     print("| | first step | step (median after epoch 1) | graph breaks | graphs compiled |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
@@ -99,9 +100,16 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--backend", default="inductor", help="torch.compile backend")
+    p.add_argument("--no-duck-shape", action="store_true",
+                   help="torch.fx.experimental._config.use_duck_shape = False (no recompile when "
+                        "sizes that were equal in one batch differ in a later one)")
     p.add_argument("--verbose", action="store_true", help="print the graph-break reasons")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.no_duck_shape:
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.use_duck_shape = False
     run(args)
 
 
