@@ -75,6 +75,7 @@ def _extensions():
             f"{torch.version.cuda}) and the CUDA toolkit (CUDA_HOME={CUDA_HOME})")
 
     sources = [os.path.join("csrc", "plstm_dag.cpp")]
+    sources += sorted(glob.glob(os.path.join("csrc", "ops", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     omp_compile, omp_link = _openmp_flags(torch)
     if sys.platform == "win32":

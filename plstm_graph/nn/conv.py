@@ -13,8 +13,8 @@ from torch_geometric.nn.dense.linear import Linear as LazyLinear
 from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.utils import scatter
 
-from ..dag import (DagSchedule, build_schedule, check_edge_index, line_graph, multitree,
-                   topological_levels)
+from ..dag import (DagSchedule, build_node_schedule, build_schedule, check_edge_index,
+                   line_graph, multitree, topological_levels)
 from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 
@@ -67,9 +67,12 @@ class _Gate(torch.nn.Module):
 class _PreparedGraph:
     """What one layer needs of one input graph: the DAG it runs on, the map from input edges
     to DAG edges (``None`` when the input was already the DAG), its line graph, levels and
-    schedule."""
+    schedule. With node-level transitions ``line_index`` is ``None`` and ``schedule`` a
+    :class:`~plstm_graph.dag.NodeSchedule`; the full line graph and its schedule are then
+    built only if an edge mask asks for them (:meth:`arc_graph`)."""
 
-    __slots__ = ("edge_index", "edge_map", "first_edge", "line_index", "node_level", "schedule")
+    __slots__ = ("edge_index", "edge_map", "first_edge", "line_index", "node_level", "schedule",
+                 "_arcs")
 
     def __init__(self, edge_index, edge_map, first_edge, line_index, node_level, schedule):
         # edge_map [E_in] -> DAG edge; first_edge [E_dag] -> the input edge whose attributes
@@ -80,6 +83,18 @@ class _PreparedGraph:
         self.line_index = line_index
         self.node_level = node_level
         self.schedule = schedule
+        self._arcs = None
+
+    def arc_graph(self) -> Tuple[Tensor, DagSchedule]:
+        """The full line graph of the DAG and its schedule (built on first use)."""
+        if self.line_index is not None:
+            return self.line_index, self.schedule
+        if self._arcs is None:
+            num_nodes = self.node_level.numel()
+            line = line_graph(self.edge_index, num_nodes)
+            self._arcs = (line, build_schedule(self.edge_index, line, num_nodes,
+                                               node_level=self.node_level, validate=False))
+        return self._arcs
 
 
 class PLSTMConv(MessagePassing):
@@ -240,6 +255,9 @@ class PLSTMConv(MessagePassing):
         self.backend = backend
         self.algorithm = algorithm
         self.recompute = recompute
+        # P-mode without edge features runs on node-level transitions (no line graph); True
+        # forces the per-arc path, the same function (kept reachable to test the two agree)
+        self._arc_transitions = False
         self._cache = GraphCache()
 
         self.lin_query = LazyLinear(in_channels, heads * key_dim, bias=False)
@@ -263,6 +281,14 @@ class PLSTMConv(MessagePassing):
             gate.reset_parameters()
         torch.nn.init.ones_(self.norm_weight)
         self._cache.clear()
+
+    def node_level_transitions(self) -> bool:
+        """Whether the layer runs on one transition per shared node (P-mode without edge
+        features): ``t_n`` comes from ``x_n`` alone and the normalisation over the arcs
+        leaving an incoming edge of ``n`` (``outdeg(n)`` arcs, all ``t_n``; or entering an
+        outgoing one, ``indeg(n)`` arcs, with ``normalize_over="target"``) is per node too,
+        so ``T_n = t_n / (alpha + deg(n) |t_n|)`` exactly, and no line graph is built."""
+        return self.mode == "P" and self.edge_dim is None and not self._arc_transitions
 
     def _gate_modules(self):
         return (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate)
@@ -317,13 +343,27 @@ class PLSTMConv(MessagePassing):
               edge_mask: Optional[Tensor] = None):
         """Source, transition, mark and direct gates ``[E,H], [L,H], [E,H], [N,H]``.
 
+        ``line_index=None`` (P-mode without edge features only): node-level transitions
+        ``[N, H]``, ``T_n = t_n / (alpha + deg(n) |t_n|)`` (see
+        :meth:`node_level_transitions`).
         ``node_logits``: the node parts from :meth:`node_projections` (computed when absent).
         ``edge_mask``: ``[E]`` weights that scale the state each edge carries (its source gate
-        and the transitions into it).
+        and the transitions into it); per-arc transitions only.
         """
         if node_logits is None:
             node_logits = [g.node(x) for g in self._gate_modules()]
         src, dst = edge_index[0], edge_index[1]
+        if line_index is None:
+            if self.mode != "P" or edge_attr is not None or edge_mask is not None:
+                raise ValueError("node-level transitions (line_index=None) exist in P-mode "
+                                 "without edge features or edge masks only; pass the line graph")
+            source = torch.sigmoid(node_logits[0][src])
+            mark = torch.sigmoid(node_logits[1][dst])
+            direct = torch.sigmoid(node_logits[2])
+            t = node_logits[3]
+            axis = src if self.normalize_over == "source" else dst
+            degree = torch.bincount(axis, minlength=x.size(0)).to(t.dtype)
+            return source, t / (self.alpha + degree[:, None] * t.abs()), mark, direct
         arc_in, arc_out = line_index[0], line_index[1]
         shared = dst[arc_in]
         one = (edge_attr,) if edge_attr is not None else ()
@@ -397,7 +437,7 @@ class PLSTMConv(MessagePassing):
         """Orient ``edge_index`` as :meth:`forward` does and build the line graph, levels and
         schedule of the DAG this layer runs on (cached, see the class docstring)."""
         num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
-        key = (num_nodes, self.orient, self.flow, self.mode)
+        key = (num_nodes, self.orient, self.flow, self.mode, self.node_level_transitions())
         if self.cached:
             hit = self._cache.get(edge_index, key)
             if hit is not None:
@@ -422,11 +462,15 @@ class PLSTMConv(MessagePassing):
                              f"with orient='auto'), or orient it yourself with "
                              f"plstm_graph.to_dag(edge_index)[0] or the PrepareDAG "
                              f"transform") from None
-        line = line_graph(dag, num_nodes)
-        if self.mode == "D":
-            line = multitree(dag, line, level)
-        schedule = build_schedule(dag, line, num_nodes, node_level=level, validate=False)
-        prepared = _PreparedGraph(dag, edge_map, first, line, level, schedule)
+        if self.node_level_transitions():  # O(E) and no line graph (spec section 2)
+            schedule = build_node_schedule(dag, num_nodes, node_level=level, validate=False)
+            prepared = _PreparedGraph(dag, edge_map, first, None, level, schedule)
+        else:
+            line = line_graph(dag, num_nodes)
+            if self.mode == "D":
+                line = multitree(dag, line, level)
+            schedule = build_schedule(dag, line, num_nodes, node_level=level, validate=False)
+            prepared = _PreparedGraph(dag, edge_map, first, line, level, schedule)
         if self.cached:
             self._cache.put(edge_index, key, prepared)
         return prepared
@@ -499,6 +543,11 @@ class PLSTMConv(MessagePassing):
             if prepared is not None and prepared.edge_map is not None:
                 edge_mask = edge_mask.new_ones(dag_index.size(1)).scatter_reduce(
                     0, prepared.edge_map, edge_mask, "prod")
+
+        if edge_mask is not None and line_index is None:
+            # a mask scales the carried state of each edge separately (T_{a->b} m_b), which
+            # one transition per node cannot express: this call takes the per-arc path
+            line_index, schedule = prepared.arc_graph()
 
         num_nodes, heads = x.size(0), self.heads
         query, key, value, node_logits = self.node_projections(x)

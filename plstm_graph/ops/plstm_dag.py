@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dag import DagSchedule, build_schedule
+from ..dag import DagSchedule, NodeSchedule, build_node_schedule, build_schedule
 from . import native
-from .closed_form_torch import closed_form_torch
+from .closed_form_torch import closed_form_torch, node_closed_form_torch
+from .node_scan_torch import node_scan_torch
 from .scan_torch import scan_torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,9 +21,12 @@ ALGORITHMS = ("scan", "closed_form")
 CLOSED_FORM_MAX_NODES = 1024
 
 
-def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None:
-    for name, t in list(tensors.items()) + [("edge_index", edge_index),
-                                             ("line_index", line_index)]:
+def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> None:
+    """``line_index=None``: node-level transitions, ``transition`` is ``[N, H]``."""
+    node_level_t = line_index is None
+    index_args = [("edge_index", edge_index)] + ([] if node_level_t else
+                                                 [("line_index", line_index)])
+    for name, t in list(tensors.items()) + index_args:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     dtypes = {name: t.dtype for name, t in tensors.items()}
@@ -34,7 +38,9 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None
         listing = ", ".join(f"{n}={d}" for n, d in dtypes.items())
         raise TypeError(f"query, key, value and the gates must share one dtype, got {listing}")
     devices = {name: t.device for name, t in tensors.items()}
-    devices.update(edge_index=edge_index.device, line_index=line_index.device)
+    devices.update(edge_index=edge_index.device)
+    if not node_level_t:
+        devices.update(line_index=line_index.device)
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n}={d}" for n, d in devices.items())
         raise ValueError(f"all inputs must be on one device, got {listing}")
@@ -51,17 +57,25 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None
         raise ValueError(f"value must have shape [N={q.size(0)}, H={q.size(1)}, V], got "
                          f"{list(v.shape)}")
     num_nodes, heads = q.shape[:2]
-    if edge_index.dim() != 2 or line_index.dim() != 2:
+    if edge_index.dim() != 2 or (not node_level_t and line_index.dim() != 2):
         return  # the DAG checks report the exact shape problem
     expected = {"source": edge_index.size(1), "mark": edge_index.size(1),
-                "transition": line_index.size(1), "direct": num_nodes}
+                "transition": num_nodes if node_level_t else line_index.size(1),
+                "direct": num_nodes}
     what = {"source": "E (edges)", "mark": "E (edges)", "transition": "L (line-graph arcs)",
             "direct": "N (nodes)"}
+    if node_level_t:
+        what["transition"] = "N (nodes: line_index=None means one transition per shared node)"
     for name, rows in expected.items():
         shape = list(tensors[name].shape)
         if shape != [rows, heads]:
+            hint = ""
+            if (name == "transition" and not node_level_t and shape == [num_nodes, heads]):
+                hint = "; for node-level transitions [N, H] pass line_index=None"
+            elif name == "transition" and node_level_t:
+                hint = "; for per-arc transitions [L, H] pass line_index"
             raise ValueError(f"{name} must have shape [{what[name]}={rows}, H={heads}], got "
-                             f"{shape}")
+                             f"{shape}{hint}")
     for name in ("source", "transition", "mark", "direct"):
         if tensors[name].numel() and not bool(torch.isfinite(tensors[name]).all()):
             raise ValueError(f"{name} contains NaN or infinite gate values")
@@ -152,7 +166,7 @@ def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.devi
 
 
 def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
-              mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Tensor, *,
+              mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Optional[Tensor], *,
               node_level: Optional[Tensor] = None, schedule: Optional[DagSchedule] = None,
               backend: Optional[str] = None, algorithm: Optional[str] = None,
               recompute: bool = False, validate: Optional[bool] = None) -> Tensor:
@@ -212,6 +226,12 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         validate = not torch.compiler.is_compiling()
     if validate:
         _check_inputs(tensors, edge_index, line_index)
+    if line_index is None:
+        return _plstm_dag_node_level(tensors, edge_index, node_level, schedule, backend,
+                                     algorithm, validate)
+    if isinstance(schedule, NodeSchedule):
+        raise ValueError("schedule is a NodeSchedule (node-level transitions), which needs "
+                         "line_index=None; pass a DagSchedule with a line_index")
     if schedule is None:
         schedule = build_schedule(edge_index, line_index, num_nodes=query.size(0),
                                   node_level=node_level, validate=validate)
@@ -235,5 +255,55 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         out = native.scan_native(q, k, v, s, t, m, schedule, recompute)
     else:
         out = scan_torch(q, k, v, s, t, m, schedule, recompute)
+    out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
+    return out.to(dtype)
+
+
+def resolve_node_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend of the node-level op: its native kernels are CPU-only, so ``None`` takes
+    them on the CPU and the pure-PyTorch scan elsewhere (CUDA included)."""
+    if backend is None:
+        return "native" if native.node_scan_available(device) else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or None")
+    if backend == "native" and not native.node_scan_available(device):
+        if not native.WITH_NATIVE:
+            raise RuntimeError(f"backend='native' was requested but "
+                               f"{native.unavailable_reason(device)}")
+        raise RuntimeError(f"the native node-level kernels run on the CPU only (device="
+                           f"{device}); use backend='torch' or backend=None")
+    return backend
+
+
+def _plstm_dag_node_level(tensors: dict, edge_index: Tensor, node_level: Optional[Tensor],
+                          schedule, backend: Optional[str], algorithm: Optional[str],
+                          validate: bool) -> Tensor:
+    """``plstm_dag`` with ``transition[N, H]`` and ``line_index=None`` (spec section 2)."""
+    query = tensors["query"]
+    if schedule is None:
+        schedule = build_node_schedule(edge_index, num_nodes=query.size(0),
+                                       node_level=node_level, validate=validate)
+    elif not isinstance(schedule, NodeSchedule):
+        raise ValueError("with line_index=None (node-level transitions) schedule must be a "
+                         "NodeSchedule (plstm_graph.dag.build_node_schedule), got "
+                         f"{type(schedule).__name__}")
+    elif validate and (schedule.num_nodes != query.size(0) or
+                       schedule.num_edges != edge_index.size(1)):
+        raise ValueError("schedule was built for a different graph than edge_index / query")
+    chosen = resolve_node_backend(backend, query.device)
+    if algorithm not in (None,) + ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
+    if algorithm == "closed_form" and chosen == "native":
+        raise RuntimeError("there is no native closed form for node-level transitions "
+                           "(line_index=None); use backend='torch' or algorithm='scan'")
+    dtype = query.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
+    if algorithm == "closed_form":
+        return node_closed_form_torch(q, k, v, s, t, m, d, schedule).to(dtype)
+    if chosen == "native":
+        out = native.node_scan_native(q, k, v, s, t, m, schedule)
+    else:
+        out = node_scan_torch(q, k, v, s, t, m, schedule)
     out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
     return out.to(dtype)
