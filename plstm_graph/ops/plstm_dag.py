@@ -65,7 +65,7 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor
     what = {"source": "E (edges)", "mark": "E (edges)", "transition": "L (line-graph arcs)",
             "direct": "N (nodes)"}
     if node_level_t:
-        what["transition"] = "N (nodes: line_index=None means one transition per shared node)"
+        what["transition"] = "N (nodes)"
     for name, rows in expected.items():
         shape = list(tensors[name].shape)
         if shape != [rows, heads]:
@@ -73,7 +73,8 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor
             if (name == "transition" and not node_level_t and shape == [num_nodes, heads]):
                 hint = "; for node-level transitions [N, H] pass line_index=None"
             elif name == "transition" and node_level_t:
-                hint = "; for per-arc transitions [L, H] pass line_index"
+                hint = ("; line_index=None means one transition per shared node, for "
+                        "per-arc transitions [L, H] pass line_index")
             raise ValueError(f"{name} must have shape [{what[name]}={rows}, H={heads}], got "
                              f"{shape}{hint}")
     for name in ("source", "transition", "mark", "direct"):
