@@ -21,6 +21,8 @@
 // The schedule is checked completely before any memory is touched (ranges, that the CSRs are
 // permutations consistent with edge_src / edge_dst, and that every edge climbs a level), so
 // bad input raises a ValueError instead of reading out of bounds or racing.
+#include "isa.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -207,128 +209,46 @@ acc_t* thread_scratch(int64_t n) {
   return buf.data();
 }
 
-template <typename scalar_t, typename acc_t>
-inline acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
-  acc_t s = 0;
-  for (int64_t i = 0; i < n; ++i) s += static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i]);
-  return s;
-}
+}  // namespace
 
-// forward item: node w, head h
-template <typename scalar_t, typename acc_t>
-void forward_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h, acc_t* y) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ Hw = p.Hs + (w * H + h) * KV;
-  std::fill(Hw, Hw + KV, acc_t(0));
-  std::fill(y, y + V, acc_t(0));
-  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  for (int64_t j = p.in_ptr[w]; j < p.in_ptr[w + 1]; ++j) {
-    const int64_t b = p.in_edge[j], u = p.edge_src[b];
-    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
-    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]);
-    const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
-    const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
-    const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
-    const acc_t msqk = m * s * dot<scalar_t, acc_t>(qw, ku, K);
-    for (int64_t x = 0; x < V; ++x) y[x] += msqk * static_cast<acc_t>(vu[x]);
-    for (int64_t i = 0; i < K; ++i) {
-      const acc_t c = s * static_cast<acc_t>(ku[i]);
-      const acc_t r = m * t * static_cast<acc_t>(qw[i]);
-      acc_t* __restrict__ row = Hw + i * V;
-      const acc_t* __restrict__ urow = Hu + i * V;
-      for (int64_t x = 0; x < V; ++x) {
-        const acc_t hv = urow[x];
-        row[x] += c * static_cast<acc_t>(vu[x]) + t * hv;
-        y[x] += r * hv;
-      }
-    }
-  }
-  scalar_t* __restrict__ o = p.out + (w * H + h) * V;
-  for (int64_t x = 0; x < V; ++x) o[x] = static_cast<scalar_t>(y[x]);
-}
+// The work items, once for the baseline instruction set and once for AVX2+FMA, chosen at run
+// time as in the arc scan (isa.h).
+#define PLSTM_ISA node_base
+#define PLSTM_TARGET
+#include "node_scan_impl.h"  // NOLINT(build/include)
+#undef PLSTM_ISA
+#undef PLSTM_TARGET
 
-// backward pass (a): node w, head h, over its in-edges
-template <typename scalar_t, typename acc_t>
-void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h, acc_t* buf) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ dq = buf;
-  acc_t* __restrict__ hd = buf + K;
-  std::fill(dq, dq + K, acc_t(0));
-  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
-  for (int64_t j = p.in_ptr[w]; j < p.in_ptr[w + 1]; ++j) {
-    const int64_t b = p.in_edge[j], u = p.edge_src[b];
-    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
-    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]);
-    const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
-    const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
-    const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
-    const acc_t vdy = dot<scalar_t, acc_t>(vu, dyw, V);
-    acc_t qhd = 0;
-    for (int64_t i = 0; i < K; ++i) {
-      const acc_t* __restrict__ urow = Hu + i * V;
-      acc_t r = 0;
-      for (int64_t x = 0; x < V; ++x) r += urow[x] * static_cast<acc_t>(dyw[x]);
-      hd[i] = r;
-      qhd += static_cast<acc_t>(qw[i]) * r;
-    }
-    p.dM[b * H + h] =
-        static_cast<scalar_t>(s * dot<scalar_t, acc_t>(qw, ku, K) * vdy + t * qhd);
-    const acc_t msv = m * s * vdy, mt = m * t;
-    for (int64_t i = 0; i < K; ++i) dq[i] += msv * static_cast<acc_t>(ku[i]) + mt * hd[i];
-  }
-  scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
-  for (int64_t i = 0; i < K; ++i) o[i] = static_cast<scalar_t>(dq[i]);
-}
+#ifdef PLSTM_HAVE_AVX2
+#define PLSTM_ISA node_avx2
+#define PLSTM_TARGET __attribute__((target("avx2,fma")))
+#include "node_scan_impl.h"  // NOLINT(build/include)
+#undef PLSTM_ISA
+#undef PLSTM_TARGET
+#endif
 
-// backward pass (b): node u, head h, over its out-edges
+namespace {
+
 template <typename scalar_t, typename acc_t>
-void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h, acc_t* buf) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ dk = buf;
-  acc_t* __restrict__ dv = buf + K;
-  acc_t* __restrict__ gk = buf + K + V;
-  std::fill(buf, buf + K + V, acc_t(0));
-  acc_t* __restrict__ Fu = p.F + (u * H + h) * KV;
-  std::fill(Fu, Fu + KV, acc_t(0));
-  const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
-  const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
-  for (int64_t j = p.out_ptr[u]; j < p.out_ptr[u + 1]; ++j) {
-    const int64_t b = p.out_edge[j], w = p.edge_dst[b];
-    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
-    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t tw = static_cast<acc_t>(p.T[w * H + h]);
-    const acc_t* __restrict__ Fw = p.F + (w * H + h) * KV;
-    const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-    const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
-    std::fill(gk, gk + V, acc_t(0));
-    acc_t ds = 0;
-    for (int64_t i = 0; i < K; ++i) {  // row i of dC_b = T_w F_w + M_b q_w dy_w^T
-      const acc_t mq = m * static_cast<acc_t>(qw[i]);
-      const acc_t ki = static_cast<acc_t>(ku[i]);
-      const acc_t* __restrict__ frow = Fw + i * V;
-      acc_t* __restrict__ urow = Fu + i * V;
-      acc_t gv = 0;
-      for (int64_t x = 0; x < V; ++x) {
-        const acc_t d = tw * frow[x] + mq * static_cast<acc_t>(dyw[x]);
-        urow[x] += d;
-        gv += d * static_cast<acc_t>(vu[x]);
-        gk[x] += ki * d;
-      }
-      ds += ki * gv;
-      dk[i] += s * gv;
-    }
-    for (int64_t x = 0; x < V; ++x) dv[x] += s * gk[x];
-    p.dS[b * H + h] = static_cast<scalar_t>(ds);
+struct NodeKernels {
+  using Ptr = P<scalar_t, acc_t>;
+  void (*forward_items)(const Ptr&, int64_t, int64_t, int64_t);
+  void (*readout_grad_items)(const Ptr&, int64_t, int64_t);
+  void (*carry_grad_items)(const Ptr&, int64_t, int64_t, int64_t);
+};
+
+template <typename scalar_t, typename acc_t>
+NodeKernels<scalar_t, acc_t> node_kernels() {
+#ifdef PLSTM_HAVE_AVX2
+  if (use_avx2()) {
+    return {&node_avx2::forward_items<scalar_t, acc_t>,
+            &node_avx2::readout_grad_items<scalar_t, acc_t>,
+            &node_avx2::carry_grad_items<scalar_t, acc_t>};
   }
-  const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
-  acc_t dt = 0;
-  for (int64_t x = 0; x < KV; ++x) dt += Fu[x] * Hu[x];
-  p.dT[u * H + h] = static_cast<scalar_t>(dt);
-  for (int64_t i = 0; i < K; ++i) p.dk[(u * H + h) * K + i] = static_cast<scalar_t>(dk[i]);
-  for (int64_t x = 0; x < V; ++x) p.dv[(u * H + h) * V + x] = static_cast<scalar_t>(dv[x]);
+#endif
+  return {&node_base::forward_items<scalar_t, acc_t>,
+          &node_base::readout_grad_items<scalar_t, acc_t>,
+          &node_base::carry_grad_items<scalar_t, acc_t>};
 }
 
 bool use_threads() { return at::get_num_threads() > 1 && !at::in_parallel_region(); }
@@ -400,17 +320,14 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
     auto p = make_p<scalar_t, acc_t>(in);
     p.Hs = states.data_ptr<acc_t>();
     p.out = out.data_ptr<scalar_t>();
+    const auto kern = node_kernels<scalar_t, acc_t>();
     const int64_t* lp = iptr(in.level_ptr);
     for (int64_t l = 0; l < in.levels; ++l) {
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           in.H * level_work(p.node_order, p.in_ptr, lo, hi, 3 * p.KV, p.KV + p.V);
-      run_items((hi - lo) * in.H, work, parallel, [&](int64_t b, int64_t e) {
-        acc_t* y = thread_scratch<acc_t>(p.V);
-        for (int64_t it = b; it < e; ++it) {
-          forward_item(p, p.node_order[lo + it / p.H], it % p.H, y);
-        }
-      });
+      run_items((hi - lo) * in.H, work, parallel,
+                [&](int64_t b, int64_t e) { kern.forward_items(p, lo, b, e); });
     }
   });
   return {out, states};
@@ -459,24 +376,18 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
     p.dS = dS.data_ptr<scalar_t>();
     p.dT = dT.data_ptr<scalar_t>();
     p.dM = dM.data_ptr<scalar_t>();
+    const auto kern = node_kernels<scalar_t, acc_t>();
     // (a) the readout gradients need H only: every node at once
     run_items(in.N * in.H, in.H * (2 * in.E * p.KV + in.N * p.K), parallel,
-              [&](int64_t b, int64_t e) {
-                acc_t* buf = thread_scratch<acc_t>(2 * p.K);
-                for (int64_t it = b; it < e; ++it) readout_grad_item(p, it / p.H, it % p.H, buf);
-              });
+              [&](int64_t b, int64_t e) { kern.readout_grad_items(p, b, e); });
     // (b) the carried gradients, levels in reverse
     const int64_t* lp = iptr(in.level_ptr);
     for (int64_t l = in.levels - 1; l >= 0; --l) {
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           in.H * level_work(p.node_order, p.out_ptr, lo, hi, 4 * p.KV, 2 * p.KV);
-      run_items((hi - lo) * in.H, work, parallel, [&](int64_t b, int64_t e) {
-        acc_t* buf = thread_scratch<acc_t>(p.K + 2 * p.V);
-        for (int64_t it = b; it < e; ++it) {
-          carry_grad_item(p, p.node_order[lo + it / p.H], it % p.H, buf);
-        }
-      });
+      run_items((hi - lo) * in.H, work, parallel,
+                [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
     }
   });
   return {dq, dk, dv, dS, dT, dM};
