@@ -131,6 +131,50 @@ def test_matches_arc_op_and_oracle(impl, graph):
 
 
 @pytest.mark.parametrize("impl", NODE_IMPLS)
+@pytest.mark.parametrize("graph", ["diamond", "random12", "fan", "isolated", "union", "chain",
+                                   "edgeless"])
+def test_carry_matches_scaled_arc_transitions(impl, graph):
+    """carry g_b scales the state carried into edge b: per arc, T_{a->b} = T_n g_b."""
+    edge_index, n = GRAPHS[graph]()
+    inputs = node_case(edge_index, n, seed=3)
+    gen = torch.Generator().manual_seed(11)
+    carry = torch.rand(edge_index.size(1), 2, generator=gen, dtype=torch.float64) * 1.5 - 0.25
+    g = cotangent(inputs)
+    x = _leaves(dict(inputs, carry=carry))
+    names = NAMES + ("carry",)
+    y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), edge_index, None, carry=x["carry"],
+                              **kw(impl))
+    got = [torch.zeros_like(x[k]) if d is None else d for k, d in zip(
+        names, torch.autograd.grad(y, [x[k] for k in names], g, allow_unused=True))] \
+        if y.requires_grad else None
+    r = _leaves(dict(inputs, carry=carry))
+    line = line_graph(edge_index, n)
+    args = [r[k] for k in NAMES]
+    args[4] = r["transition"][edge_index[1, line[0]]] * r["carry"][line[1]]
+    y_ref = plstm_oracle(*args, edge_index, line)
+    torch.testing.assert_close(y.detach(), y_ref.detach(), **TIGHT)
+    if got is None:
+        return
+    want = [torch.zeros_like(r[k]) if d is None else d for k, d in zip(
+        names, torch.autograd.grad(y_ref, [r[k] for k in names], g, allow_unused=True))]
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a, b, **TIGHT, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("impl", NODE_IMPLS)
+def test_gradcheck_with_carry(impl):
+    edge_index, n = random_dag(7, 0.6, seed=3), 7
+    inputs = node_case(edge_index, n, seed=7, heads=2, kdim=2, vdim=3)
+    carry = torch.rand(edge_index.size(1), 2, dtype=torch.float64)
+    xs = tuple(t.clone().requires_grad_(True) for t in [inputs[k] for k in NAMES] + [carry])
+
+    def f(*args):
+        return plstm_graph.plstm_dag(*args[:7], edge_index, None, carry=args[7], **kw(impl))
+
+    assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", NODE_IMPLS)
 def test_edgeless_is_direct_term_only(impl):
     inputs = node_case(ei([]), 4)
     y, _ = run_node(inputs, ei([]), cotangent(inputs), **kw(impl))
@@ -257,7 +301,10 @@ def test_native_op_registration():
     s = build_node_schedule(edge_index, 9)
     args = [inputs[n].clone().requires_grad_(True) for n in NAMES[:6]]
     index = [getattr(s, f) for f in native.NODE_SCAN_FIELDS]
-    torch.library.opcheck(torch.ops.plstm_graph.node_scan_forward.default, (*args, *index))
+    op = torch.ops.plstm_graph.node_scan_forward.default
+    torch.library.opcheck(op, (*args, None, *index))
+    carry = torch.rand(edge_index.size(1), 2, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(op, (*args, carry, *index))
 
 
 @needs_native
@@ -360,6 +407,24 @@ def test_bad_options():
             _call(inputs, edge_index, backend="native", algorithm="closed_form")
 
 
+def test_bad_carry():
+    inputs, edge_index = _bad_case()
+    num_edges = edge_index.size(1)
+    with pytest.raises(ValueError, match=r"carry must have shape \[E"):
+        _call(inputs, edge_index, carry=torch.ones(num_edges, dtype=torch.float64))
+    with pytest.raises(TypeError, match="carry has dtype"):
+        _call(inputs, edge_index, carry=torch.ones(num_edges, 2))
+    bad = torch.ones(num_edges, 2, dtype=torch.float64)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="carry contains NaN"):
+        _call(inputs, edge_index, carry=bad)
+    line = line_graph(edge_index, 8)
+    arc_inputs = dict(inputs, transition=torch.rand(line.size(1), 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="carry is for node-level"):
+        plstm_graph.plstm_dag(*(arc_inputs[n] for n in NAMES), edge_index, line,
+                              carry=torch.ones(num_edges, 2, dtype=torch.float64))
+
+
 def test_native_unavailable(monkeypatch):
     monkeypatch.setattr(native, "WITH_NATIVE", False)
     inputs, edge_index = _bad_case()
@@ -378,16 +443,16 @@ def test_native_kernel_checks_the_schedule():
     flat = list(index)
     flat[3] = torch.tensor([0, 6])  # every node on one level
     with pytest.raises(ValueError, match="climb"):
-        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), *flat)
+        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *flat)
     bad = list(index)
     bad[5] = bad[5].flip(0) if bad[5].numel() > 1 else bad[5]
     if not torch.equal(bad[5], index[5]):
         with pytest.raises(ValueError, match="in_edge"):
-            torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), *bad)
+            torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *bad)
     short = list(index)
     short[0] = short[0][:-1]
     with pytest.raises(ValueError, match="edge_src"):
-        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), *short)
+        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *short)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,5 +540,22 @@ def test_conv_edge_mask_on_node_path_equals_arc_path():
     g = torch.randn_like(out)
     torch.testing.assert_close(torch.autograd.grad(out, mask, g)[0],
                                torch.autograd.grad(ref, mask, g)[0], rtol=1e-9, atol=1e-10)
-    # and without the mask the cached node path is used again
     assert conv.prepare(edge_index, n).line_index is None
+
+
+def test_conv_edge_mask_on_node_path_builds_no_line_graph(monkeypatch):
+    import plstm_graph.nn.conv as conv_module
+
+    edge_index, n = GRAPHS["dense60"]()
+    conv = _perturbed_conv(seed=4)
+    twin = _arc_twin(conv)
+    x = torch.randn(n, 5, dtype=torch.float64)
+    mask = torch.rand(edge_index.size(1), dtype=torch.float64)
+    ref = twin(x, edge_index, edge_mask=mask)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("line_graph was built")
+
+    monkeypatch.setattr(conv_module, "line_graph", refuse)
+    torch.testing.assert_close(conv(x, edge_index, edge_mask=mask), ref, rtol=1e-10,
+                               atol=1e-10)

@@ -60,7 +60,7 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
     const int64_t b = p.in_edge[j], u = p.edge_src[b];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]);
+    const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
     const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
     const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
     const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
@@ -113,6 +113,22 @@ PLSTM_TARGET inline void carry_row(const acc_t* __restrict__ frow,
   }
 }
 
+// the same with a carry factor g_b: F_u += g d, and zh += d h for dg_b = T_u <dC_b, H_u>
+template <typename acc_t, typename scalar_t>
+PLSTM_TARGET inline void carry_row_scaled(
+    const acc_t* __restrict__ frow, const scalar_t* __restrict__ dy,
+    const acc_t* __restrict__ kvrow, const acc_t* __restrict__ hrow, acc_t* __restrict__ urow,
+    acc_t* __restrict__ arow, acc_t* __restrict__ z, acc_t* __restrict__ zh, acc_t tw, acc_t mq,
+    acc_t s, acc_t g, int64_t V) {
+  for (int64_t x = 0; x < V; ++x) {
+    const acc_t d = tw * frow[x] + mq * static_cast<acc_t>(dy[x]);
+    urow[x] += g * d;
+    arow[x] += s * d;
+    z[x] += d * kvrow[x];
+    zh[x] += d * hrow[x];
+  }
+}
+
 // sum of z[0:n] in a fixed order (lanes, then a tree)
 template <typename acc_t>
 PLSTM_TARGET inline acc_t fixed_sum(const acc_t* __restrict__ z, int64_t n) {
@@ -142,7 +158,7 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
     const int64_t b = p.in_edge[j], u = p.edge_src[b];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]);
+    const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
     const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
     const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
     const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
@@ -173,6 +189,9 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   acc_t* __restrict__ A = buf;
   acc_t* __restrict__ kv = buf + KV;
   acc_t* __restrict__ z = buf + 2 * KV + V;
+  acc_t* __restrict__ zh = buf + 2 * KV + 2 * V;
+  const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
+  const acc_t tu = static_cast<acc_t>(p.T[u * H + h]);
   acc_t* __restrict__ Fu = p.F + (u * H + h) * KV;
   std::fill(Fu, Fu + KV, acc_t(0));
   std::fill(A, A + KV, acc_t(0));
@@ -191,13 +210,22 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
     const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
     const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
     std::fill(z, z + V, acc_t(0));  // column sums of dC_b * k_u v_u^T
-    for (int64_t i = 0; i < K; ++i) {  // row i of dC_b = T_w F_w + M_b q_w dy_w^T
-      carry_row(Fw + i * V, dyw, kv + i * V, Fu + i * V, A + i * V, z, tw,
-                m * static_cast<acc_t>(qw[i]), s, V);
+    if (p.carry == nullptr) {
+      for (int64_t i = 0; i < K; ++i) {  // row i of dC_b = T_w F_w + M_b q_w dy_w^T
+        carry_row(Fw + i * V, dyw, kv + i * V, Fu + i * V, A + i * V, z, tw,
+                  m * static_cast<acc_t>(qw[i]), s, V);
+      }
+    } else {
+      const acc_t g = static_cast<acc_t>(p.carry[b * H + h]);
+      std::fill(zh, zh + V, acc_t(0));
+      for (int64_t i = 0; i < K; ++i) {
+        carry_row_scaled(Fw + i * V, dyw, kv + i * V, Hu + i * V, Fu + i * V, A + i * V, z,
+                         zh, tw, m * static_cast<acc_t>(qw[i]), s, g, V);
+      }
+      p.dcarry[b * H + h] = static_cast<scalar_t>(tu * fixed_sum(zh, V));
     }
     p.dS[b * H + h] = static_cast<scalar_t>(fixed_sum(z, V));
   }
-  const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
   p.dT[u * H + h] = static_cast<scalar_t>(lane_dot<acc_t>(Fu, Hu, KV));
   scalar_t* __restrict__ dk = p.dk + (u * H + h) * K;
   scalar_t* __restrict__ dv = p.dv + (u * H + h) * V;
@@ -229,7 +257,7 @@ PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
                                    int64_t end) {
-  acc_t* buf = thread_scratch<acc_t>(2 * p.KV + 2 * p.V);
+  acc_t* buf = thread_scratch<acc_t>(2 * p.KV + 3 * p.V);
   for (int64_t it = b; it < end; ++it) {
     carry_grad_item(p, p.node_order[lo + it / p.H], it % p.H, buf);
   }

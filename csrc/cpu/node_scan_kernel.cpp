@@ -12,6 +12,8 @@
 //   (b) levels in reverse, one item per (node u, head) over its out-edges:
 //       dC_b = T_w F_w + M_b q_w dy_w^T,  F_u = sum_b dC_b,  dT_u = <F_u, H_u>,
 //       dS_b = k_u^T dC_b v_u,  dk_u = sum_b S_b dC_b v_u,  dv_u = sum_b S_b dC_b^T k_u
+// With the optional carry g_b (an edge mask's share of the transitions into edge b), T_u
+// reads g_b T_u for edge b, F_u = sum_b g_b dC_b and dg_b = T_u <dC_b, H_u>.
 //
 // Every output element is written by one item, which reads only rows of lower (forward) or
 // higher (backward pass b) levels, in a fixed order: no atomics, bitwise the same results on
@@ -58,7 +60,7 @@ at::ScalarType acc_of(at::ScalarType t) {
 }
 
 struct NodeInputs {
-  at::Tensor q, k, v, S, T, M;
+  at::Tensor q, k, v, S, T, M, carry;  // carry: undefined when absent
   at::Tensor edge_src, edge_dst, node_order, level_ptr, in_ptr, in_edge, out_ptr, out_edge;
   int64_t N = 0, H = 0, K = 0, V = 0, E = 0, levels = 0;
 };
@@ -100,7 +102,8 @@ void check_csr(const char* ptr_name, const char* member_name, const int64_t* ptr
 
 NodeInputs check_node_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
                              const at::Tensor& v, const at::Tensor& S, const at::Tensor& T,
-                             const at::Tensor& M, const at::Tensor& edge_src,
+                             const at::Tensor& M, const c10::optional<at::Tensor>& carry,
+                             const at::Tensor& edge_src,
                              const at::Tensor& edge_dst, const at::Tensor& node_order,
                              const at::Tensor& level_ptr, const at::Tensor& in_ptr,
                              const at::Tensor& in_edge, const at::Tensor& out_ptr,
@@ -136,6 +139,16 @@ NodeInputs check_node_inputs(const char* op, const at::Tensor& q, const at::Tens
   TORCH_CHECK_VALUE(T.dim() == 2 && T.size(0) == in.N && T.size(1) == in.H, op,
                     ": transition must have shape [N=", in.N, ", H=", in.H,
                     "] (one per node), got ", shape_of(T));
+  if (carry.has_value() && carry->defined()) {
+    const at::Tensor& g = *carry;
+    TORCH_CHECK_TYPE(g.scalar_type() == q.scalar_type(), op, ": carry has dtype ",
+                     g.scalar_type(), " but query has ", q.scalar_type());
+    TORCH_CHECK_VALUE(g.device().is_cpu(), op, " (CPU kernel): carry is on ", g.device());
+    TORCH_CHECK_VALUE(g.dim() == 2 && g.size(0) == in.E && g.size(1) == in.H, op,
+                      ": carry must have shape [E=", in.E, ", H=", in.H, "], got ",
+                      shape_of(g));
+    in.carry = g.contiguous();
+  }
   in.edge_src = index_arg(op, edge_src, "edge_src", in.E);
   in.edge_dst = index_arg(op, edge_dst, "edge_dst", in.E);
   in.node_order = index_arg(op, node_order, "node_order", in.N);
@@ -196,10 +209,16 @@ NodeInputs check_node_inputs(const char* op, const at::Tensor& q, const at::Tens
 template <typename scalar_t, typename acc_t>
 struct P {
   const scalar_t *q, *k, *v, *S, *T, *M, *dy;
+  const scalar_t* carry;  // optional [E, H] factor of the carried term T_u H_u of each edge
+  scalar_t* dcarry;
   const int64_t *edge_src, *edge_dst, *node_order, *in_ptr, *in_edge, *out_ptr, *out_edge;
   acc_t *Hs, *F;  // node states H and, backward, the F_u (both [N, H, K, V])
   scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM;
   int64_t H, K, V, KV;
+
+  acc_t carry_of(int64_t b, int64_t h) const {
+    return carry ? static_cast<acc_t>(carry[b * H + h]) : acc_t(1);
+  }
 };
 
 template <typename acc_t>
@@ -304,13 +323,14 @@ P<scalar_t, acc_t> make_p(const NodeInputs& in) {
 std::tuple<at::Tensor, at::Tensor> node_scan_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& edge_src, const at::Tensor& edge_dst, const at::Tensor& node_order,
+    const c10::optional<at::Tensor>& carry, const at::Tensor& edge_src,
+    const at::Tensor& edge_dst, const at::Tensor& node_order,
     const at::Tensor& level_ptr, const at::Tensor& in_ptr, const at::Tensor& in_edge,
     const at::Tensor& out_ptr, const at::Tensor& out_edge) {
   const NodeInputs in =
       check_node_inputs("node_scan_forward", query, key, value, source, transition, mark,
-                        edge_src, edge_dst, node_order, level_ptr, in_ptr, in_edge, out_ptr,
-                        out_edge);
+                        carry, edge_src, edge_dst, node_order, level_ptr, in_ptr, in_edge,
+                        out_ptr, out_edge);
   const auto acc_opts = in.q.options().dtype(acc_of(in.q.scalar_type()));
   at::Tensor states = at::empty({in.N, in.H, in.K, in.V}, acc_opts);
   at::Tensor out = at::empty({in.N, in.H, in.V}, in.q.options());
@@ -320,6 +340,7 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
     auto p = make_p<scalar_t, acc_t>(in);
     p.Hs = states.data_ptr<acc_t>();
     p.out = out.data_ptr<scalar_t>();
+    p.carry = in.carry.defined() ? in.carry.data_ptr<scalar_t>() : nullptr;
     const auto kern = node_kernels<scalar_t, acc_t>();
     const int64_t* lp = iptr(in.level_ptr);
     for (int64_t l = 0; l < in.levels; ++l) {
@@ -333,19 +354,20 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
                    const at::Tensor& value, const at::Tensor& source,
                    const at::Tensor& transition, const at::Tensor& mark,
-                   const at::Tensor& states, const at::Tensor& edge_src,
+                   const c10::optional<at::Tensor>& carry, const at::Tensor& states,
+                   const at::Tensor& edge_src,
                    const at::Tensor& edge_dst, const at::Tensor& node_order,
                    const at::Tensor& level_ptr, const at::Tensor& in_ptr,
                    const at::Tensor& in_edge, const at::Tensor& out_ptr,
                    const at::Tensor& out_edge) {
   const NodeInputs in =
       check_node_inputs("node_scan_backward", query, key, value, source, transition, mark,
-                        edge_src, edge_dst, node_order, level_ptr, in_ptr, in_edge, out_ptr,
-                        out_edge);
+                        carry, edge_src, edge_dst, node_order, level_ptr, in_ptr, in_edge,
+                        out_ptr, out_edge);
   TORCH_CHECK_VALUE(grad_out.defined() && grad_out.scalar_type() == in.q.scalar_type() &&
                         grad_out.device().is_cpu() && grad_out.dim() == 3 &&
                         grad_out.size(0) == in.N && grad_out.size(1) == in.H &&
@@ -360,22 +382,27 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
                     ", H=", in.H, ", K=", in.K, ", V=", in.V, "] and dtype ", acc);
   const at::Tensor dy = grad_out.contiguous();
   const at::Tensor Hs = states.contiguous();
-  at::Tensor carry = at::empty({in.N, in.H, in.K, in.V}, Hs.options());
+  at::Tensor fbuf = at::empty({in.N, in.H, in.K, in.V}, Hs.options());
   at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
   at::Tensor dS = at::empty_like(in.S), dT = at::empty_like(in.T), dM = at::empty_like(in.M);
+  // (no carry: an empty gradient, which the autograd wrapper drops)
+  at::Tensor dcarry =
+      in.carry.defined() ? at::empty_like(in.carry) : at::empty({0}, in.q.options());
   const bool parallel = use_threads();
   PLSTM_NODE_DISPATCH(in.q.scalar_type(), "plstm_graph::node_scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_p<scalar_t, acc_t>(in);
     p.dy = dy.data_ptr<scalar_t>();
     p.Hs = const_cast<acc_t*>(Hs.data_ptr<acc_t>());
-    p.F = carry.data_ptr<acc_t>();
+    p.F = fbuf.data_ptr<acc_t>();
     p.dq = dq.data_ptr<scalar_t>();
     p.dk = dk.data_ptr<scalar_t>();
     p.dv = dv.data_ptr<scalar_t>();
     p.dS = dS.data_ptr<scalar_t>();
     p.dT = dT.data_ptr<scalar_t>();
     p.dM = dM.data_ptr<scalar_t>();
+    p.carry = in.carry.defined() ? in.carry.data_ptr<scalar_t>() : nullptr;
+    p.dcarry = in.carry.defined() ? dcarry.data_ptr<scalar_t>() : nullptr;
     const auto kern = node_kernels<scalar_t, acc_t>();
     // (a) the readout gradients need H only: every node at once
     run_items(in.N * in.H, in.H * (2 * in.E * p.KV + in.N * p.K), parallel,
@@ -390,7 +417,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
                 [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
     }
   });
-  return {dq, dk, dv, dS, dT, dM};
+  return {dq, dk, dv, dS, dT, dM, dcarry};
 }
 
 }  // namespace cpu

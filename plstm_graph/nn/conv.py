@@ -68,11 +68,9 @@ class _PreparedGraph:
     """What one layer needs of one input graph: the DAG it runs on, the map from input edges
     to DAG edges (``None`` when the input was already the DAG), its line graph, levels and
     schedule. With node-level transitions ``line_index`` is ``None`` and ``schedule`` a
-    :class:`~plstm_graph.dag.NodeSchedule`; the full line graph and its schedule are then
-    built only if an edge mask asks for them (:meth:`arc_graph`)."""
+    :class:`~plstm_graph.dag.NodeSchedule`."""
 
-    __slots__ = ("edge_index", "edge_map", "first_edge", "line_index", "node_level", "schedule",
-                 "_arcs")
+    __slots__ = ("edge_index", "edge_map", "first_edge", "line_index", "node_level", "schedule")
 
     def __init__(self, edge_index, edge_map, first_edge, line_index, node_level, schedule):
         # edge_map [E_in] -> DAG edge; first_edge [E_dag] -> the input edge whose attributes
@@ -83,18 +81,6 @@ class _PreparedGraph:
         self.line_index = line_index
         self.node_level = node_level
         self.schedule = schedule
-        self._arcs = None
-
-    def arc_graph(self) -> Tuple[Tensor, DagSchedule]:
-        """The full line graph of the DAG and its schedule (built on first use)."""
-        if self.line_index is not None:
-            return self.line_index, self.schedule
-        if self._arcs is None:
-            num_nodes = self.node_level.numel()
-            line = line_graph(self.edge_index, num_nodes)
-            self._arcs = (line, build_schedule(self.edge_index, line, num_nodes,
-                                               node_level=self.node_level, validate=False))
-        return self._arcs
 
 
 class PLSTMConv(MessagePassing):
@@ -348,16 +334,19 @@ class PLSTMConv(MessagePassing):
         :meth:`node_level_transitions`).
         ``node_logits``: the node parts from :meth:`node_projections` (computed when absent).
         ``edge_mask``: ``[E]`` weights that scale the state each edge carries (its source gate
-        and the transitions into it); per-arc transitions only.
+        and the transitions into it). With node-level transitions only the source gate is
+        scaled here; the carried part is the op's ``carry`` (see :meth:`forward`).
         """
         if node_logits is None:
             node_logits = [g.node(x) for g in self._gate_modules()]
         src, dst = edge_index[0], edge_index[1]
         if line_index is None:
-            if self.mode != "P" or edge_attr is not None or edge_mask is not None:
+            if self.mode != "P" or edge_attr is not None:
                 raise ValueError("node-level transitions (line_index=None) exist in P-mode "
-                                 "without edge features or edge masks only; pass the line graph")
+                                 "without edge features only; pass the line graph")
             source = torch.sigmoid(node_logits[0][src])
+            if edge_mask is not None:
+                source = source * edge_mask.to(source.dtype).unsqueeze(-1)
             mark = torch.sigmoid(node_logits[1][dst])
             direct = torch.sigmoid(node_logits[2])
             t = node_logits[3]
@@ -544,10 +533,11 @@ class PLSTMConv(MessagePassing):
                 edge_mask = edge_mask.new_ones(dag_index.size(1)).scatter_reduce(
                     0, prepared.edge_map, edge_mask, "prod")
 
+        # node-level transitions: a mask on edge b = (u -> w) scales S_b (in gates) and the
+        # state T_u H_u carried into b (the op's carry), as T_{a->b} m_b does per arc
+        carry = None
         if edge_mask is not None and line_index is None:
-            # a mask scales the carried state of each edge separately (T_{a->b} m_b), which
-            # one transition per node cannot express: this call takes the per-arc path
-            line_index, schedule = prepared.arc_graph()
+            carry = edge_mask.to(x.dtype).unsqueeze(-1).expand(-1, self.heads)
 
         num_nodes, heads = x.size(0), self.heads
         query, key, value, node_logits = self.node_projections(x)
@@ -556,7 +546,7 @@ class PLSTMConv(MessagePassing):
         out = plstm_dag(query, key, value, source, transition, mark, direct, dag_index,
                         line_index, node_level=node_level, schedule=schedule,
                         backend=self.backend, algorithm=self.algorithm,
-                        recompute=self.recompute)
+                        recompute=self.recompute, carry=carry)
         # the per-head norm weight scales the output projection's columns instead of the
         # [N, H, V] activations: the same function, one [N, H, V] product less each way
         out = F.rms_norm(out, (self.value_dim,), None, self.norm_eps)

@@ -14,6 +14,8 @@ component is small, and the dispatcher only picks it then.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -63,7 +65,8 @@ def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
 
 def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
                            transition: Tensor, mark: Tensor, direct: Tensor,
-                           s: NodeSchedule) -> Tensor:
+                           s: NodeSchedule, max_nodes: Optional[int] = None,
+                           carry: Optional[Tensor] = None) -> Tensor:
     """The closed form with node-level transitions ``T[N, H]`` (spec section 2).
 
     The path sums become node-to-node: per component (nodes in topological order, padded to
@@ -88,6 +91,10 @@ def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Te
     torch.cumsum(sizes, 0, out=ptr[1:])
     comp, pos = component_positions(ptr, order, num_nodes)
     width = int(sizes.max())
+    if max_nodes is not None and width > max_nodes:
+        raise ValueError(f"algorithm='closed_form' needs O(n^2) memory per component; the "
+                         f"largest component has {width} nodes (limit {max_nodes}); use "
+                         f"algorithm='scan'")
 
     def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
         out = x.new_zeros(num_comps, width, heads, x.shape[-1])
@@ -100,6 +107,8 @@ def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Te
     if s.num_edges > 0:
         ecomp, u_pos, w_pos = comp[s.edge_src], pos[s.edge_src], pos[s.edge_dst]
         t_u = transition[s.edge_src]
+        if carry is not None:  # the state carried into edge b is scaled by g_b
+            t_u = t_u * carry
 
         def node_matrix(values: Tensor) -> Tensor:  # sum over edges u -> w into [C, H, P, P]
             out = values.new_zeros(num_comps, width, width, heads)

@@ -219,7 +219,7 @@ def node_scan_available(device) -> bool:
     return WITH_NATIVE and torch.device(device).type == "cpu"
 
 
-def _node_scan_forward_fake(query, key, value, source, transition, mark, *schedule):
+def _node_scan_forward_fake(query, key, value, source, transition, mark, carry, *schedule):
     torch._check(query.dim() == 3 and value.dim() == 3)
     num_nodes, heads, kdim = query.shape
     out = query.new_empty(num_nodes, heads, value.shape[2])
@@ -228,10 +228,13 @@ def _node_scan_forward_fake(query, key, value, source, transition, mark, *schedu
     return out, states
 
 
-def _node_scan_backward_fake(grad_out, query, key, value, source, transition, mark, states,
-                             *schedule):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (query, key, value, source, transition, mark))
+def _node_scan_backward_fake(grad_out, query, key, value, source, transition, mark, carry,
+                             states, *schedule):
+    grads = tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                  for t in (query, key, value, source, transition, mark))
+    if carry is None:
+        return grads + (query.new_empty(0),)
+    return grads + (torch.empty_like(carry, memory_format=torch.contiguous_format),)
 
 
 if WITH_NATIVE and _LIBRARY_API and hasattr(torch.ops.plstm_graph, "node_scan_forward"):
@@ -241,15 +244,17 @@ if WITH_NATIVE and _LIBRARY_API and hasattr(torch.ops.plstm_graph, "node_scan_fo
 
 
 def node_scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
-                     transition: Tensor, mark: Tensor, schedule) -> Tensor:
+                     transition: Tensor, mark: Tensor, schedule,
+                     carry: Optional[Tensor] = None) -> Tensor:
     """The state part of ``plstm_dag`` with node-level transitions ``[N, H]`` (no direct
     term), with the native CPU kernels; ``schedule`` is a
-    :class:`~plstm_graph.dag.NodeSchedule`."""
+    :class:`~plstm_graph.dag.NodeSchedule`, ``carry`` an optional ``[E, H]`` factor of the
+    state carried into each edge."""
     if not node_scan_available(query.device):
         raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
                            f"the native node-level scan has CPU kernels only, got "
                            f"{query.device}")
     out, _ = torch.ops.plstm_graph.node_scan_forward(
-        query, key, value, source, transition, mark,
+        query, key, value, source, transition, mark, carry,
         *(getattr(schedule, name) for name in NODE_SCAN_FIELDS))
     return out
