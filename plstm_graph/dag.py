@@ -30,6 +30,8 @@ __all__ = [
     "component_positions",
     "DagSchedule",
     "build_schedule",
+    "NodeSchedule",
+    "build_node_schedule",
 ]
 
 
@@ -855,3 +857,69 @@ def _build_schedule_native(edge_index: Tensor, line_index: Tensor, num_nodes: Op
     return DagSchedule(node_level.numel(), *index, max_component_nodes=max_nodes,
                        max_component_edges=max_edges, component_pairs=pairs,
                        path_work=path_work)
+
+
+# ---------------------------------------------------------------------------------------------
+# node-level schedule (transitions that depend only on the shared node)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class NodeSchedule:
+    """Index tensors of the node-level scan (docs/contract.md, "Node-level transitions", transitions ``T_n`` per shared
+    node): no line graph, only CSRs of the edges by level, by head and by tail node.
+
+    Attributes:
+        edge_src, edge_dst: ``[E]`` tail and head node of every edge.
+        edge_order: ``[E]`` edge ids sorted by the level of their tail (then id).
+        level_ptr: ``[num_levels + 1]`` CPU; edges of level ``l`` are
+            ``edge_order[level_ptr[l]:level_ptr[l + 1]]``.
+        node_order: ``[N]`` node ids sorted by level (then id).
+        node_level_ptr: ``[num_levels + 1]`` CPU; nodes of level ``l`` are
+            ``node_order[node_level_ptr[l]:node_level_ptr[l + 1]]``.
+        in_ptr, in_edge: CSR of edges by head node, in id order within a node.
+        out_ptr, out_edge: CSR of edges by tail node, in id order within a node.
+    """
+
+    num_nodes: int
+    edge_src: Tensor
+    edge_dst: Tensor
+    edge_order: Tensor
+    level_ptr: Tensor
+    node_order: Tensor
+    node_level_ptr: Tensor
+    in_ptr: Tensor
+    in_edge: Tensor
+    out_ptr: Tensor
+    out_edge: Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_src.numel()
+
+    @property
+    def num_levels(self) -> int:
+        return self.node_level_ptr.numel() - 1
+
+
+def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
+                        node_level: Optional[Tensor] = None, validate: bool = True,
+                        level_method: str = "torch") -> NodeSchedule:
+    """Build the :class:`NodeSchedule` of ``edge_index`` (checks as :func:`build_schedule`:
+    ids in range, no self-loop, acyclic or a valid ``node_level``)."""
+    if validate:
+        num_nodes = check_edge_index(edge_index, num_nodes)
+    elif num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method=level_method)
+    elif validate:
+        check_node_level(edge_index, node_level, num_nodes)
+    edge_src, edge_dst = edge_index[0].contiguous(), edge_index[1].contiguous()
+    num_levels = int(node_level.max()) + 1 if num_nodes > 0 else 0
+    level_ptr, edge_order = _csr(node_level[edge_src], num_levels)
+    node_level_ptr, node_order = _csr(node_level, num_levels)
+    in_ptr, in_edge = _csr(edge_dst, num_nodes)
+    out_ptr, out_edge = _csr(edge_src, num_nodes)
+    return NodeSchedule(num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst,
+                        edge_order=edge_order, level_ptr=level_ptr.cpu(),
+                        node_order=node_order, node_level_ptr=node_level_ptr.cpu(),
+                        in_ptr=in_ptr, in_edge=in_edge, out_ptr=out_ptr, out_edge=out_edge)
