@@ -284,7 +284,7 @@ def test_explainer_on_plstmnet_gives_a_mask_over_the_input_edges():
     assert float(mask.max() - mask.min()) > 1e-4
 
 
-def test_compiled_plstmnet_no_graph_break_no_recompile(monkeypatch):
+def test_compiled_plstmnet_no_graph_break_no_recompile():
     """torch.compile(model, dynamic=True, fullgraph=True) on prepared batches of changing size:
     no graph break, the eager numbers and gradients, and no recompile after the first batch.
 
@@ -294,7 +294,6 @@ def test_compiled_plstmnet_no_graph_break_no_recompile(monkeypatch):
     import torch._dynamo
     import torch.fx.experimental._config as fx_config
 
-    monkeypatch.setattr(fx_config, "use_duck_shape", False)
 
     data = [PrepareDAG()(g) for g in graphs(count=6, seed=4)]
     batches = [next(iter(DataLoader(data[lo:hi], batch_size=hi - lo)))
@@ -305,17 +304,22 @@ def test_compiled_plstmnet_no_graph_break_no_recompile(monkeypatch):
     torch._dynamo.reset()
     compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
     try:
-        for i, (b, plan) in enumerate(zip(batches, plans)):
-            if i == 1:  # from here on a recompile raises
-                torch._dynamo.config.error_on_recompile = True
-            args = (b.x, b.edge_index, b.edge_attr, b.batch)
-            out = compiled(*args, plan=plan, batch_size=b.num_graphs)
-            grads = torch.autograd.grad(out.pow(2).sum(), list(model.parameters()))
-            ref = model(*args, plan=plan)
-            ref_grads = torch.autograd.grad(ref.pow(2).sum(), list(model.parameters()))
-            torch.testing.assert_close(out, ref)
-            for g, r in zip(grads, ref_grads):
-                torch.testing.assert_close(g, r)
+        with fx_config.patch(use_duck_shape=False):
+            _run_compiled(compiled, model, batches, plans)
     finally:
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
+
+
+def _run_compiled(compiled, model, batches, plans):
+    for i, (b, plan) in enumerate(zip(batches, plans)):
+        if i == 1:  # from here on a recompile raises
+            torch._dynamo.config.error_on_recompile = True
+        args = (b.x, b.edge_index, b.edge_attr, b.batch)
+        out = compiled(*args, plan=plan, batch_size=b.num_graphs)
+        grads = torch.autograd.grad(out.pow(2).sum(), list(model.parameters()))
+        ref = model(*args, plan=plan)
+        ref_grads = torch.autograd.grad(ref.pow(2).sum(), list(model.parameters()))
+        torch.testing.assert_close(out, ref)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r)

@@ -236,7 +236,7 @@ def _node_scan_backward_fake(grad_out, query, key, value, source, transition, ma
     return grads + (torch.empty_like(carry, memory_format=torch.contiguous_format),)
 
 
-if WITH_NATIVE and _LIBRARY_API and hasattr(torch.ops.plstm_graph, "node_scan_forward"):
+if WITH_NATIVE and hasattr(torch.ops.plstm_graph, "node_scan_forward"):
     # (the autograd is wired in C++, csrc/ops/node_scan.cpp, like the other ops')
     torch.library.register_fake("plstm_graph::node_scan_forward")(_node_scan_forward_fake)
     torch.library.register_fake("plstm_graph::node_scan_backward")(_node_scan_backward_fake)
