@@ -254,3 +254,13 @@ def test_bad_input():
     mask[[1, 4]] = True
     loader = DAGNeighborLoader(data, [1], input_nodes=mask, batch_size=8)
     assert next(iter(loader)).n_id[:2].tolist() == [1, 4]
+
+
+def test_worker_processes_give_the_same_cones():
+    data = _graph(num_nodes=50, edge_prob=0.2, seed=6)
+    depth = _longest_path(data.edge_index, data.num_nodes)
+    # full depth and fan-in: no randomness, so workers must reproduce the in-process batches
+    kwargs = dict(batch_size=8, keep_out_degree=True)
+    local = [b.e_id for b in DAGNeighborLoader(data, [-1] * depth, **kwargs)]
+    forked = [b.e_id for b in DAGNeighborLoader(data, [-1] * depth, num_workers=2, **kwargs)]
+    assert len(local) == len(forked) and all(torch.equal(a, b) for a, b in zip(local, forked))
