@@ -128,12 +128,14 @@ def _run_example(tmp_path, launcher):
                           timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     lines = proc.stdout.strip().splitlines()
-    return lines, torch.load(ckpt, weights_only=False)
+    return lines, torch.load(ckpt, weights_only=False), proc.stderr
 
 
 def test_example_torchrun_two_processes(tmp_path):
-    lines, ckpt = _run_example(tmp_path, [sys.executable, "-m", "torch.distributed.run",
-                                          "--standalone", "--nproc_per_node=2"])
+    lines, ckpt, log = _run_example(tmp_path, [sys.executable, "-m", "torch.distributed.run",
+                                               "--standalone", "--nproc_per_node=2"])
+    # the data set was processed by one rank only (PyG announces every processing run)
+    assert log.count("Processing...") == 1, log[-3000:]
     assert lines[-1].startswith("SUMMARY") and "world size 2" in lines[-1]
     assert ckpt["checksum"] in lines[-1] and ckpt["world_size"] == 2
     # only rank 0 prints: one data line, one line per epoch, the checkpoint and the summary
@@ -149,7 +151,7 @@ def test_example_torchrun_two_processes(tmp_path):
 
 
 def test_example_plain_python(tmp_path):
-    lines, ckpt = _run_example(tmp_path, [sys.executable])
+    lines, ckpt, _ = _run_example(tmp_path, [sys.executable])
     assert lines[-1].startswith("SUMMARY") and "world size 1" in lines[-1]
     assert ckpt["world_size"] == 1
 
