@@ -120,6 +120,7 @@ def test_ddp_half_batches_would_differ(tmp_path):
 
 def _run_example(tmp_path, launcher):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    env.pop("PYTEST_CURRENT_TEST", None)  # PyG stays silent about processing under pytest
     ckpt = tmp_path / "ckpt.pt"
     cmd = launcher + [os.path.join(ROOT, "examples", "distributed_training.py"),
                       "--epochs", "1", "--root", str(tmp_path / "data"),
