@@ -22,6 +22,14 @@ Launch::
     python examples/distributed_training.py                           # one process
     torchrun --standalone --nproc_per_node=2 examples/distributed_training.py
 
+    # several machines: the same command on each, HOST being one of them that all can reach
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d \
+        --rdzv_endpoint=HOST:29400 --rdzv_id=mutag examples/distributed_training.py
+
+With several network interfaces, name the one to use with ``GLOO_SOCKET_IFNAME`` (CPU) or
+``NCCL_SOCKET_IFNAME`` (GPU). Without a file system shared by the machines add
+``--node-local-data``.
+
 ``--batch-size`` is per process: the global batch is ``world size x batch size`` graphs.
 Every split is 90/10 (stratified, ``--seed``): train on 90%, report accuracy on the other 10%.
 """
