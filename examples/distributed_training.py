@@ -31,7 +31,9 @@ With several network interfaces, name the one to use with ``GLOO_SOCKET_IFNAME``
 ``--node-local-data``.
 
 ``--batch-size`` is per process: the global batch is ``world size x batch size`` graphs.
-Every split is 90/10 (stratified, ``--seed``): train on 90%, report accuracy on the other 10%.
+The split is 90/10 (stratified, ``--seed``): train on 90%, report accuracy on the other 10%.
+The default 10 epochs show the mechanics in seconds; the model leaves the majority class after
+about 25 epochs (measured on two CPU processes: ``--epochs 50`` reaches 0.88 training accuracy).
 """
 from __future__ import annotations
 
