@@ -161,15 +161,18 @@ class Stats:
         return self.targets / max(self.seconds, 1e-9)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+def peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def loader_for(data, mask_or_nodes, num_neighbors, batch_size, shuffle, seed, stubs=True):
+def loader_for(data, mask_or_nodes, num_neighbors, batch_size, shuffle, seed, stubs=True,
+               num_workers=0):
+    # with worker processes each samples from its own (differently seeded) global generator
+    sampling = torch.Generator().manual_seed(seed + 1) if num_workers == 0 else None
     return DAGNeighborLoader(data, num_neighbors, input_nodes=mask_or_nodes,
                              batch_size=batch_size, shuffle=shuffle, keep_out_degree=stubs,
                              generator=torch.Generator().manual_seed(seed),
-                             sampling_generator=torch.Generator().manual_seed(seed + 1),
+                             sampling_generator=sampling, num_workers=num_workers,
                              check_acyclic=False)  # generated layer by layer: a DAG
 
 
@@ -261,6 +264,8 @@ def parse_args(argv=None):
     p.add_argument("--num-layers", type=int, default=2, help="PLSTMConv layers")
     p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op CPU threads")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="processes that sample training batches while the model trains")
     p.add_argument("--seed", type=int, default=0, help="seed of graph, init and sampling")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -332,7 +337,7 @@ def main(argv=None) -> dict:
     for epoch in range(1, args.epochs + 1):
         targets = subset(data.train_mask, args.train_targets, args.seed * 1000 + epoch)
         loader = loader_for(data, targets, args.num_neighbors, args.batch_size, True,
-                            args.seed * 1000 + epoch, args.stubs)
+                            args.seed * 1000 + epoch, args.stubs, args.num_workers)
         loss = train_epoch(model, loader, optimizer, train_stats,
                            f"epoch {epoch}/{args.epochs}", args.quiet)
         ids, logits = predict(model, loader_for(data, val_nodes, args.num_neighbors,
@@ -357,7 +362,9 @@ def main(argv=None) -> dict:
           f"targets/s")
     print(f"largest batch: {largest['nodes']:,} nodes ({largest['stubs']:,} stubs), "
           f"{largest['edges']:,} edges, {largest['arcs']:,} line-graph arcs | peak RSS "
-          f"{result['peak_rss_mb']:,.0f} MB")
+          f"{result['peak_rss_mb']:,.0f} MB" + (
+              f" (largest sampling worker {peak_rss_mb(resource.RUSAGE_CHILDREN):,.0f} MB)"
+              if args.num_workers else ""))
     summary = (f"SUMMARY large DAG {data.num_nodes:,} nodes / {data.edge_index.size(1):,} edges: "
                f"test acc {test_acc:.3f} (majority {majority:.3f}), "
                f"{train_stats.rate:,.0f} train / {eval_stats.rate:,.0f} inference targets/s, "

@@ -73,7 +73,7 @@ class DAGNeighborSampler:
         num_neighbors (List[int]): In-edges kept per node at each hop backwards from the
             targets; ``-1`` keeps all of them. Its length is the depth of the cone.
         keep_out_degree (bool, optional): Add a stub edge (to a fresh leaf node) for every
-            out-edge of a node with in-edges in the cone that the cone does not contain, so
+            out-edge that the cone lacks of a node with in- and out-edges in the cone, so
             that P-mode transitions are normalised over the full graph's out-degree as in a
             full-graph pass. Not needed for D-mode, which costs extra edges and line-graph
             arcs. (default: :obj:`True`)
@@ -106,9 +106,10 @@ class DAGNeighborSampler:
         if keep_out_degree:
             self.out_eid = torch.sort(self.src, stable=True).indices
             self.out_ptr = self._ptr(self.src)
-        # scratch, reset after every sample: global node -> local id, and edge membership
+        # scratch, reset after every sample: global node -> local id, edge and node flags
         self._local = torch.full((num_nodes,), -1, dtype=torch.long)
         self._taken = torch.zeros(self.num_edges, dtype=torch.bool)
+        self._mark = torch.zeros(num_nodes, dtype=torch.bool)
 
     def _ptr(self, keys: Tensor) -> Tensor:
         ptr = torch.zeros(self.num_nodes + 1, dtype=torch.long)
@@ -175,7 +176,14 @@ class DAGNeighborSampler:
             src, dst = local[self.src[eid]], local[self.dst[eid]]
             stub_eid = eid.new_empty(0)
             if self.keep_out_degree and eid.numel():
-                heads = torch.unique(self.dst[eid])  # nodes whose transitions get used
+                # only a node with in- and out-edges in the cone carries states on along
+                # arcs that reach a cone node; at a target without out-edges (say) the arcs
+                # into stubs would feed nothing but the stubs
+                heads = torch.unique(self.dst[eid])
+                tails = self.src[eid]
+                self._mark[tails] = True
+                heads = heads[self._mark[heads]]
+                self._mark[tails] = False
                 self._taken[eid] = True
                 start = self.out_ptr[heads]
                 out = self.out_eid[_segments(start, self.out_ptr[heads + 1] - start)]

@@ -144,9 +144,20 @@ def test_stubs_restore_the_out_degree():
     full_out = torch.bincount(data.edge_index[0], minlength=data.num_nodes)
     s = sampler.sample(torch.tensor([7, 3, 30]), torch.Generator().manual_seed(0))
     local_out = torch.bincount(s.edge_index[0], minlength=s.node.numel())
-    heads = s.edge_index[1, :s.edge_index.size(1) - s.num_stubs].unique()
-    assert heads.numel() > 0
-    assert torch.equal(local_out[heads], full_out[s.node[heads]])
+    cone = s.edge_index[:, :s.edge_index.size(1) - s.num_stubs]
+    has_in = torch.zeros(s.node.numel(), dtype=torch.bool)
+    has_in[cone[1]] = True
+    has_out = torch.zeros(s.node.numel(), dtype=torch.bool)
+    has_out[cone[0]] = True
+    # nodes that pass states on inside the cone see the full graph's out-degree
+    transit = (has_in & has_out).nonzero().view(-1)
+    assert transit.numel() > 0 and s.num_stubs > 0
+    assert torch.equal(local_out[transit], full_out[s.node[transit]])
+    # and only they get stubs: e.g. a target with out-edges in the graph but none in the cone
+    stub_tails = s.edge_index[0, s.edge_index.size(1) - s.num_stubs:]
+    assert bool((has_in & has_out)[stub_tails].all())
+    leaf_targets = [i for i in range(3) if not has_out[i] and full_out[s.node[i]] > 0]
+    assert leaf_targets and all(local_out[i] == 0 for i in leaf_targets)
 
 
 def test_fan_in_and_depth_bound_the_sample():
