@@ -21,11 +21,15 @@ small enough for a full-graph pass and compares full-graph predictions with mini
 (with the training sampler and with a full-depth, all-in-edges sampler, which is exact).
 
 Run ``python examples/large_dag.py`` (a few minutes on two CPU cores) or ``--small``.
-Ends with a one-line ``SUMMARY``.
+Under ``torchrun`` (``torchrun --standalone --nproc_per_node=2 examples/large_dag.py``, or
+the multi-machine form in ``distributed_training.py``) every process generates the same graph,
+samples the cones of its own share of the targets and trains one copy of the model with
+``DistributedDataParallel`` (gloo, CPU). Ends with a one-line ``SUMMARY``.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import os.path as osp
 import resource
 import sys
@@ -33,7 +37,9 @@ import time
 from typing import Dict, List, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 try:
     import plstm_graph
@@ -185,13 +191,14 @@ def subset(mask: torch.Tensor, count: Optional[int], seed: int) -> torch.Tensor:
     return nodes[torch.randperm(nodes.numel(), generator=g)[:count]]
 
 
-def train_epoch(model, loader, optimizer, stats: Stats, desc: str, quiet: bool) -> float:
+def train_epoch(model, loader, optimizer, stats: Stats, desc: str, quiet: bool):
+    """``(loss sum, targets)`` of one epoch over this process's targets."""
     model.train()
     total, count = 0.0, 0
     bar = tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     for batch in bar:  # the clock runs while the loader samples, too
-        dag = model.prepare(batch.edge_index, batch.num_nodes)
+        dag = ConeNet.prepare(batch.edge_index, batch.num_nodes)
         optimizer.zero_grad()
         out = model(batch.x, batch.edge_index, dag)[:batch.batch_size]  # targets only
         loss = F.cross_entropy(out, batch.y[:batch.batch_size])
@@ -203,7 +210,7 @@ def train_epoch(model, loader, optimizer, stats: Stats, desc: str, quiet: bool) 
         count += batch.batch_size
         bar.set_postfix(loss=f"{total / count:.3f}", targets_per_s=f"{stats.rate:.0f}")
         start = time.perf_counter()
-    return total / max(count, 1)
+    return total, count
 
 
 @torch.no_grad()
@@ -214,7 +221,7 @@ def predict(model, loader, stats: Optional[Stats] = None, desc: str = "eval",
     ids, logits = [], []
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False):
-        dag = model.prepare(batch.edge_index, batch.num_nodes)
+        dag = ConeNet.prepare(batch.edge_index, batch.num_nodes)
         out = model(batch.x, batch.edge_index, dag)[:batch.batch_size]
         if stats is not None:
             stats.batch(batch, dag, time.perf_counter() - start)
@@ -312,77 +319,164 @@ def full_graph_comparison(model, data, args, sampled: Dict[str, object]) -> Dict
         full_seconds=full_seconds)
 
 
+class Ranks:
+    """This process's place among the data-parallel processes (one process: rank 0 of 1).
+
+    Under ``torchrun`` every process builds the same graph (same seed) and model, trains on
+    its own share of each epoch's targets, and DDP averages the gradients; counts are summed
+    and times maxed over processes. CPU only (gloo)."""
+
+    def __init__(self):
+        self.rank, self.world = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+            from distributed_training import init_distributed
+
+            self.rank, self.world, _, _ = init_distributed("gloo")
+
+    def share(self, nodes: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``nodes``; all parts equally long, so that every rank runs
+        as many backward passes as the others (DDP would wait forever for a missing one)."""
+        usable = nodes.numel() - nodes.numel() % self.world
+        return nodes[:usable][self.rank::self.world]
+
+    def part(self, nodes: torch.Tensor) -> torch.Tensor:
+        """This rank's part of ``nodes`` for evaluation (every node exactly once)."""
+        return nodes[self.rank::self.world]
+
+    def sum(self, *values: float) -> List[float]:
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def max(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def rate(self, stats: Stats) -> float:
+        """Targets per second of all ranks together."""
+        (targets,) = self.sum(stats.targets)
+        return targets / max(self.max(stats.seconds), 1e-9)
+
+    def accuracy(self, data, ids, logits) -> float:
+        correct = float((logits.argmax(-1) == data.y[ids]).sum()) if ids.numel() else 0.0
+        correct, count = self.sum(correct, ids.numel())
+        return correct / max(count, 1)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    ranks = Ranks()
+    try:
+        return run(args, ranks)
+    finally:
+        if ranks.world > 1:
+            dist.destroy_process_group()
+
+
+def run(args, ranks: Ranks) -> dict:
+    def log(*parts):
+        if ranks.rank == 0:
+            print(*parts, flush=True)
+
+    quiet = args.quiet or ranks.rank != 0
+    torch.manual_seed(args.seed)  # the same initial model on every rank
     t0 = time.perf_counter()
     data = make_dag(args.layers, args.width, args.source_prob, args.colors, args.decay,
                     args.seed)
     gen_seconds = time.perf_counter() - t0
     counts = torch.bincount(data.y, minlength=args.colors)
     majority = float(counts.max()) / data.num_nodes
-    print(f"DAG: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges, "
-          f"{args.layers} layers, {int(data.x[:, -1].sum()):,} sources, {args.colors} colours "
-          f"(majority {majority:.3f}) | generated in {gen_seconds:.1f}s | "
-          f"native kernels: {plstm_graph.WITH_NATIVE}")
-    print(f"sampling {args.num_neighbors} in-edges per hop, batches of {args.batch_size} "
-          f"targets, out-degree stubs: {args.stubs}")
+    log(f"DAG: {data.num_nodes:,} nodes, {data.edge_index.size(1):,} edges, "
+        f"{args.layers} layers, {int(data.x[:, -1].sum()):,} sources, {args.colors} colours "
+        f"(majority {majority:.3f}) | generated in {gen_seconds:.1f}s | "
+        f"native kernels: {plstm_graph.WITH_NATIVE}")
+    log(f"sampling {args.num_neighbors} in-edges per hop, batches of {args.batch_size} "
+        f"targets, out-degree stubs: {args.stubs}"
+        + (f" | {ranks.world} processes (DDP, gloo)" if ranks.world > 1 else ""))
 
     model = ConeNet(data.x.size(1), args.hidden, args.colors, args.num_layers)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-2)
+    # every parameter is used in every step, so DDP needs no find_unused_parameters
+    trained = DistributedDataParallel(model) if ranks.world > 1 else model
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=args.lr, weight_decay=1e-2)
     train_stats, eval_stats = Stats(), Stats()
-    val_nodes = subset(data.val_mask, args.eval_targets, args.seed + 2)
+    val_nodes = ranks.part(subset(data.val_mask, args.eval_targets, args.seed + 2))
     history: List[dict] = []
     for epoch in range(1, args.epochs + 1):
-        targets = subset(data.train_mask, args.train_targets, args.seed * 1000 + epoch)
+        targets = ranks.share(subset(data.train_mask, args.train_targets,
+                                     args.seed * 1000 + epoch))
+        # a different sampling stream per rank and epoch
         loader = loader_for(data, targets, args.num_neighbors, args.batch_size, True,
-                            args.seed * 1000 + epoch, args.stubs, args.num_workers)
-        loss = train_epoch(model, loader, optimizer, train_stats,
-                           f"epoch {epoch}/{args.epochs}", args.quiet)
+                            (args.seed * 1000 + epoch) * 1009 + ranks.rank, args.stubs,
+                            args.num_workers)
+        loss_sum, count = train_epoch(trained, loader, optimizer, train_stats,
+                                      f"epoch {epoch}/{args.epochs}", quiet)
+        loss_sum, count = ranks.sum(loss_sum, count)
         ids, logits = predict(model, loader_for(data, val_nodes, args.num_neighbors,
                                                 args.batch_size, False, args.seed,
                                                 args.stubs))
-        history.append(dict(epoch=epoch, loss=loss, val_acc=accuracy(data, ids, logits)))
-        print(f"epoch {epoch:3d} | train loss {loss:.4f} | val acc {history[-1]['val_acc']:.3f}"
-              f" | {train_stats.rate:,.0f} train targets/s")
+        history.append(dict(epoch=epoch, loss=loss_sum / max(count, 1),
+                            val_acc=ranks.accuracy(data, ids, logits)))
+        log(f"epoch {epoch:3d} | train loss {history[-1]['loss']:.4f} | val acc "
+            f"{history[-1]['val_acc']:.3f} | {ranks.rate(train_stats):,.0f} train targets/s")
 
     test_nodes = subset(data.test_mask, args.eval_targets, args.seed + 3)
-    ids, logits = predict(model, loader_for(data, test_nodes, args.num_neighbors,
+    ids, logits = predict(model, loader_for(data, ranks.part(test_nodes), args.num_neighbors,
                                             args.batch_size, False, args.seed, args.stubs),
-                          eval_stats, "test", args.quiet)
-    test_acc = accuracy(data, ids, logits)
+                          eval_stats, "test", quiet)
+    test_acc = ranks.accuracy(data, ids, logits)
+    (num_scored,) = ranks.sum(ids.numel())
+    train_rate, eval_rate = ranks.rate(train_stats), ranks.rate(eval_stats)
     largest = max((train_stats.largest, eval_stats.largest), key=lambda s: s["nodes"])
+    rss = peak_rss_mb()
+    checksum = None
+    if ranks.world > 1:
+        from distributed_training import agreed_checksum
+
+        checksum = agreed_checksum(model, ranks.world)
     result = dict(num_nodes=data.num_nodes, num_edges=data.edge_index.size(1),
                   majority=majority, history=history, test_acc=test_acc,
-                  train_targets_per_s=train_stats.rate, eval_targets_per_s=eval_stats.rate,
-                  peak_rss_mb=peak_rss_mb(), largest_batch=largest, args=vars(args))
-    print(f"test acc {test_acc:.3f} on {ids.numel():,} targets (majority {majority:.3f}) | "
-          f"throughput: train {train_stats.rate:,.0f}, inference {eval_stats.rate:,.0f} "
-          f"targets/s")
-    print(f"largest batch: {largest['nodes']:,} nodes ({largest['stubs']:,} stubs), "
-          f"{largest['edges']:,} edges, {largest['arcs']:,} line-graph arcs | peak RSS "
-          f"{result['peak_rss_mb']:,.0f} MB" + (
-              f" (largest sampling worker {peak_rss_mb(resource.RUSAGE_CHILDREN):,.0f} MB)"
-              if args.num_workers else ""))
+                  train_targets_per_s=train_rate, eval_targets_per_s=eval_rate,
+                  peak_rss_mb=rss, largest_batch=largest, world_size=ranks.world,
+                  checksum=checksum, args=vars(args))
+    log(f"test acc {test_acc:.3f} on {int(num_scored):,} targets (majority {majority:.3f}) | "
+        f"throughput: train {train_rate:,.0f}, inference {eval_rate:,.0f} targets/s "
+        f"(sampling included)")
+    log(f"largest batch: {largest['nodes']:,} nodes ({largest['stubs']:,} stubs), "
+        f"{largest['edges']:,} edges, {largest['arcs']:,} line-graph arcs | peak RSS "
+        f"{rss:,.0f} MB" + (" per process" if ranks.world > 1 else "") + (
+            f" (largest sampling worker {peak_rss_mb(resource.RUSAGE_CHILDREN):,.0f} MB)"
+            if args.num_workers else ""))
     summary = (f"SUMMARY large DAG {data.num_nodes:,} nodes / {data.edge_index.size(1):,} edges: "
                f"test acc {test_acc:.3f} (majority {majority:.3f}), "
-               f"{train_stats.rate:,.0f} train / {eval_stats.rate:,.0f} inference targets/s, "
-               f"peak RSS {result['peak_rss_mb']:,.0f} MB, largest batch {largest['nodes']:,} "
+               f"{train_rate:,.0f} train / {eval_rate:,.0f} inference targets/s, "
+               f"peak RSS {rss:,.0f} MB, largest batch {largest['nodes']:,} "
                f"nodes / {largest['edges']:,} edges")
-    if args.small:
+    if ranks.world > 1:
+        summary += f" | world size {ranks.world}, parameter checksum {checksum}"
+    if args.small and ranks.rank == 0:
+        if ranks.world > 1:  # the others scored their own parts of the test nodes
+            ids, logits = predict(model, loader_for(data, test_nodes, args.num_neighbors,
+                                                    args.batch_size, False, args.seed,
+                                                    args.stubs))
         cmp = full_graph_comparison(model, data, args, dict(ids=ids, logits=logits))
         result["comparison"] = cmp
-        print(f"full graph vs mini-batch on {int(data.test_mask.sum()):,} test nodes: "
-              f"accuracy full {cmp['full_acc']:.3f}, sampled cones {cmp['sampled_acc']:.3f} "
-              f"(same prediction {cmp['sampled_agree']:.3f}), full-depth cones "
-              f"{cmp['exact_acc']:.3f} (same prediction {cmp['exact_agree']:.3f}, max |logit "
-              f"diff| {cmp['exact_max_diff']:.1e}) | full-graph pass {cmp['full_seconds']:.2f}s")
+        log(f"full graph vs mini-batch on {int(data.test_mask.sum()):,} test nodes: "
+            f"accuracy full {cmp['full_acc']:.3f}, sampled cones {cmp['sampled_acc']:.3f} "
+            f"(same prediction {cmp['sampled_agree']:.3f}), full-depth cones "
+            f"{cmp['exact_acc']:.3f} (same prediction {cmp['exact_agree']:.3f}, max |logit "
+            f"diff| {cmp['exact_max_diff']:.1e}) | full-graph pass {cmp['full_seconds']:.2f}s")
         summary += (f" | full graph {cmp['full_acc']:.3f} vs mini-batch "
                     f"{cmp['sampled_acc']:.3f} (agree {cmp['sampled_agree']:.3f}), "
                     f"full-depth cones max diff {cmp['exact_max_diff']:.1e}")
     result["summary"] = summary + f" | {time.perf_counter() - t0:.0f}s"
-    print(result["summary"])
+    log(result["summary"])
     return result
 
 

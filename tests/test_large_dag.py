@@ -1,5 +1,7 @@
 """examples/large_dag.py: the generated DAG and a tiny run of the example."""
 import os
+import re
+import subprocess
 import sys
 
 import torch
@@ -79,3 +81,20 @@ def test_no_stubs_run():
                           "--no-stubs", "--num-neighbors", "2,2", "--quiet"])
     assert res["largest_batch"]["stubs"] == 0
     assert res["comparison"]["exact_max_diff"] < 1e-4  # the exactness check keeps its stubs
+
+
+def test_torchrun_two_processes(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.path.dirname(EXAMPLES))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(EXAMPLES, "large_dag.py"), "--small", "--layers", "6", "--width", "40",
+           "--epochs", "1", "--batch-size", "16", "--quiet"]
+    proc = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert sum(line.startswith("SUMMARY") for line in lines) == 1  # rank 0 prints alone
+    # the checksum is only printed once every rank has agreed on it
+    assert lines[-1].startswith("SUMMARY") and "world size 2, parameter checksum" in lines[-1]
+    diff = re.search(r"full-depth cones max diff ([0-9.e+-]+)", lines[-1])
+    assert diff and float(diff.group(1)) < 1e-4
