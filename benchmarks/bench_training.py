@@ -113,6 +113,36 @@ def linear_op():
         conv.plstm_dag = original
 
 
+@contextmanager
+def no_mlp():
+    """Skip the MLP blocks (their cost is the difference to the full model)."""
+    from plstm_graph.nn.blocks import MLPBlock
+
+    original = MLPBlock.forward
+    MLPBlock.forward = lambda self, x: x
+    try:
+        yield
+    finally:
+        MLPBlock.forward = original
+
+
+@contextmanager
+def no_degree_encoding():
+    """Replace the sin/cos degree features by a constant (no graph work, same shapes)."""
+    import plstm_graph.models as models
+
+    original = models.degree_encoding
+
+    def const(edge_index, num_nodes, dim=8):
+        return torch.zeros(num_nodes, 2 * dim)
+
+    models.degree_encoding = const
+    try:
+        yield
+    finally:
+        models.degree_encoding = original
+
+
 def make_epoch(model, loader, task: str) -> Callable[[], float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -147,7 +177,8 @@ def datasets():
     }
 
 
-def time_models(spec, epochs: int, hidden: int, **kwargs) -> Dict[str, float]:
+def time_models(spec, epochs: int, hidden: int, breakdown: bool = False,
+                **kwargs) -> Dict[str, float]:
     torch.manual_seed(0)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     raw = DataLoader(spec["raw"], batch_size=spec["batch"], shuffle=True, generator=gen())
@@ -162,6 +193,11 @@ def time_models(spec, epochs: int, hidden: int, **kwargs) -> Dict[str, float]:
         "plstm linear-op": (make_epoch(PLSTMPrepared(*args, **kwargs), prepared,
                                        spec["task"]), linear_op),
     }
+    if breakdown:
+        for name, ctx in (("plstm prepared, no MLP", no_mlp),
+                          ("plstm prepared, no degree encoding", no_degree_encoding)):
+            runs[name] = (make_epoch(PLSTMPrepared(*args, **kwargs), prepared, spec["task"]),
+                          ctx)
     times: Dict[str, List[float]] = {name: [] for name in runs}
     for round_ in range(epochs + 1):
         for name, (epoch, ctx) in runs.items():
@@ -194,6 +230,9 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=5, help="timed epochs per model")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the prepared model without its MLPs and without the degree "
+                        "encoding, and print where an epoch's time goes")
     p.add_argument("--only", default=None, help="substring of the data set to run")
     p.add_argument("--mlp-ratio", type=int, default=None, help="PLSTMNet mlp_ratio (default: "
                    "the library's)")
@@ -205,11 +244,25 @@ def main(argv=None) -> None:
         if args.only and args.only not in name:
             continue
         kwargs = {} if args.mlp_ratio is None else dict(mlp_ratio=args.mlp_ratio)
-        times = time_models(spec, args.epochs, args.hidden, **kwargs)
+        times = time_models(spec, args.epochs, args.hidden, breakdown=args.breakdown,
+                            **kwargs)
         gin = times["gin"]
         print(f"\n{name}: epoch time (median of {args.epochs}), ratio to GIN")
         for model, t in times.items():
-            print(f"  {model:<16} {t * 1e3:9.1f} ms   {t / gin:5.2f}x")
+            print(f"  {model:<34} {t * 1e3:9.1f} ms   {t / gin:5.2f}x")
+        if args.breakdown:
+            full = times["plstm prepared"]
+            parts = {
+                "DAG preparation (plain - prepared)": times["plstm plain"] - full,
+                "pLSTM op (prepared - linear-op)": full - times["plstm linear-op"],
+                "MLP blocks": full - times["plstm prepared, no MLP"],
+                "degree encoding": full - times["plstm prepared, no degree encoding"],
+            }
+            parts["rest (projections, gates, norms, head, optimizer, Python)"] = (
+                full - sum(v for k, v in parts.items() if not k.startswith("DAG")))
+            print(f"  where the prepared model's {full * 1e3:.1f} ms go:")
+            for part, t in parts.items():
+                print(f"    {part:<58} {t * 1e3:8.1f} ms  {t / full * 100:5.1f}%")
         if args.profile:
             profile_step(spec, args.hidden)
 

@@ -13,9 +13,10 @@ shuffling seed), hidden size, epochs and optimiser.
 Models: ``PLSTMNet`` (one layer = four pLSTM blocks: P and D mode on the DAG and on its
 reverse, each with an MLP; bond types as edge features; mean pooling) and GIN (as many GINConv
 layers as PLSTMNet has pLSTM blocks, batch norm, sum pooling, MLP head), same hidden size.
-``PLSTMNet`` is built with ``gate_bias=0`` (``--gate-bias``): with ``PLSTMConv``'s default of
--5 the source, mark and direct gates start at 0.007, the state (graph) path is then ~1/140 of
-a node's own direct term, and on a data set this small it never catches up within 100 epochs.
+``PLSTMNet`` is built with ``gate_bias=0`` (``--gate-bias``, also ``PLSTMConv``'s default):
+with the authors' -5 the source, mark and direct gates start at 0.007, the state (graph) path
+is then ~1/140 of a node's own direct term, and on a data set this small it never catches up
+within 100 epochs.
 The reported "±" is the standard deviation over folds (population, ``ddof=0``).
 
 Every graph goes through :class:`~plstm_graph.PrepareDAG` exactly once, as the dataset's
@@ -366,7 +367,7 @@ def parse_args(argv=None):
                    help="AdamW learning rate (cosine schedule)")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument("--gate-bias", type=float, default=0.0,
-                   help="initial source/mark/direct gate bias of PLSTMConv (its default, -5, "
+                   help="initial source/mark/direct gate bias of PLSTMConv (the authors' -5 "
                         "starts the graph path ~100x weaker than a node's own term)")
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge (bond) features to PLSTMNet")

@@ -30,7 +30,19 @@ __all__ = [
     "component_positions",
     "DagSchedule",
     "build_schedule",
+    "NodeSchedule",
+    "build_node_schedule",
 ]
+
+
+def _native_cpu(*tensors: Tensor) -> bool:
+    """Whether the compiled index ops (``csrc/ops/prepare.cpp``) can take these tensors: the
+    extension is loaded and they live on the CPU. The Python code below stays the reference
+    (and the path for other devices); ``tests/test_prepare_native.py`` compares the two."""
+    from .ops import native  # deferred: the ops package imports this module
+
+    return native.WITH_NATIVE and all(isinstance(t, Tensor) and t.device.type == "cpu"
+                                      for t in tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,6 +58,15 @@ def _check_index_tensor(index: object, name: str) -> Tensor:
     return index
 
 
+def _num_nodes_arg(num_nodes: Optional[int]) -> int:
+    """``num_nodes`` as the native ops take it: -1 for "max id + 1"."""
+    if num_nodes is None:
+        return -1
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
+        raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
+    return num_nodes
+
+
 def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
                      allow_self_loops: bool = False) -> int:
     """Validate ``edge_index`` and return the number of nodes.
@@ -55,10 +76,12 @@ def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
     """
     _check_index_tensor(edge_index, "edge_index")
     num_edges = edge_index.size(1)
+    native_num_nodes = _num_nodes_arg(num_nodes)
+    if _native_cpu(edge_index):  # one pass instead of four torch calls and three syncs
+        return torch.ops.plstm_graph.check_edge_index(edge_index, native_num_nodes,
+                                                      allow_self_loops)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if num_edges > 0 else 0
-    elif not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
-        raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
     if num_edges == 0:
         return num_nodes
     lo, hi = int(edge_index.min()), int(edge_index.max())
@@ -105,16 +128,7 @@ def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> 
 
     This is exactly the condition the scan needs, and it implies that the graph is acyclic.
     """
-    if not isinstance(node_level, Tensor):
-        raise TypeError(f"node_level must be a torch.Tensor, got {type(node_level).__name__}")
-    if node_level.dtype != torch.long:
-        raise TypeError(f"node_level must have dtype torch.long, got {node_level.dtype}")
-    if node_level.dim() != 1 or node_level.numel() != num_nodes:
-        raise ValueError(f"node_level must have shape [{num_nodes}], got "
-                         f"{list(node_level.shape)}")
-    if node_level.device != edge_index.device:
-        raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
-                         f"{edge_index.device}")
+    _check_level_tensor(edge_index, node_level, num_nodes)
     if num_nodes > 0 and int(node_level.min()) < 0:
         raise ValueError("node_level contains a negative level")
     if edge_index.size(1) == 0:
@@ -126,6 +140,20 @@ def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> 
         raise ValueError(
             f"node_level is not a topological leveling of edge_index: edge {e} ({u} -> {w}) "
             f"goes from level {int(node_level[u])} to level {int(node_level[w])}")
+
+
+def _check_level_tensor(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> None:
+    """Type, shape and device of a leveling (no look at its values)."""
+    if not isinstance(node_level, Tensor):
+        raise TypeError(f"node_level must be a torch.Tensor, got {type(node_level).__name__}")
+    if node_level.dtype != torch.long:
+        raise TypeError(f"node_level must have dtype torch.long, got {node_level.dtype}")
+    if node_level.dim() != 1 or node_level.numel() != num_nodes:
+        raise ValueError(f"node_level must have shape [{num_nodes}], got "
+                         f"{list(node_level.shape)}")
+    if node_level.device != edge_index.device:
+        raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
+                         f"{edge_index.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +174,14 @@ def line_graph(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
     Arcs are ordered by ``a`` and, for equal ``a``, by ``b``. Built with one CSR of the edges by
     source node and ``repeat_interleave``; no Python loop over edges or nodes.
     """
+    if _native_cpu(edge_index):
+        _check_index_tensor(edge_index, "edge_index")
+        return torch.ops.plstm_graph.line_graph(edge_index, _num_nodes_arg(num_nodes))
+    return _line_graph_torch(edge_index, num_nodes)
+
+
+def _line_graph_torch(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
+    """The pure-PyTorch :func:`line_graph` (any device; the reference of the native op)."""
     num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
     src, dst = edge_index[0], edge_index[1]
     ptr, by_src = _csr(src, num_nodes)
@@ -184,20 +220,38 @@ def _node_on_cycle(edge_index: Tensor, remaining: Tensor) -> int:
     return node
 
 
+LEVEL_METHODS = ("auto", "native", "torch", "networkx")
+
+
 def topological_levels(edge_index: Tensor, num_nodes: Optional[int] = None,
-                       method: str = "networkx") -> Tensor:
+                       method: str = "auto") -> Tensor:
     """Topological generation of every node: sources are level 0, and every other node sits one
     level above its highest predecessor (``networkx.topological_generations``).
 
     Args:
         edge_index: ``[2, E]`` directed edges.
         num_nodes: number of nodes (default ``max id + 1``).
-        method: ``"networkx"`` (the reference) or ``"torch"`` (Kahn's algorithm one level at a
-            time on the CPU: a vectorised step for a wide level, a short Python loop for a
-            narrow one; no networkx graph, several times faster on large or deep graphs).
+        method: ``"auto"`` (``"native"`` where the compiled ops are loaded and the tensor is
+            on the CPU, else ``"torch"``), ``"native"`` (Kahn's algorithm in C++, one pass),
+            ``"torch"`` (Kahn's algorithm one level at a time: a vectorised step for a wide
+            level, a short Python loop for a narrow one) or ``"networkx"`` (the reference).
+            All four give the same levels.
 
     Raises ``ValueError`` naming a node on a directed cycle.
     """
+    if method not in LEVEL_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {LEVEL_METHODS}")
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index) else "torch"
+    if method == "native":
+        from .ops import native
+
+        if not native.WITH_NATIVE:
+            raise RuntimeError(f"method='native' was requested but "
+                               f"{native.unavailable_reason(edge_index.device)}")
+        _check_index_tensor(edge_index, "edge_index")
+        return torch.ops.plstm_graph.topological_levels(
+            edge_index.cpu(), _num_nodes_arg(num_nodes)).to(edge_index.device)
     num_nodes = check_edge_index(edge_index, num_nodes)
     device = edge_index.device
     if method == "networkx":
@@ -215,9 +269,7 @@ def topological_levels(edge_index: Tensor, num_nodes: Optional[int] = None,
             raise ValueError(f"edge_index has a directed cycle through node {cycle[0][0]}; "
                              f"pLSTM needs a DAG") from None
         return level.to(device)
-    if method == "torch":
-        return _levels_torch(edge_index, num_nodes)
-    raise ValueError(f"unknown method {method!r}; expected 'networkx' or 'torch'")
+    return _levels_torch(edge_index, num_nodes)
 
 
 _SMALL_FRONTIER = 256  # fan-out below which one level is cheaper in Python than in torch
@@ -328,7 +380,7 @@ def multitree(edge_index: Tensor, line_index: Tensor,
     """
     num_nodes = check_edge_index(edge_index)
     if node_level is None:
-        node_level = topological_levels(edge_index, num_nodes, method="torch")
+        node_level = topological_levels(edge_index, num_nodes)
     else:
         # the visiting order must be topological: a leveling that does not climb along every
         # edge would silently give a non-multitree
@@ -343,9 +395,21 @@ def multitree(edge_index: Tensor, line_index: Tensor,
         check_node_level(edge_index, node_level,
                          node_level.numel() if isinstance(node_level, Tensor) else num_nodes)
     check_line_index(edge_index, line_index)
+    return _multitree_checked(edge_index, line_index, node_level)
+
+
+def _multitree_checked(edge_index: Tensor, line_index: Tensor, node_level: Tensor,
+                       method: str = "auto") -> Tensor:
+    """:func:`multitree` on inputs already known to be consistent (e.g. just built by
+    :func:`line_graph` and :func:`topological_levels`)."""
     if line_index.size(1) == 0:
         return line_index.clone()
-    keep = _multitree_keep(edge_index.cpu(), line_index.cpu(), node_level.cpu())
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index, line_index, node_level) else "python"
+    if method == "native":
+        keep = torch.ops.plstm_graph.multitree_keep(edge_index, line_index, node_level)
+    else:
+        keep = _multitree_keep(edge_index.cpu(), line_index.cpu(), node_level.cpu())
     return line_index[:, keep.to(line_index.device)]
 
 
@@ -711,15 +775,22 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
 
 def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
                    node_level: Optional[Tensor] = None, validate: bool = True,
-                   level_method: str = "torch") -> DagSchedule:
+                   level_method: str = "auto", method: str = "auto") -> DagSchedule:
     """Build the :class:`DagSchedule` for ``edge_index`` and its (possibly pruned) line graph.
 
     ``node_level`` (for example from :class:`~plstm_graph.transforms.PrepareDAG`) skips the
     leveling; it is checked to climb along every edge when ``validate`` is true, which also
     proves the graph acyclic. Without it the levels come from :func:`topological_levels`
-    with ``level_method``: ``"torch"`` by default on this per-call path, since it gives the
-    same generations as networkx and is 20-55x faster on 300k-edge DAGs.
+    with ``level_method`` (see there).
+
+    ``method="native"`` builds every index in one C++ pass (``csrc/cpu/prepare_kernel.cpp``,
+    CPU tensors), ``"torch"`` with torch calls (the reference, any device); ``"auto"`` takes
+    the native one where it can. Both give identical tensors.
     """
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index, line_index) else "torch"
+    if method == "native":
+        return _build_schedule_native(edge_index, line_index, num_nodes, node_level, validate)
     if validate:
         num_nodes = check_edge_index(edge_index, num_nodes)
         check_line_index(edge_index, line_index)
@@ -767,3 +838,88 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
         max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
         component_pairs=component_pairs, path_work=path_work)
+
+
+def _build_schedule_native(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int],
+                           node_level: Optional[Tensor], validate: bool) -> DagSchedule:
+    _check_index_tensor(edge_index, "edge_index")
+    _check_index_tensor(line_index, "line_index")
+    _num_nodes_arg(num_nodes)
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method="native")
+    if num_nodes is None and isinstance(node_level, Tensor):
+        num_nodes = node_level.numel()
+    if validate:  # type, shape and device here; the values are checked in C++
+        _check_level_tensor(edge_index, node_level, num_nodes)
+    index, sizes = torch.ops.plstm_graph.build_schedule(edge_index, line_index, node_level,
+                                                        num_nodes, validate)
+    max_nodes, max_edges, pairs, path_work = sizes.tolist()
+    return DagSchedule(node_level.numel(), *index, max_component_nodes=max_nodes,
+                       max_component_edges=max_edges, component_pairs=pairs,
+                       path_work=path_work)
+
+
+# ---------------------------------------------------------------------------------------------
+# node-level schedule (transitions that depend only on the shared node)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class NodeSchedule:
+    """Index tensors of the node-level scan (docs/contract.md, "Node-level transitions", transitions ``T_n`` per shared
+    node): no line graph, only CSRs of the edges by level, by head and by tail node.
+
+    Attributes:
+        edge_src, edge_dst: ``[E]`` tail and head node of every edge.
+        edge_order: ``[E]`` edge ids sorted by the level of their tail (then id).
+        level_ptr: ``[num_levels + 1]`` CPU; edges of level ``l`` are
+            ``edge_order[level_ptr[l]:level_ptr[l + 1]]``.
+        node_order: ``[N]`` node ids sorted by level (then id).
+        node_level_ptr: ``[num_levels + 1]`` CPU; nodes of level ``l`` are
+            ``node_order[node_level_ptr[l]:node_level_ptr[l + 1]]``.
+        in_ptr, in_edge: CSR of edges by head node, in id order within a node.
+        out_ptr, out_edge: CSR of edges by tail node, in id order within a node.
+    """
+
+    num_nodes: int
+    edge_src: Tensor
+    edge_dst: Tensor
+    edge_order: Tensor
+    level_ptr: Tensor
+    node_order: Tensor
+    node_level_ptr: Tensor
+    in_ptr: Tensor
+    in_edge: Tensor
+    out_ptr: Tensor
+    out_edge: Tensor
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_src.numel()
+
+    @property
+    def num_levels(self) -> int:
+        return self.node_level_ptr.numel() - 1
+
+
+def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
+                        node_level: Optional[Tensor] = None, validate: bool = True,
+                        level_method: str = "torch") -> NodeSchedule:
+    """Build the :class:`NodeSchedule` of ``edge_index`` (checks as :func:`build_schedule`:
+    ids in range, no self-loop, acyclic or a valid ``node_level``)."""
+    if validate:
+        num_nodes = check_edge_index(edge_index, num_nodes)
+    elif num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method=level_method)
+    elif validate:
+        check_node_level(edge_index, node_level, num_nodes)
+    edge_src, edge_dst = edge_index[0].contiguous(), edge_index[1].contiguous()
+    num_levels = int(node_level.max()) + 1 if num_nodes > 0 else 0
+    level_ptr, edge_order = _csr(node_level[edge_src], num_levels)
+    node_level_ptr, node_order = _csr(node_level, num_levels)
+    in_ptr, in_edge = _csr(edge_dst, num_nodes)
+    out_ptr, out_edge = _csr(edge_src, num_nodes)
+    return NodeSchedule(num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst,
+                        edge_order=edge_order, level_ptr=level_ptr.cpu(),
+                        node_order=node_order, node_level_ptr=node_level_ptr.cpu(),
+                        in_ptr=in_ptr, in_edge=in_edge, out_ptr=out_ptr, out_edge=out_edge)

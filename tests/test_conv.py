@@ -125,21 +125,21 @@ def test_p_mode_transitions_are_normalised():
     assert bool((total < 1).all())
 
 
-def test_init_follows_spec():
+def test_init_follows_contract():
     conv = PLSTMConv(16, 8, heads=2, edge_dim=3)
     # source/mark/direct start at sigmoid(0) = 0.5 (the authors' -5 does not learn)
     assert torch.all(conv.source_gate.node.bias == 0)
     assert torch.all(conv.mark_gate.node.bias == 0)
     assert torch.all(conv.direct_gate.node.bias == 0)
     assert torch.all(PLSTMConv(16, 8, gate_bias=-5).mark_gate.node.bias == -5)
-    assert torch.all(conv.transition_gate.node.bias == 3.0)
+    assert torch.all(conv.transition_gate.node.bias == 6.0)
     assert torch.all(conv.source_gate.node.weight == 0)
     assert torch.all(conv.transition_gate.edges[1].weight == 0)
-    assert PLSTMConv(16, 8, mode="D").transition_gate.node.bias[0] == 1.25
-    # a single-successor arc starts in the carrying regime, T ~ 0.85
+    assert PLSTMConv(16, 8, mode="D").transition_gate.node.bias[0] == 2.0
+    # a single-successor arc starts deep in the carrying regime, T > 0.9
     t0 = conv.transition_gate.node.bias[0].detach()
-    assert 0.8 < float(t0 / (0.5 + t0.abs())) < 0.9
-    assert 0.8 < float(torch.tanh(torch.tensor(1.25))) < 0.9
+    assert 0.9 < float(t0 / (0.5 + t0.abs())) < 0.95
+    assert 0.95 < float(torch.tanh(torch.tensor(2.0))) < 0.97
     big = PLSTMConv(4000, 8, heads=2)
     std = big.lin_query.weight.std().item()
     assert abs(std - (2 / (5 * 4000)) ** 0.5) < 0.1 * std

@@ -1,5 +1,6 @@
-"""The bad-input contract (spec section 5): ValueError / TypeError naming the problem, inputs
-left untouched; and odd-but-valid layouts (strided views) giving the right answer."""
+"""The bad-input contract (docs/contract.md, "Bad input"): ValueError / TypeError naming the
+problem, inputs left untouched; and odd-but-valid layouts (strided views) giving the right
+answer."""
 import re
 
 import networkx as nx
@@ -249,6 +250,11 @@ def test_non_tensor_inputs(which, kind):
     args = dict(inputs, edge_index=edge_index, line_index=lg)
     t = args[which]
     args[which] = {"list": t.tolist(), "none": None, "numpy": t.numpy()}[kind]
+    if which == "line_index" and kind == "none":
+        # line_index=None asks for node-level transitions, which need transition [N, H]
+        with pytest.raises(ValueError, match=r"transition must have shape \[N.*line_index"):
+            plstm_graph.plstm_dag(*(args[n] for n in NAMES + ("edge_index", "line_index")))
+        return
     with pytest.raises(TypeError, match=f"{which}.*Tensor"):
         plstm_graph.plstm_dag(*(args[n] for n in NAMES + ("edge_index", "line_index")))
 

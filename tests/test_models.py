@@ -282,3 +282,40 @@ def test_explainer_on_plstmnet_gives_a_mask_over_the_input_edges():
     mask = explainer(g.x, g.edge_index, index=5).edge_mask
     assert mask.shape == (g.edge_index.size(1),)
     assert float(mask.max() - mask.min()) > 1e-4
+
+
+def test_compiled_plstmnet_no_graph_break_no_recompile(monkeypatch):
+    """torch.compile(model, dynamic=True, fullgraph=True) on prepared batches of changing size:
+    no graph break, the eager numbers and gradients, and no recompile after the first batch.
+
+    Without duck sizing: by default dynamic shapes assume that sizes which happened to be equal
+    in the first batch (in a forest N == E + 1, the length of an edge CSR) stay equal, and
+    recompile when a batch breaks that (README, torch.compile)."""
+    import torch._dynamo
+    import torch.fx.experimental._config as fx_config
+
+    monkeypatch.setattr(fx_config, "use_duck_shape", False)
+
+    data = [PrepareDAG()(g) for g in graphs(count=6, seed=4)]
+    batches = [next(iter(DataLoader(data[lo:hi], batch_size=hi - lo)))
+               for lo, hi in ((0, 4), (1, 4), (2, 7), (0, 2), (3, 7))]
+    plans = [DAGPlan.from_data(b).build() for b in batches]
+    torch.manual_seed(0)
+    model = PLSTMNet(IN, HIDDEN, OUT, edge_dim=EDGE_DIM, heads=2).double()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="aot_eager")
+    try:
+        for i, (b, plan) in enumerate(zip(batches, plans)):
+            if i == 1:  # from here on a recompile raises
+                torch._dynamo.config.error_on_recompile = True
+            args = (b.x, b.edge_index, b.edge_attr, b.batch)
+            out = compiled(*args, plan=plan, batch_size=b.num_graphs)
+            grads = torch.autograd.grad(out.pow(2).sum(), list(model.parameters()))
+            ref = model(*args, plan=plan)
+            ref_grads = torch.autograd.grad(ref.pow(2).sum(), list(model.parameters()))
+            torch.testing.assert_close(out, ref)
+            for g, r in zip(grads, ref_grads):
+                torch.testing.assert_close(g, r)
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()

@@ -19,7 +19,7 @@ the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term
 with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers the fake
 (meta) kernels of all four ops, so that ``torch.compile(fullgraph=True)`` traces them; the
 autograd of both forward ops is wired in C++ (``csrc/plstm_dag.cpp``), where it costs no
-Python on the hot path and needs no particular torch version.
+Python on the hot path.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["WITH_NATIVE", "WITH_CUDA", "available", "unavailable_reason", "scan_native",
-           "closed_form_native", "closed_form_available", "SCHEDULE_FIELDS",
-           "CLOSED_FORM_FIELDS"]
+           "closed_form_native", "closed_form_available", "node_scan_native",
+           "node_scan_available", "SCHEDULE_FIELDS", "CLOSED_FORM_FIELDS", "NODE_SCAN_FIELDS"]
 
 # the schedule arguments of both ops, in schema order
 SCHEDULE_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "edge_order", "level_ptr",
@@ -43,6 +43,11 @@ SCHEDULE_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "edge_order", "
 # the schedule arguments of the closed-form ops, in schema order
 CLOSED_FORM_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "in_ptr", "in_arc",
                       "comp_node_ptr", "comp_node", "comp_edge_ptr", "comp_edge")
+
+# the schedule arguments of the node-level scan ops (csrc/ops/node_scan.cpp), in schema order:
+# fields of plstm_graph.dag.NodeSchedule
+NODE_SCAN_FIELDS = ("edge_src", "edge_dst", "node_order", "node_level_ptr", "in_ptr", "in_edge",
+                    "out_ptr", "out_edge")
 
 _REASON: Optional[str] = None
 WITH_NATIVE = False
@@ -154,10 +159,9 @@ def _scan_backward_fake(grad_out, query, key, value, source, transition, mark, s
                  for t in (query, key, value, source, transition, mark))
 
 
-# torch >= 2.4: fake kernels registered on the ops (torch.compile traces them); the autograd
-# of both forward ops is wired in C++ (csrc/plstm_dag.cpp) and works on any torch.
-_LIBRARY_API = hasattr(torch.library, "register_fake")
-if WITH_NATIVE and _LIBRARY_API:
+# fake kernels registered on the ops, so that torch.compile traces them; the autograd of both
+# forward ops is wired in C++ (csrc/plstm_dag.cpp)
+if WITH_NATIVE:
     torch.library.register_fake("plstm_graph::scan_forward")(_scan_forward_fake)
     torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
 
@@ -173,7 +177,7 @@ def _closed_form_backward_fake(grad_out, query, key, value, source, transition, 
                  for t in (query, key, value, source, transition, mark, direct))
 
 
-if WITH_NATIVE and _LIBRARY_API:
+if WITH_NATIVE:
     # (its autograd is wired in C++, csrc/plstm_dag.cpp)
     torch.library.register_fake("plstm_graph::closed_form_forward")(_closed_form_forward_fake)
     torch.library.register_fake("plstm_graph::closed_form_backward")(_closed_form_backward_fake)
@@ -202,4 +206,54 @@ def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, trans
     index = [getattr(schedule, name) for name in SCHEDULE_FIELDS]
     out, _ = torch.ops.plstm_graph.scan_forward(query, key, value, source, transition, mark,
                                                 *index, not recompute)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# node-level transitions (csrc/ops/node_scan.cpp, csrc/cpu/node_scan_kernel.cpp)
+# ---------------------------------------------------------------------------------------------
+def node_scan_available(device) -> bool:
+    """Whether the native node-level scan can run on ``device`` (CPU kernels only; there is no
+    CUDA kernel, CUDA tensors take the pure-PyTorch node scan)."""
+    return WITH_NATIVE and torch.device(device).type == "cpu"
+
+
+def _node_scan_forward_fake(query, key, value, source, transition, mark, carry, *schedule):
+    torch._check(query.dim() == 3 and value.dim() == 3)
+    num_nodes, heads, kdim = query.shape
+    out = query.new_empty(num_nodes, heads, value.shape[2])
+    states = query.new_empty(num_nodes, heads, kdim, value.shape[2],
+                             dtype=_acc_dtype(query.dtype))
+    return out, states
+
+
+def _node_scan_backward_fake(grad_out, query, key, value, source, transition, mark, carry,
+                             states, *schedule):
+    grads = tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
+                  for t in (query, key, value, source, transition, mark))
+    if carry is None:
+        return grads + (query.new_empty(0),)
+    return grads + (torch.empty_like(carry, memory_format=torch.contiguous_format),)
+
+
+if WITH_NATIVE and _LIBRARY_API and hasattr(torch.ops.plstm_graph, "node_scan_forward"):
+    # (the autograd is wired in C++, csrc/ops/node_scan.cpp, like the other ops')
+    torch.library.register_fake("plstm_graph::node_scan_forward")(_node_scan_forward_fake)
+    torch.library.register_fake("plstm_graph::node_scan_backward")(_node_scan_backward_fake)
+
+
+def node_scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                     transition: Tensor, mark: Tensor, schedule,
+                     carry: Optional[Tensor] = None) -> Tensor:
+    """The state part of ``plstm_dag`` with node-level transitions ``[N, H]`` (no direct
+    term), with the native CPU kernels; ``schedule`` is a
+    :class:`~plstm_graph.dag.NodeSchedule`, ``carry`` an optional ``[E, H]`` factor of the
+    state carried into each edge."""
+    if not node_scan_available(query.device):
+        raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
+                           f"the native node-level scan has CPU kernels only, got "
+                           f"{query.device}")
+    out, _ = torch.ops.plstm_graph.node_scan_forward(
+        query, key, value, source, transition, mark, carry,
+        *(getattr(schedule, name) for name in NODE_SCAN_FIELDS))
     return out

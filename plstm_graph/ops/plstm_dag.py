@@ -6,9 +6,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..dag import DagSchedule, build_schedule
+from ..dag import DagSchedule, NodeSchedule, build_node_schedule, build_schedule
 from . import native
-from .closed_form_torch import closed_form_torch
+from .closed_form_torch import closed_form_torch, node_closed_form_torch
+from .node_scan_torch import node_scan_torch
 from .scan_torch import scan_torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,9 +21,12 @@ ALGORITHMS = ("scan", "closed_form")
 CLOSED_FORM_MAX_NODES = 1024
 
 
-def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None:
-    for name, t in list(tensors.items()) + [("edge_index", edge_index),
-                                             ("line_index", line_index)]:
+def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> None:
+    """``line_index=None``: node-level transitions, ``transition`` is ``[N, H]``."""
+    node_level_t = line_index is None
+    index_args = [("edge_index", edge_index)] + ([] if node_level_t else
+                                                 [("line_index", line_index)])
+    for name, t in list(tensors.items()) + index_args:
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     dtypes = {name: t.dtype for name, t in tensors.items()}
@@ -34,7 +38,9 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None
         listing = ", ".join(f"{n}={d}" for n, d in dtypes.items())
         raise TypeError(f"query, key, value and the gates must share one dtype, got {listing}")
     devices = {name: t.device for name, t in tensors.items()}
-    devices.update(edge_index=edge_index.device, line_index=line_index.device)
+    devices.update(edge_index=edge_index.device)
+    if not node_level_t:
+        devices.update(line_index=line_index.device)
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n}={d}" for n, d in devices.items())
         raise ValueError(f"all inputs must be on one device, got {listing}")
@@ -51,17 +57,26 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Tensor) -> None
         raise ValueError(f"value must have shape [N={q.size(0)}, H={q.size(1)}, V], got "
                          f"{list(v.shape)}")
     num_nodes, heads = q.shape[:2]
-    if edge_index.dim() != 2 or line_index.dim() != 2:
+    if edge_index.dim() != 2 or (not node_level_t and line_index.dim() != 2):
         return  # the DAG checks report the exact shape problem
     expected = {"source": edge_index.size(1), "mark": edge_index.size(1),
-                "transition": line_index.size(1), "direct": num_nodes}
+                "transition": num_nodes if node_level_t else line_index.size(1),
+                "direct": num_nodes}
     what = {"source": "E (edges)", "mark": "E (edges)", "transition": "L (line-graph arcs)",
             "direct": "N (nodes)"}
+    if node_level_t:
+        what["transition"] = "N (nodes)"
     for name, rows in expected.items():
         shape = list(tensors[name].shape)
         if shape != [rows, heads]:
+            hint = ""
+            if (name == "transition" and not node_level_t and shape == [num_nodes, heads]):
+                hint = "; for node-level transitions [N, H] pass line_index=None"
+            elif name == "transition" and node_level_t:
+                hint = ("; line_index=None means one transition per shared node, for "
+                        "per-arc transitions [L, H] pass line_index")
             raise ValueError(f"{name} must have shape [{what[name]}={rows}, H={heads}], got "
-                             f"{shape}")
+                             f"{shape}{hint}")
     for name in ("source", "transition", "mark", "direct"):
         if tensors[name].numel() and not bool(torch.isfinite(tensors[name]).all()):
             raise ValueError(f"{name} contains NaN or infinite gate values")
@@ -152,10 +167,11 @@ def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.devi
 
 
 def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
-              mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Tensor, *,
+              mark: Tensor, direct: Tensor, edge_index: Tensor, line_index: Optional[Tensor], *,
               node_level: Optional[Tensor] = None, schedule: Optional[DagSchedule] = None,
               backend: Optional[str] = None, algorithm: Optional[str] = None,
-              recompute: bool = False, validate: Optional[bool] = None) -> Tensor:
+              recompute: bool = False, validate: Optional[bool] = None,
+              carry: Optional[Tensor] = None) -> Tensor:
     r"""pLSTM on a directed acyclic graph (a whole PyG batch at once).
 
     Per head, with one :math:`K \times V` state per edge,
@@ -176,11 +192,13 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         query, key: ``[N, H, K]``.
         value: ``[N, H, V]``.
         source, mark: ``[E, H]`` gates per edge.
-        transition: ``[L, H]`` gate per line-graph arc.
+        transition: ``[L, H]`` gate per line-graph arc, or ``[N, H]`` per shared node with
+            ``line_index=None`` (node-level transitions, below).
         direct: ``[N, H]`` gate per node.
         edge_index: ``[2, E]`` long, a DAG (ids need not be a topological order).
         line_index: ``[2, L]`` long arcs of the line graph (:func:`~plstm_graph.line_graph` or
-            its :func:`~plstm_graph.multitree` pruning).
+            its :func:`~plstm_graph.multitree` pruning), or ``None`` for node-level
+            transitions.
         node_level: optional ``[N]`` topological levels (from the transform); computed with
             networkx when absent.
         schedule: optional prebuilt :class:`~plstm_graph.dag.DagSchedule`; skips all index
@@ -193,12 +211,36 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
             :func:`scan_cost` natively, :func:`torch_closed_form_cost` against
             :func:`torch_scan_cost` in torch) say it is faster, the scan otherwise. Both give
             the same values up to rounding.
-        recompute: scan only: keep only the inputs for backward and recompute the states then
-            (saves ``E*H*K*V`` elements of memory for one more forward scan). The closed form
-            always keeps only the inputs.
+        recompute: per-arc scan only: keep only the inputs for backward and recompute the
+            states then (saves ``E*H*K*V`` elements of memory for one more forward scan). The
+            closed form always keeps only the inputs.
         validate: check indices, shapes and gate values (a few reductions and host syncs).
             Default: on in eager mode, off while ``torch.compile`` traces (the checks are
             data-dependent; trace a model after running it once eagerly on the same graphs).
+        carry: node-level transitions only: an optional ``[E, H]`` factor ``g_b`` of the
+            state carried into each edge, ``C_b = S_b k_u v_u^T + g_b T_u H_u`` (differentiable;
+            what an edge mask does to the transitions into its edge, which per-arc transitions
+            take as ``transition * g[line_index[1]]`` instead).
+
+    Node-level transitions (docs/contract.md, "Node-level transitions"): with ``line_index=None`` and ``transition[N, H]``
+    every arc ``a -> b`` carries ``T_n`` of the node ``n = dst a = src b``, which is exactly
+    the full line graph with ``transition[n]`` gathered per arc, computed with the node state
+    ``H_n = sum_{e into n} C_e`` as
+
+    .. math::
+        H_w = \sum_{b = (u \to w)} (S_b k_u v_u^\top + T_u H_u), \quad
+        y_w = \sum_{b = (u \to w)} M_b (S_b (q_w \cdot k_u) v_u + T_u H_u^\top q_w)
+              + D_w (q_w \cdot k_w) v_w
+
+    in ``O(E K V)`` work and ``O(N K V)`` state: no line graph is built or read. Levels are
+    node levels (``node_level`` / ``schedule`` as a :class:`~plstm_graph.dag.NodeSchedule`
+    from :func:`~plstm_graph.dag.build_node_schedule`). Backends: ``"native"`` runs the
+    multi-threaded CPU kernels (``torch.ops.plstm_graph.node_scan_forward``; there is no CUDA
+    kernel), ``"torch"`` the pure-PyTorch node scan, which is also what ``backend=None``
+    takes on CUDA (or any non-CPU) tensors. ``algorithm``: ``None`` or ``"scan"`` is the node
+    scan; ``"closed_form"`` is a pure-PyTorch closed form over node-to-node path sums
+    (``backend="torch"`` only; padded components, for small graphs and as a check).
+    ``recompute`` has no effect there: the kept state is ``N*H*K*V``.
 
     float16/bfloat16 inputs are computed with float32 states and returned in their own dtype;
     float64 stays float64.
@@ -212,6 +254,17 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         validate = not torch.compiler.is_compiling()
     if validate:
         _check_inputs(tensors, edge_index, line_index)
+    if line_index is None:
+        if validate and carry is not None:
+            _check_carry(carry, query, edge_index)
+        return _plstm_dag_node_level(tensors, edge_index, node_level, schedule, backend,
+                                     algorithm, validate, carry)
+    if carry is not None:
+        raise ValueError("carry is for node-level transitions (line_index=None); with per-arc "
+                         "transitions scale them instead: transition * carry[line_index[1]]")
+    if isinstance(schedule, NodeSchedule):
+        raise ValueError("schedule is a NodeSchedule (node-level transitions), which needs "
+                         "line_index=None; pass a DagSchedule with a line_index")
     if schedule is None:
         schedule = build_schedule(edge_index, line_index, num_nodes=query.size(0),
                                   node_level=node_level, validate=validate)
@@ -235,5 +288,72 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         out = native.scan_native(q, k, v, s, t, m, schedule, recompute)
     else:
         out = scan_torch(q, k, v, s, t, m, schedule, recompute)
+    out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
+    return out.to(dtype)
+
+
+def resolve_node_backend(backend: Optional[str], device: torch.device) -> str:
+    """The backend of the node-level op: its native kernels are CPU-only, so ``None`` takes
+    them on the CPU and the pure-PyTorch scan elsewhere (CUDA included)."""
+    if backend is None:
+        return "native" if native.node_scan_available(device) else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or None")
+    if backend == "native" and not native.node_scan_available(device):
+        if not native.WITH_NATIVE:
+            raise RuntimeError(f"backend='native' was requested but "
+                               f"{native.unavailable_reason(device)}")
+        raise RuntimeError(f"the native node-level kernels run on the CPU only (device="
+                           f"{device}); use backend='torch' or backend=None")
+    return backend
+
+
+def _check_carry(carry: Tensor, query: Tensor, edge_index: Tensor) -> None:
+    if not isinstance(carry, Tensor):
+        raise TypeError(f"carry must be a torch.Tensor, got {type(carry).__name__}")
+    if carry.dtype != query.dtype:
+        raise TypeError(f"carry has dtype {carry.dtype} but query has {query.dtype}")
+    if carry.device != query.device:
+        raise ValueError(f"carry is on {carry.device} but query is on {query.device}")
+    shape = [edge_index.size(1) if edge_index.dim() == 2 else -1, query.size(1)]
+    if list(carry.shape) != shape:
+        raise ValueError(f"carry must have shape [E={shape[0]}, H={shape[1]}], got "
+                         f"{list(carry.shape)}")
+    if carry.numel() and not bool(torch.isfinite(carry).all()):
+        raise ValueError("carry contains NaN or infinite values")
+
+
+def _plstm_dag_node_level(tensors: dict, edge_index: Tensor, node_level: Optional[Tensor],
+                          schedule, backend: Optional[str], algorithm: Optional[str],
+                          validate: bool, carry: Optional[Tensor] = None) -> Tensor:
+    """``plstm_dag`` with ``transition[N, H]`` and ``line_index=None`` (docs/contract.md, "Node-level transitions")."""
+    query = tensors["query"]
+    if schedule is None:
+        schedule = build_node_schedule(edge_index, num_nodes=query.size(0),
+                                       node_level=node_level, validate=validate)
+    elif not isinstance(schedule, NodeSchedule):
+        raise ValueError("with line_index=None (node-level transitions) schedule must be a "
+                         "NodeSchedule (plstm_graph.dag.build_node_schedule), got "
+                         f"{type(schedule).__name__}")
+    elif validate and (schedule.num_nodes != query.size(0) or
+                       schedule.num_edges != edge_index.size(1)):
+        raise ValueError("schedule was built for a different graph than edge_index / query")
+    chosen = resolve_node_backend(backend, query.device)
+    if algorithm not in (None,) + ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
+    if algorithm == "closed_form" and chosen == "native":
+        raise RuntimeError("there is no native closed form for node-level transitions "
+                           "(line_index=None); use backend='torch' or algorithm='scan'")
+    dtype = query.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
+    g = carry.to(compute) if carry is not None else None
+    if algorithm == "closed_form":
+        return node_closed_form_torch(q, k, v, s, t, m, d, schedule,
+                                      max_nodes=CLOSED_FORM_MAX_NODES, carry=g).to(dtype)
+    if chosen == "native":
+        out = native.node_scan_native(q, k, v, s, t, m, schedule, g)
+    else:
+        out = node_scan_torch(q, k, v, s, t, m, schedule, g)
     out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
     return out.to(dtype)
