@@ -75,6 +75,7 @@ def _extensions():
             f"{torch.version.cuda}) and the CUDA toolkit (CUDA_HOME={CUDA_HOME})")
 
     sources = [os.path.join("csrc", "plstm_dag.cpp")]
+    sources += sorted(glob.glob(os.path.join("csrc", "ops", "*.cpp")))  # one schema file per op
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     omp_compile, omp_link = _openmp_flags(torch)
     if sys.platform == "win32":
@@ -115,7 +116,9 @@ setup(
     package_data={"plstm_graph": ["datasets/data/*.md", "datasets/data/*.zip",
                                   "datasets/data/**/*"]},
     python_requires=">=3.9",
-    install_requires=["torch>=2.1", "torch_geometric>=2.5", "networkx"],
+    # torch 2.4: torch.library.register_fake, torch.serialization.add_safe_globals,
+    # torch.nn.functional.rms_norm
+    install_requires=["torch>=2.4", "torch_geometric>=2.5", "networkx"],
     extras_require={"test": ["pytest", "hypothesis"], "examples": ["tqdm", "matplotlib"],
                     "plot": ["matplotlib"], "scatter": ["torch_scatter"]},
     ext_modules=ext_modules,

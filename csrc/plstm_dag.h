@@ -18,8 +18,8 @@
 // The forward op does not read out_ptr/out_arc; it takes them so that autograd can hand them
 // to the backward op.
 //
-// The closed form (spec section 2), per weakly connected component, implemented for the CPU in
-// cpu/closed_form_kernel.cpp:
+// The closed form (docs/contract.md, "Closed form"), per weakly connected component,
+// implemented for the CPU in cpu/closed_form_kernel.cpp:
 //
 //   closed_form_forward(q, k, v, source, transition, mark, direct, <components>) -> out
 //   closed_form_backward(grad_out, q, k, v, source, transition, mark, direct, <components>)

@@ -189,7 +189,7 @@ def parse_args(argv=None):
                    help="AdamW learning rate (cosine schedule)")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument("--gate-bias", type=float, default=0.0,
-                   help="initial source/mark/direct gate bias of PLSTMConv (its default, -5, "
+                   help="initial source/mark/direct gate bias of PLSTMConv (the authors' -5 "
                         "starts the graph path ~100x weaker than a node's own term)")
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge types to PLSTMNet")

@@ -33,6 +33,16 @@ __all__ = [
 ]
 
 
+def _native_cpu(*tensors: Tensor) -> bool:
+    """Whether the compiled index ops (``csrc/ops/prepare.cpp``) can take these tensors: the
+    extension is loaded and they live on the CPU. The Python code below stays the reference
+    (and the path for other devices); ``tests/test_prepare_native.py`` compares the two."""
+    from .ops import native  # deferred: the ops package imports this module
+
+    return native.WITH_NATIVE and all(isinstance(t, Tensor) and t.device.type == "cpu"
+                                      for t in tensors)
+
+
 # ---------------------------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------------------------
@@ -46,6 +56,15 @@ def _check_index_tensor(index: object, name: str) -> Tensor:
     return index
 
 
+def _num_nodes_arg(num_nodes: Optional[int]) -> int:
+    """``num_nodes`` as the native ops take it: -1 for "max id + 1"."""
+    if num_nodes is None:
+        return -1
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
+        raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
+    return num_nodes
+
+
 def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
                      allow_self_loops: bool = False) -> int:
     """Validate ``edge_index`` and return the number of nodes.
@@ -55,10 +74,12 @@ def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
     """
     _check_index_tensor(edge_index, "edge_index")
     num_edges = edge_index.size(1)
+    native_num_nodes = _num_nodes_arg(num_nodes)
+    if _native_cpu(edge_index):  # one pass instead of four torch calls and three syncs
+        return torch.ops.plstm_graph.check_edge_index(edge_index, native_num_nodes,
+                                                      allow_self_loops)
     if num_nodes is None:
         num_nodes = int(edge_index.max()) + 1 if num_edges > 0 else 0
-    elif not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 0:
-        raise ValueError(f"num_nodes must be a non-negative int, got {num_nodes!r}")
     if num_edges == 0:
         return num_nodes
     lo, hi = int(edge_index.min()), int(edge_index.max())
@@ -105,16 +126,7 @@ def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> 
 
     This is exactly the condition the scan needs, and it implies that the graph is acyclic.
     """
-    if not isinstance(node_level, Tensor):
-        raise TypeError(f"node_level must be a torch.Tensor, got {type(node_level).__name__}")
-    if node_level.dtype != torch.long:
-        raise TypeError(f"node_level must have dtype torch.long, got {node_level.dtype}")
-    if node_level.dim() != 1 or node_level.numel() != num_nodes:
-        raise ValueError(f"node_level must have shape [{num_nodes}], got "
-                         f"{list(node_level.shape)}")
-    if node_level.device != edge_index.device:
-        raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
-                         f"{edge_index.device}")
+    _check_level_tensor(edge_index, node_level, num_nodes)
     if num_nodes > 0 and int(node_level.min()) < 0:
         raise ValueError("node_level contains a negative level")
     if edge_index.size(1) == 0:
@@ -126,6 +138,20 @@ def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> 
         raise ValueError(
             f"node_level is not a topological leveling of edge_index: edge {e} ({u} -> {w}) "
             f"goes from level {int(node_level[u])} to level {int(node_level[w])}")
+
+
+def _check_level_tensor(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> None:
+    """Type, shape and device of a leveling (no look at its values)."""
+    if not isinstance(node_level, Tensor):
+        raise TypeError(f"node_level must be a torch.Tensor, got {type(node_level).__name__}")
+    if node_level.dtype != torch.long:
+        raise TypeError(f"node_level must have dtype torch.long, got {node_level.dtype}")
+    if node_level.dim() != 1 or node_level.numel() != num_nodes:
+        raise ValueError(f"node_level must have shape [{num_nodes}], got "
+                         f"{list(node_level.shape)}")
+    if node_level.device != edge_index.device:
+        raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
+                         f"{edge_index.device}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +172,14 @@ def line_graph(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
     Arcs are ordered by ``a`` and, for equal ``a``, by ``b``. Built with one CSR of the edges by
     source node and ``repeat_interleave``; no Python loop over edges or nodes.
     """
+    if _native_cpu(edge_index):
+        _check_index_tensor(edge_index, "edge_index")
+        return torch.ops.plstm_graph.line_graph(edge_index, _num_nodes_arg(num_nodes))
+    return _line_graph_torch(edge_index, num_nodes)
+
+
+def _line_graph_torch(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
+    """The pure-PyTorch :func:`line_graph` (any device; the reference of the native op)."""
     num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
     src, dst = edge_index[0], edge_index[1]
     ptr, by_src = _csr(src, num_nodes)
@@ -184,20 +218,38 @@ def _node_on_cycle(edge_index: Tensor, remaining: Tensor) -> int:
     return node
 
 
+LEVEL_METHODS = ("auto", "native", "torch", "networkx")
+
+
 def topological_levels(edge_index: Tensor, num_nodes: Optional[int] = None,
-                       method: str = "networkx") -> Tensor:
+                       method: str = "auto") -> Tensor:
     """Topological generation of every node: sources are level 0, and every other node sits one
     level above its highest predecessor (``networkx.topological_generations``).
 
     Args:
         edge_index: ``[2, E]`` directed edges.
         num_nodes: number of nodes (default ``max id + 1``).
-        method: ``"networkx"`` (the reference) or ``"torch"`` (Kahn's algorithm one level at a
-            time on the CPU: a vectorised step for a wide level, a short Python loop for a
-            narrow one; no networkx graph, several times faster on large or deep graphs).
+        method: ``"auto"`` (``"native"`` where the compiled ops are loaded and the tensor is
+            on the CPU, else ``"torch"``), ``"native"`` (Kahn's algorithm in C++, one pass),
+            ``"torch"`` (Kahn's algorithm one level at a time: a vectorised step for a wide
+            level, a short Python loop for a narrow one) or ``"networkx"`` (the reference).
+            All four give the same levels.
 
     Raises ``ValueError`` naming a node on a directed cycle.
     """
+    if method not in LEVEL_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {LEVEL_METHODS}")
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index) else "torch"
+    if method == "native":
+        from .ops import native
+
+        if not native.WITH_NATIVE:
+            raise RuntimeError(f"method='native' was requested but "
+                               f"{native.unavailable_reason(edge_index.device)}")
+        _check_index_tensor(edge_index, "edge_index")
+        return torch.ops.plstm_graph.topological_levels(
+            edge_index.cpu(), _num_nodes_arg(num_nodes)).to(edge_index.device)
     num_nodes = check_edge_index(edge_index, num_nodes)
     device = edge_index.device
     if method == "networkx":
@@ -215,9 +267,7 @@ def topological_levels(edge_index: Tensor, num_nodes: Optional[int] = None,
             raise ValueError(f"edge_index has a directed cycle through node {cycle[0][0]}; "
                              f"pLSTM needs a DAG") from None
         return level.to(device)
-    if method == "torch":
-        return _levels_torch(edge_index, num_nodes)
-    raise ValueError(f"unknown method {method!r}; expected 'networkx' or 'torch'")
+    return _levels_torch(edge_index, num_nodes)
 
 
 _SMALL_FRONTIER = 256  # fan-out below which one level is cheaper in Python than in torch
@@ -328,7 +378,7 @@ def multitree(edge_index: Tensor, line_index: Tensor,
     """
     num_nodes = check_edge_index(edge_index)
     if node_level is None:
-        node_level = topological_levels(edge_index, num_nodes, method="torch")
+        node_level = topological_levels(edge_index, num_nodes)
     else:
         # the visiting order must be topological: a leveling that does not climb along every
         # edge would silently give a non-multitree
@@ -343,9 +393,21 @@ def multitree(edge_index: Tensor, line_index: Tensor,
         check_node_level(edge_index, node_level,
                          node_level.numel() if isinstance(node_level, Tensor) else num_nodes)
     check_line_index(edge_index, line_index)
+    return _multitree_checked(edge_index, line_index, node_level)
+
+
+def _multitree_checked(edge_index: Tensor, line_index: Tensor, node_level: Tensor,
+                       method: str = "auto") -> Tensor:
+    """:func:`multitree` on inputs already known to be consistent (e.g. just built by
+    :func:`line_graph` and :func:`topological_levels`)."""
     if line_index.size(1) == 0:
         return line_index.clone()
-    keep = _multitree_keep(edge_index.cpu(), line_index.cpu(), node_level.cpu())
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index, line_index, node_level) else "python"
+    if method == "native":
+        keep = torch.ops.plstm_graph.multitree_keep(edge_index, line_index, node_level)
+    else:
+        keep = _multitree_keep(edge_index.cpu(), line_index.cpu(), node_level.cpu())
     return line_index[:, keep.to(line_index.device)]
 
 
@@ -711,15 +773,22 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
 
 def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
                    node_level: Optional[Tensor] = None, validate: bool = True,
-                   level_method: str = "torch") -> DagSchedule:
+                   level_method: str = "auto", method: str = "auto") -> DagSchedule:
     """Build the :class:`DagSchedule` for ``edge_index`` and its (possibly pruned) line graph.
 
     ``node_level`` (for example from :class:`~plstm_graph.transforms.PrepareDAG`) skips the
     leveling; it is checked to climb along every edge when ``validate`` is true, which also
     proves the graph acyclic. Without it the levels come from :func:`topological_levels`
-    with ``level_method``: ``"torch"`` by default on this per-call path, since it gives the
-    same generations as networkx and is 20-55x faster on 300k-edge DAGs.
+    with ``level_method`` (see there).
+
+    ``method="native"`` builds every index in one C++ pass (``csrc/cpu/prepare_kernel.cpp``,
+    CPU tensors), ``"torch"`` with torch calls (the reference, any device); ``"auto"`` takes
+    the native one where it can. Both give identical tensors.
     """
+    if method == "auto":
+        method = "native" if _native_cpu(edge_index, line_index) else "torch"
+    if method == "native":
+        return _build_schedule_native(edge_index, line_index, num_nodes, node_level, validate)
     if validate:
         num_nodes = check_edge_index(edge_index, num_nodes)
         check_line_index(edge_index, line_index)
@@ -767,3 +836,22 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
         max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
         component_pairs=component_pairs, path_work=path_work)
+
+
+def _build_schedule_native(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int],
+                           node_level: Optional[Tensor], validate: bool) -> DagSchedule:
+    _check_index_tensor(edge_index, "edge_index")
+    _check_index_tensor(line_index, "line_index")
+    _num_nodes_arg(num_nodes)
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method="native")
+    if num_nodes is None and isinstance(node_level, Tensor):
+        num_nodes = node_level.numel()
+    if validate:  # type, shape and device here; the values are checked in C++
+        _check_level_tensor(edge_index, node_level, num_nodes)
+    index, sizes = torch.ops.plstm_graph.build_schedule(edge_index, line_index, node_level,
+                                                        num_nodes, validate)
+    max_nodes, max_edges, pairs, path_work = sizes.tolist()
+    return DagSchedule(node_level.numel(), *index, max_component_nodes=max_nodes,
+                       max_component_edges=max_edges, component_pairs=pairs,
+                       path_work=path_work)

@@ -30,7 +30,8 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import is_undirected
 
-from .dag import DagSchedule, build_schedule, line_graph, multitree, to_dag, topological_levels
+from .dag import (DagSchedule, _multitree_checked, build_schedule, line_graph, to_dag,
+                  topological_levels)
 
 ORIENTATIONS = ("auto", "id", "none")
 _EDGE_OFFSET_KEYS = ("line_index_p", "line_index_d", "line_index_d_rev")
@@ -72,12 +73,13 @@ class PrepareDAG(BaseTransform):
             other graph as a DAG; :obj:`"id"` always orients by id; :obj:`"none"` never does.
             (default: :obj:`"auto"`)
         reverse (bool, optional): Also prepare the reversed DAG. (default: :obj:`True`)
-        level_method (str, optional): :obj:`"networkx"` or :obj:`"torch"`, see
-            :func:`~plstm_graph.topological_levels`. (default: :obj:`"networkx"`)
+        level_method (str, optional): how the levels are computed, see
+            :func:`~plstm_graph.topological_levels` (every method gives the same levels).
+            (default: :obj:`"auto"`)
     """
 
     def __init__(self, orient: str = "auto", reverse: bool = True,
-                 level_method: str = "networkx"):
+                 level_method: str = "auto"):
         if orient not in ORIENTATIONS:
             raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
         self.orient = orient
@@ -97,12 +99,12 @@ class PrepareDAG(BaseTransform):
         line_p = line_graph(dag_edge_index, num_nodes)
         store["dag_level"] = level
         store["line_index_p"] = line_p
-        store["line_index_d"] = multitree(dag_edge_index, line_p, level)
+        store["line_index_d"] = _multitree_checked(dag_edge_index, line_p, level)
         if self.reverse:
             rev = dag_edge_index.flip(0)
             level_rev = topological_levels(rev, num_nodes, method=self.level_method)
             store["dag_level_rev"] = level_rev
-            store["line_index_d_rev"] = multitree(rev, line_p.flip(0), level_rev)
+            store["line_index_d_rev"] = _multitree_checked(rev, line_p.flip(0), level_rev)
         out = DAGData.from_dict(store)
         out.num_nodes = num_nodes
         return out

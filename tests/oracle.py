@@ -1,4 +1,5 @@
-"""The test oracle: the pLSTM recurrence run edge by edge, in float64, straight from the spec.
+"""The test oracle: the pLSTM recurrence run edge by edge, in float64, straight from
+docs/contract.md.
 
 It shares no code with the package. Its own topological order comes from a depth-first search,
 states live in a dict, and gradients come from plain autograd through the loop.

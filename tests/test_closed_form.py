@@ -216,7 +216,6 @@ def test_threads_do_not_change_a_bit():
 # ---------------------------------------------------------------------------------------------
 # the op contract
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="needs torch >= 2.4")
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_opcheck(dtype):
     ei, n = batch([6, 4], prob=0.5, seed=1)

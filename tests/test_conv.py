@@ -125,7 +125,7 @@ def test_p_mode_transitions_are_normalised():
     assert bool((total < 1).all())
 
 
-def test_init_follows_spec():
+def test_init_follows_contract():
     conv = PLSTMConv(16, 8, heads=2, edge_dim=3)
     # source/mark/direct start at sigmoid(0) = 0.5 (the authors' -5 does not learn)
     assert torch.all(conv.source_gate.node.bias == 0)

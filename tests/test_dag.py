@@ -97,7 +97,7 @@ def is_multitree(num_edges, arcs):
 
 
 def reference_multitree(edge_index, line_index):
-    """The spec's pruning rule with explicit ancestor sets.
+    """The contract's pruning rule (docs/contract.md, "D-mode") with explicit ancestor sets.
 
     Line-graph nodes in topological order (tail-node generation, then edge id); predecessors of
     each node earliest-first (same key; duplicate arcs by arc id); an arc p -> c is dropped when

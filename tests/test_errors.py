@@ -1,5 +1,6 @@
-"""The bad-input contract (spec section 5): ValueError / TypeError naming the problem, inputs
-left untouched; and odd-but-valid layouts (strided views) giving the right answer."""
+"""The bad-input contract (docs/contract.md, "Bad input"): ValueError / TypeError naming the
+problem, inputs left untouched; and odd-but-valid layouts (strided views) giving the right
+answer."""
 import re
 
 import networkx as nx

@@ -385,7 +385,6 @@ def test_cpu_isa_variants_agree(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the op contract: opcheck, torch.compile, bad input
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="needs torch >= 2.4")
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_opcheck(keep, dtype):
@@ -420,7 +419,6 @@ def test_scan_op_is_differentiable_by_itself(keep):
     assert states.shape[0] == (ei.size(1) if keep else 0)
 
 
-@pytest.mark.skipif(not hasattr(torch.library, "register_fake"), reason="torch >= 2.4")
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_torch_compile_fullgraph(algorithm):
     n = 16
@@ -448,7 +446,6 @@ def test_torch_compile_fullgraph(algorithm):
 
 
 
-@pytest.mark.skipif(not hasattr(torch.library, "register_fake"), reason="torch >= 2.4")
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_torch_compile_fullgraph_plstmconv(mode):
     """The whole layer traces without graph breaks when handed a prebuilt schedule (the

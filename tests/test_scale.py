@@ -6,8 +6,8 @@ random DAGs with 300,000 edges through levels, line graph, multitree, schedule a
 forward/backward on every backend.
 
 ``_multitree_reference`` is the original Python-int-bitset implementation of
-:func:`plstm_graph.multitree`, kept verbatim as the executable statement of the spec's pruning
-rule; the fast implementation must give the same arcs.
+:func:`plstm_graph.multitree`, kept verbatim as the executable statement of the contract's
+pruning rule; the fast implementation must give the same arcs.
 """
 import contextlib
 import inspect
@@ -150,7 +150,7 @@ def need_backend(backend):
 
 
 def p_mode_transition(raw, line_index, num_edges, alpha=0.5):
-    """The spec's P-mode normalisation over the arcs leaving each incoming edge."""
+    """The contract's P-mode normalisation over the arcs leaving each incoming edge."""
     denom = torch.zeros(num_edges, raw.size(1), dtype=raw.dtype).index_add_(
         0, line_index[0], raw.abs())
     return raw / (alpha + denom[line_index[0]])

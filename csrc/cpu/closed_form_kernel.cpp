@@ -1,5 +1,5 @@
-// CPU kernels of the plstm_graph closed form (spec section 2): per weakly connected component
-// and head, a masked linear attention
+// CPU kernels of the plstm_graph closed form (docs/contract.md, "Closed form"): per weakly
+// connected component and head, a masked linear attention
 //   y_n = sum_{m before n} Gate[n,m] (q_n . k_m) v_m + D_n (q_n . k_n) v_n
 // whose mask Gate[n,m] = sum_{e into n} M_e W[e, m] comes from the path weights W, one short
 // scan over the component's edges (W[e] = S_e 1_{src e} + sum_{a -> e} T_a W[src a]).

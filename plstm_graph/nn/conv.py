@@ -13,7 +13,7 @@ from torch_geometric.nn.dense.linear import Linear as LazyLinear
 from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.utils import scatter
 
-from ..dag import (DagSchedule, build_schedule, check_edge_index, line_graph, multitree,
+from ..dag import (DagSchedule, build_schedule, check_edge_index, _multitree_checked, line_graph,
                    topological_levels)
 from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
@@ -23,7 +23,8 @@ ORIENTATIONS = ("auto", "id", "none")
 # MessagePassing arguments whose other values the recurrence cannot honour
 _SUM_AGGRS = (None, "add", "sum")
 # Transition bias that starts an arc with a single successor in the carrying regime
-# (T ~ 0.85), see the spec: P-mode 3 / (0.5 + 3), D-mode tanh(1.25).
+# (T ~ 0.85), see docs/contract.md ("Gates and initialisation"): P-mode 3 / (0.5 + 3),
+# D-mode tanh(1.25).
 DEFAULT_TRANSITION_BIAS = {"P": 3.0, "D": 1.25}
 
 
@@ -413,7 +414,7 @@ class PLSTMConv(MessagePassing):
         if self.flow == "target_to_source":
             dag = dag.flip(0)
         try:
-            level = topological_levels(dag, num_nodes, method="torch")
+            level = topological_levels(dag, num_nodes)
         except ValueError as exc:
             if "cycle" not in str(exc):
                 raise
@@ -424,7 +425,7 @@ class PLSTMConv(MessagePassing):
                              f"transform") from None
         line = line_graph(dag, num_nodes)
         if self.mode == "D":
-            line = multitree(dag, line, level)
+            line = _multitree_checked(dag, line, level)
         schedule = build_schedule(dag, line, num_nodes, node_level=level, validate=False)
         prepared = _PreparedGraph(dag, edge_map, first, line, level, schedule)
         if self.cached:

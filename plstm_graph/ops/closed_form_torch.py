@@ -1,8 +1,8 @@
 """The closed form in plain PyTorch: batched dense algebra over padded components.
 
-Spec §2 writes pLSTM on a DAG as a masked linear attention. Per weakly connected component
-(padded to the largest one: ``P`` nodes, ``R`` edges) and head, with the component's edges in
-level order, ``A[b, a] = T_{a->b}`` is strictly lower triangular, so
+docs/contract.md ("Closed form") writes pLSTM on a DAG as a masked linear attention. Per
+weakly connected component (padded to the largest one: ``P`` nodes, ``R`` edges) and head,
+with the component's edges in level order, ``A[b, a] = T_{a->b}`` is strictly lower triangular, so
 
     Gate = Mk (I - A)^{-1} Sk        (Sk[e, m] = S_e where m = src e; Mk[n, e] = M_e where n = dst e)
     y    = (Gate * Q K^T + diag(D * diag(Q K^T))) V

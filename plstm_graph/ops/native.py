@@ -19,7 +19,7 @@ the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term
 with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers the fake
 (meta) kernels of all four ops, so that ``torch.compile(fullgraph=True)`` traces them; the
 autograd of both forward ops is wired in C++ (``csrc/plstm_dag.cpp``), where it costs no
-Python on the hot path and needs no particular torch version.
+Python on the hot path.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -154,10 +154,9 @@ def _scan_backward_fake(grad_out, query, key, value, source, transition, mark, s
                  for t in (query, key, value, source, transition, mark))
 
 
-# torch >= 2.4: fake kernels registered on the ops (torch.compile traces them); the autograd
-# of both forward ops is wired in C++ (csrc/plstm_dag.cpp) and works on any torch.
-_LIBRARY_API = hasattr(torch.library, "register_fake")
-if WITH_NATIVE and _LIBRARY_API:
+# fake kernels registered on the ops, so that torch.compile traces them; the autograd of both
+# forward ops is wired in C++ (csrc/plstm_dag.cpp)
+if WITH_NATIVE:
     torch.library.register_fake("plstm_graph::scan_forward")(_scan_forward_fake)
     torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
 
@@ -173,7 +172,7 @@ def _closed_form_backward_fake(grad_out, query, key, value, source, transition, 
                  for t in (query, key, value, source, transition, mark, direct))
 
 
-if WITH_NATIVE and _LIBRARY_API:
+if WITH_NATIVE:
     # (its autograd is wired in C++, csrc/plstm_dag.cpp)
     torch.library.register_fake("plstm_graph::closed_form_forward")(_closed_form_forward_fake)
     torch.library.register_fake("plstm_graph::closed_form_backward")(_closed_form_backward_fake)
