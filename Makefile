@@ -23,7 +23,8 @@ demo: $(STAMP)
 
 # The paper's table: four TU sets x pLSTM, GIN, GCN, GAT, 10 folds x 100 epochs each (many CPU
 # hours). The JSON is rewritten after every fold and --resume skips the folds already in it, so
-# an interrupted run continues where it stopped.
+# an interrupted (or partly committed) table continues where it stopped; delete
+# docs/paper_results.json to start from scratch.
 paper: $(STAMP)
 	$(BIN)/python examples/graph_classification.py --dataset all --models plstm,gin,gcn,gat \
 		--no-curves --quiet --resume --output docs/paper_results.json
