@@ -71,7 +71,8 @@ def cell(r: Optional[dict], k: int) -> str:
     if r is None:
         return "–"
     n = len(r["folds"])
-    text = f"{r['mean']:.3f} ± {r['std']:.3f}"
+    # a single fold has no spread: leave the ± out rather than print a misleading 0.000
+    text = f"{r['mean']:.3f}" if n == 1 else f"{r['mean']:.3f} ± {r['std']:.3f}"
     return text if n == k else f"{text} ({n}/{k} folds)"
 
 
