@@ -1,22 +1,28 @@
 #!/usr/bin/env python
-"""Graph classification with ``PLSTMNet`` next to a GIN baseline (MUTAG by default).
+"""Graph classification with ``PLSTMNet`` next to GIN, GCN and GAT (MUTAG and GIN by default).
 
-Protocol (the pLSTM paper's for MUTAG): stratified 10-fold cross-validation. For fold ``i``
-the test set is fold ``i``, the validation set is fold ``i + 1`` (mod k), carved from the
-training part and stratified like every fold, and the other ``k - 2`` folds are trained on:
-80/10/10 for ``k = 10``. Every model is trained with AdamW (lr 1e-3) and a cosine learning
-rate schedule; after every epoch it is evaluated on validation and test, and the fold's score is
-the test accuracy at the epoch with the best validation accuracy. Ties are broken by the lower
-validation loss, then by the earlier epoch. Both models get the same folds, batches (same
-shuffling seed), hidden size, epochs and optimiser.
+Data sets: the pLSTM paper's four TU benchmarks, MUTAG, NCI1, PROTEINS and PTC_FM (bundled with
+the package, ``--dataset all`` runs them one after the other), and a directed Python-AST task.
 
-Models: ``PLSTMNet`` (one layer = four pLSTM blocks: P and D mode on the DAG and on its
-reverse, each with an MLP; bond types as edge features; mean pooling) and GIN (as many GINConv
-layers as PLSTMNet has pLSTM blocks, batch norm, sum pooling, MLP head), same hidden size.
-``PLSTMNet`` is built with ``gate_bias=0`` (``--gate-bias``, also ``PLSTMConv``'s default):
-with the authors' -5 the source, mark and direct gates start at 0.007, the state (graph) path
-is then ~1/140 of a node's own direct term, and on a data set this small it never catches up
-within 100 epochs.
+Protocol (the pLSTM paper's): stratified 10-fold cross-validation. For fold ``i`` the test set
+is fold ``i``, the validation set is fold ``i + 1`` (mod k), carved from the training part and
+stratified like every fold, and the other ``k - 2`` folds are trained on: 80/10/10 for
+``k = 10``. Every model is trained for 100 epochs with AdamW (lr 1e-3, weight decay 1e-2),
+gradients clipped to norm 1, and a learning rate that rises linearly over the first
+``--warmup-epochs`` and then follows a cosine to zero (updated every step). After every epoch
+the model is evaluated on validation and test, and the fold's score is the test accuracy at
+the epoch with the best validation accuracy. Ties are broken by the lower validation loss, then
+by the earlier epoch. All models get the same folds, batches (same shuffling seed), hidden
+size, epochs and optimiser.
+
+Models: ``PLSTMNet`` with its library defaults (one layer = four pLSTM blocks: P and D mode on
+the DAG and on its reverse, each with an MLP; bond types as edge features where the set has
+them; mean pooling) and PyG's own ``GIN``, ``GCN`` and ``GAT`` from
+``torch_geometric.nn.models`` with as many message-passing layers as PLSTMNet has pLSTM blocks
+(four), the same width, batch norm, sum pooling and a linear head; the baselines see node
+features only (GINConv and GCNConv take no edge features; GAT is kept alike). Undirected TU
+graphs are oriented from lower to higher node id for ``PLSTMNet``; the baselines get the graph
+as stored (both directions).
 The reported "±" is the standard deviation over folds (population, ``ddof=0``).
 
 Every graph goes through :class:`~plstm_graph.PrepareDAG` exactly once, as the dataset's
@@ -24,12 +30,15 @@ Every graph goes through :class:`~plstm_graph.PrepareDAG` exactly once, as the d
 are offset by edge counts, and each training step only builds the batch's ``DAGPlan``.
 
 Run ``python examples/graph_classification.py`` (a few minutes on two CPU cores) or
-``--help`` for the options. Ends with a one-line ``SUMMARY``.
+``--help`` for the options. Ends with a one-line ``SUMMARY`` per data set. ``make paper`` runs
+the whole table (``--dataset all --models plstm,gin,gcn,gat``, hours on a CPU) and
+``examples/paper_table.py`` turns its JSON into the README table and a figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import os.path as osp
 import sys
@@ -46,15 +55,18 @@ except ImportError:  # running from a source checkout without installing
     import plstm_graph
 
 from torch_geometric.loader import DataLoader
-from torch_geometric.nn import GIN, MLP, global_add_pool
+from torch_geometric.nn import global_add_pool
+from torch_geometric.nn.models import GAT, GCN, GIN
 from torch_geometric.transforms import Compose
 from torch_geometric.utils import to_undirected
 from tqdm.auto import tqdm
 
 from plstm_graph import DAGData, DAGPlan, PLSTMNet, PrepareDAG
 
-MODELS = ("plstm", "gin")
-DATASETS = ("mutag", "python-ast")
+MODELS = ("plstm", "gin", "gcn", "gat")
+#: the paper's table; ``--dataset all`` runs these in this order
+TU_SETS = ("mutag", "nci1", "proteins", "ptc_fm")
+DATASETS = TU_SETS + ("python-ast",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,27 +120,44 @@ def prepared_root(root: Optional[str]) -> str:
     return osp.join(root or default_root(), f"prepared-{tag}")
 
 
-def load_graphs(name: str, root: Optional[str], max_graphs: int):
-    """``(graphs, info)`` with every graph prepared once by :class:`PrepareDAG`."""
-    root = prepared_root(root)
-    if name == "mutag":
-        from plstm_graph.datasets import load_mutag
+def subset_indices(n: int, size: int, seed: int) -> List[int]:
+    """A seeded random subset of ``size`` of ``range(n)`` (sorted), for quick trial runs."""
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=gen)[:size].tolist())
 
-        pre = PrepareDAG()  # MUTAG is undirected: oriented from lower to higher atom id
-        dataset = load_mutag(root=root, pre_transform=pre)
-        num_classes, edge_dim, display = 2, 4, "MUTAG"
+
+def load_graphs(name: str, root: Optional[str], max_graphs: Optional[int], seed: int = 0):
+    """``(graphs, info)`` with every graph prepared once by :class:`PrepareDAG`.
+
+    ``max_graphs``: the Python-AST set is built with that many graphs (1000 if None); a TU set
+    is cut to a seeded random subset of that size, prepared in memory (None or 0: all of
+    it)."""
+    if name in TU_SETS:
+        from plstm_graph.datasets import default_root, load_tu
+
+        pre = PrepareDAG()  # undirected: oriented from lower to higher node id
+        if not max_graphs:
+            dataset = load_tu(name, root=prepared_root(root), pre_transform=pre)
+            graphs = prepare_list(dataset, pre)
+        else:  # a small subset: not worth preparing (and caching) the whole set for it
+            dataset = load_tu(name, root=osp.join(root or default_root(), "plain"))
+            keep = subset_indices(len(dataset), max_graphs, seed)
+            graphs = [pre(dataset[i]) for i in keep]
+        num_classes, display = dataset.num_classes, dataset.name
+        edge_dim = dataset.num_edge_features or None
     elif name == "python-ast":
         from plstm_graph.datasets import PythonASTDataset
 
-        # genuinely directed ASTs: keep the direction; GIN gets both directions
+        # genuinely directed ASTs: keep the direction; the baselines get both directions
         pre = Compose([PrepareDAG(orient="none"), SymmetrizeEdges()])
-        dataset = PythonASTDataset(root=root, task="graph", max_graphs=max_graphs,
+        dataset = PythonASTDataset(root=prepared_root(root), task="graph",
+                                   max_graphs=1000 if max_graphs is None else max_graphs,
                                    pre_transform=pre)
         num_classes, edge_dim, display = dataset.num_classes, dataset[0].edge_attr.size(1), \
             "PythonAST-graph"
+        graphs = prepare_list(dataset, pre)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
-    graphs = prepare_list(dataset, pre)
     info = dict(name=display, num_graphs=len(graphs), num_features=graphs[0].x.size(1),
                 num_classes=num_classes, edge_dim=edge_dim)
     return graphs, info
@@ -201,13 +230,20 @@ class PLSTMGraphClassifier(torch.nn.Module):
         return self.net(batch.x, batch.dag_edge_index, edge_attr, batch.batch, plan=plan)
 
 
-class GINGraphClassifier(torch.nn.Module):
-    """GIN (Xu et al., 2019): GINConv layers with batch norm, sum pooling, MLP head."""
+BASELINES = {"gin": GIN, "gcn": GCN, "gat": GAT}
 
-    def __init__(self, in_channels, hidden, out_channels, num_layers, dropout):
+
+class BaselineGraphClassifier(torch.nn.Module):
+    """One of PyG's ``GIN`` (Xu et al., 2019), ``GCN`` (Kipf & Welling, 2017) or ``GAT``
+    (Velickovic et al., 2018) on the stored (undirected) graph, batch norm between layers,
+    sum pooling, a linear head."""
+
+    def __init__(self, kind, in_channels, hidden, out_channels, num_layers, dropout, heads=4):
         super().__init__()
-        self.gnn = GIN(in_channels, hidden, num_layers, norm="batch_norm")
-        self.head = MLP([hidden, hidden, out_channels], dropout=dropout, norm=None)
+        extra = dict(heads=heads) if kind == "gat" else {}  # GAT: hidden // heads per head
+        self.gnn = BASELINES[kind](in_channels, hidden, num_layers, dropout=dropout,
+                                   norm="batch_norm", **extra)
+        self.head = torch.nn.Linear(hidden, out_channels)
 
     def forward(self, batch):
         h = self.gnn(batch.x, batch.edge_index)
@@ -219,19 +255,30 @@ def build_model(name: str, info: dict, args) -> torch.nn.Module:
         return PLSTMGraphClassifier(
             info["num_features"], args.hidden, info["num_classes"], args.layers,
             info["edge_dim"] if args.edge_attr else None, args.dropout, pool=args.pool,
-            heads=args.heads, gate_bias=args.gate_bias,
-            backend=None if args.backend == "auto" else args.backend)
-    if name == "gin":
+            heads=args.heads, backend=None if args.backend == "auto" else args.backend)
+    if name in BASELINES:
         # as many message-passing layers as PLSTMNet has pLSTM blocks (four per layer)
-        return GINGraphClassifier(info["num_features"], args.hidden, info["num_classes"],
-                                  4 * args.layers, args.dropout)
+        return BaselineGraphClassifier(name, info["num_features"], args.hidden,
+                                       info["num_classes"], 4 * args.layers, args.dropout,
+                                       heads=args.heads)
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
-def train_epoch(model, loader, optimizer, device) -> float:
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Learning-rate factor per optimiser step: linear from ``1/warmup_steps`` to 1 over the
+    warm-up, then a cosine from 1 to 0 at ``total_steps``."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def train_epoch(model, loader, optimizer, scheduler, device, clip: float) -> float:
     model.train()
     total, count = 0.0, 0
     for batch in loader:
@@ -239,7 +286,10 @@ def train_epoch(model, loader, optimizer, device) -> float:
         optimizer.zero_grad()
         loss = F.cross_entropy(model(batch), batch.y)
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
+        scheduler.step()
         total += float(loss.detach()) * batch.num_graphs
         count += batch.num_graphs
     return total / max(count, 1)
@@ -266,10 +316,13 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     model = build_model(name, info, args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     gen = torch.Generator().manual_seed(seed)  # same shuffling for every model
     train_loader = DataLoader([graphs[i] for i in train_idx], batch_size=args.batch_size,
                               shuffle=True, generator=gen)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.epochs * steps,
+                                 min(args.warmup_epochs, args.epochs - 1) * steps))
     val_loader = DataLoader([graphs[i] for i in val_idx], batch_size=256)
     test_loader = DataLoader([graphs[i] for i in test_idx], batch_size=256)
     check_batch(next(iter(train_loader)))
@@ -280,8 +333,7 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     bar = tqdm(range(1, args.epochs + 1), desc=f"{name:>5} fold {fold + 1}/{args.folds}",
                leave=False, position=position, disable=args.quiet, dynamic_ncols=True)
     for epoch in bar:
-        train_loss = train_epoch(model, train_loader, optimizer, device)
-        scheduler.step()
+        train_loss = train_epoch(model, train_loader, optimizer, scheduler, device, args.clip)
         val_acc, val_loss = evaluate(model, val_loader, device)
         test_acc, test_loss = evaluate(model, test_loader, device)
         for key, value in zip(curves, (train_loss, val_acc, val_loss, test_acc, test_loss)):
@@ -293,8 +345,10 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
                         best_test=f"{best['test_acc']:.3f}")
     bar.close()
     best.update(fold=fold, seconds=time.perf_counter() - start,
-                final_test_acc=curves["test_acc"][-1], curves=curves,
+                final_test_acc=curves["test_acc"][-1],
                 sizes=[len(train_idx), len(val_idx), len(test_idx)])
+    if args.curves:
+        best["curves"] = curves
     return best
 
 
@@ -320,11 +374,12 @@ def plot_results(results: dict, path: str) -> None:
         mean, std = results["models"][name]["mean"], results["models"][name]["std"]
         bars = ax1.bar(xs, accs, width=width, label=f"{name}: {mean:.3f} ± {std:.3f}")
         ax1.axhline(mean, color=bars.patches[0].get_facecolor(), ls="--", lw=1)
-        val = torch.tensor([f["curves"]["val_acc"] for f in folds]).mean(0)
-        test = torch.tensor([f["curves"]["test_acc"] for f in folds]).mean(0)
-        epochs = range(1, val.numel() + 1)
-        line, = ax2.plot(epochs, val, label=f"{name} val")
-        ax2.plot(epochs, test, ls="--", color=line.get_color(), label=f"{name} test")
+        if all("curves" in f for f in folds):  # (absent after --no-curves)
+            val = torch.tensor([f["curves"]["val_acc"] for f in folds]).mean(0)
+            test = torch.tensor([f["curves"]["test_acc"] for f in folds]).mean(0)
+            epochs = range(1, val.numel() + 1)
+            line, = ax2.plot(epochs, val, label=f"{name} val")
+            ax2.plot(epochs, test, ls="--", color=line.get_color(), label=f"{name} test")
     ax1.set(xlabel="fold", ylabel="test accuracy at best validation epoch",
             title=f"{results['dataset']}: {len(results['models'][models[0]]['folds'])} folds",
             ylim=(0.0, 1.05))
@@ -346,10 +401,17 @@ def default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+#: arguments that change the numbers; --resume only reuses folds run with the same values
+PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "pool",
+                 "dropout", "lr", "weight_decay", "warmup_epochs", "clip", "edge_attr",
+                 "max_graphs", "seed")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=DATASETS, default="mutag", help="data set")
+    p.add_argument("--dataset", choices=DATASETS + ("all",), default="mutag",
+                   help=f"data set; all = the paper's table: {', '.join(TU_SETS)}")
     p.add_argument("--models", default="plstm,gin",
                    help=f"comma-separated subset of {','.join(MODELS)}")
     p.add_argument("--epochs", type=int, default=100, help="training epochs")
@@ -359,19 +421,23 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, help="graphs per training batch")
     p.add_argument("--hidden", type=int, default=64, help="hidden width of every model")
     p.add_argument("--layers", type=int, default=1,
-                   help="PLSTMNet layers (four pLSTM blocks each); GIN gets 4x as many convs")
-    p.add_argument("--heads", type=int, default=4, help="pLSTM heads")
+                   help="PLSTMNet layers (four pLSTM blocks each); the baselines get 4x as "
+                        "many message-passing layers")
+    p.add_argument("--heads", type=int, default=4, help="pLSTM heads, GAT attention heads")
     p.add_argument("--pool", choices=("mean", "sum"), default="mean", help="PLSTMNet pooling")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="AdamW learning rate (cosine schedule)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
-    p.add_argument("--gate-bias", type=float, default=0.0,
-                   help="initial source/mark/direct gate bias of PLSTMConv (the authors' -5 "
-                        "starts the graph path ~100x weaker than a node's own term)")
+    p.add_argument("--warmup-epochs", type=int, default=5,
+                   help="linear learning-rate warm-up before the cosine decay (at most "
+                        "epochs - 1, so that short trial runs still decay)")
+    p.add_argument("--clip", type=float, default=1.0,
+                   help="gradient norm clipping (0: none)")
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge (bond) features to PLSTMNet")
-    p.add_argument("--max-graphs", type=int, default=1000, help="python-ast: dataset size")
+    p.add_argument("--max-graphs", type=int, default=None,
+                   help="python-ast: data set size (None: 1000); TU sets: a seeded random "
+                        "subset of this size for trial runs (None: the whole set)")
     p.add_argument("--root", default=None, help="dataset cache (default: plstm_graph's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
     p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
@@ -379,19 +445,36 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=default_threads(),
                    help="torch intra-op CPU threads")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, init and shuffling")
-    p.add_argument("--output", default=None, help="write per-fold results as JSON here")
+    p.add_argument("--output", default=None,
+                   help="write per-fold results as JSON here (rewritten after every fold)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the folds already in --output that were run with the same "
+                        "protocol and run only the missing ones")
+    p.add_argument("--no-curves", dest="curves", action="store_false",
+                   help="leave the per-epoch learning curves out of the JSON")
     p.add_argument("--plot", default=None,
-                   help="save a PNG of per-fold accuracy and learning curves (needs matplotlib)")
+                   help="save a PNG of per-fold accuracy and learning curves (needs "
+                        "matplotlib; one data set only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in args.models if m not in MODELS]
     if bad or not args.models:
         p.error(f"--models: unknown {bad}; choose from {','.join(MODELS)}")
+    if len(set(args.models)) != len(args.models):
+        p.error("--models: a model is listed twice")
     if args.folds < 3:
         p.error("--folds must be at least 3")
     if args.epochs < 1:
         p.error("--epochs must be positive")
+    if args.warmup_epochs < 0:
+        p.error("--warmup-epochs must not be negative")
+    if args.max_graphs is not None and args.max_graphs < 2 * args.folds:
+        p.error(f"--max-graphs must be at least 2 x --folds ({2 * args.folds})")
+    if args.resume and not args.output:
+        p.error("--resume needs --output")
+    if args.plot and args.dataset == "all":
+        p.error("--plot draws one data set; for the table use examples/paper_table.py")
     return args
 
 
@@ -401,37 +484,81 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+def previous_folds(path: str, args) -> Dict[str, Dict[str, List[dict]]]:
+    """``{data set: {model: folds}}`` from an earlier ``--output`` run of the same protocol."""
+    if not osp.isfile(path):
+        return {}
+    with open(path) as fh:
+        saved = json.load(fh)
+    runs = saved["datasets"].values() if "datasets" in saved else [saved]
+    out: Dict[str, Dict[str, List[dict]]] = {}
+    for run in runs:
+        old = run["args"]
+        diff = [k for k in PROTOCOL_ARGS if old.get(k) != getattr(args, k)]
+        if diff:
+            raise SystemExit(f"--resume: {path} holds {run['dataset']} run with other "
+                             f"settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
+                             f"use another --output or drop --resume")
+        out[run["dataset"]] = {m: r["folds"] for m, r in run["models"].items()}
+    return out
+
+
+def write_json(obj: dict, path: str) -> None:
+    # Rewritten after every fold of runs that take hours: never leave a truncated file.
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def summarize(results: dict, run_folds: int, args) -> None:
+    for r in results["models"].values():
+        r["mean"], r["std"] = mean_std(f["test_acc"] for f in r["folds"])
+    summary = " | ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f} ({r['seconds']:.0f}s)"
+                         for name, r in results["models"].items())
+    results["summary"] = (f"SUMMARY {results['dataset']} {run_folds}/{args.folds} folds, "
+                          f"test accuracy: {summary} | total {results['seconds']:.0f}s")
+
+
+def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -> dict:
+    """All requested models on one data set; ``save(results)`` is called after every fold."""
     t0 = time.perf_counter()
-    graphs, info = load_graphs(args.dataset, args.root, args.max_graphs)
+    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed)
     labels = [int(g.y) for g in graphs]
     print(f"{info['name']}: {info['num_graphs']} graphs, {info['num_features']} node features, "
-          f"{info['num_classes']} classes | device {device}, {args.threads} thread(s), "
-          f"native kernels: {plstm_graph.WITH_NATIVE} | data ready in "
-          f"{time.perf_counter() - t0:.1f}s")
+          f"{info['edge_dim'] or 0} edge features, {info['num_classes']} classes | device "
+          f"{device}, {args.threads} thread(s), native kernels: {plstm_graph.WITH_NATIVE} | "
+          f"data ready in {time.perf_counter() - t0:.1f}s", flush=True)
     splits = list(cv_splits(labels, args.folds, args.seed))
     run_folds = args.folds if args.run_folds is None else max(1, min(args.run_folds, args.folds))
 
-    results = dict(dataset=info["name"], args=vars(args).copy(), info=info,
-                   native=plstm_graph.WITH_NATIVE, models={})
+    stored = {k: v for k, v in vars(args).items() if k not in ("models",)}
+    results = dict(dataset=info["name"], args=dict(stored, dataset=dataset, models=args.models),
+                   info=info, native=plstm_graph.WITH_NATIVE, models={})
     for name in args.models:
-        folds = []
-        start = time.perf_counter()
-        outer = tqdm(range(run_folds), desc=f"{name} folds", disable=args.quiet,
+        previous = {f["fold"]: f for f in done.get(name, [])}
+        params = sum(p.numel() for p in build_model(name, info, args).parameters())
+        entry = dict(mean=0.0, std=0.0, params=params, folds=[],
+                     seconds=sum(f["seconds"] for f in previous.values() if f["fold"] < run_folds))
+        results["models"][name] = entry
+        outer = tqdm(range(run_folds), desc=f"{info['name']} {name} folds", disable=args.quiet,
                      dynamic_ncols=True)
         for fold in outer:
-            folds.append(run_fold(name, info, args, graphs, splits[fold], fold, device,
-                                  position=1))
-            mean, _ = mean_std(f["test_acc"] for f in folds)
-            outer.set_postfix(mean_test=f"{mean:.3f}")
+            if fold in previous:
+                entry["folds"].append(previous[fold])
+                continue
+            f = run_fold(name, info, args, graphs, splits[fold], fold, device, position=1)
+            entry["folds"].append(f)
+            entry["seconds"] += f["seconds"]
+            results["seconds"] = time.perf_counter() - t0
+            summarize(results, run_folds, args)
+            save(results)
+            outer.set_postfix(mean_test=f"{entry['mean']:.3f}")
         outer.close()
-        mean, std = mean_std(f["test_acc"] for f in folds)
-        params = sum(p.numel() for p in build_model(name, info, args).parameters())
-        results["models"][name] = dict(mean=mean, std=std, seconds=time.perf_counter() - start,
-                                       params=params, folds=folds)
+    results["seconds"] = time.perf_counter() - t0
+    summarize(results, run_folds, args)
+    save(results)
 
     print()
     print(f"{info['name']}, {run_folds} of {args.folds} folds, {args.epochs} epochs, "
@@ -440,20 +567,44 @@ def main(argv=None) -> dict:
     for name, r in results["models"].items():
         print(f"{name:<8} {r['params']:>8} {r['mean']:>9.3f} ± {r['std']:.3f} "
               f"{r['seconds']:>8.1f}s")
-    results["seconds"] = time.perf_counter() - t0
-    summary = " | ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f} ({r['seconds']:.0f}s)"
-                         for name, r in results["models"].items())
-    results["summary"] = (f"SUMMARY {info['name']} {run_folds}/{args.folds} folds, test accuracy: "
-                          f"{summary} "
-                          f"| total {results['seconds']:.0f}s")
-    if args.output:
-        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(results, fh, indent=1)
-    if args.plot:
-        plot_results(results, args.plot)
-    print(results["summary"])
     return results
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    t0 = time.perf_counter()
+    done = previous_folds(args.output, args) if args.resume else {}
+    names = TU_SETS if args.dataset == "all" else (args.dataset,)
+    table = dict(datasets={}, native=plstm_graph.WITH_NATIVE)
+
+    def save(results):
+        if not args.output:
+            return
+        if args.dataset == "all":
+            table["datasets"][results["dataset"]] = results
+            write_json(table, args.output)
+        else:
+            write_json(results, args.output)
+
+    runs = []
+    for name in names:
+        display = "PythonAST-graph" if name == "python-ast" else name.upper()
+        runs.append(run_dataset(name, args, device, done.get(display, {}), save))
+    if args.dataset != "all":
+        (results,) = runs
+        if args.plot:
+            plot_results(results, args.plot)
+        print(results["summary"])
+        return results
+    table["seconds"] = time.perf_counter() - t0
+    table["summary"] = "\n".join(r["summary"] for r in runs)
+    if args.output:
+        write_json(table, args.output)
+    print()
+    print(table["summary"])
+    return table
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import plstm_graph.datasets as D
 from plstm_graph.datasets import mutag as mutag_mod
 from plstm_graph.datasets import python_ast as pa
+from plstm_graph.datasets import tu as tu_mod
 from plstm_graph.datasets.splits import group_split, random_split, stratified_split
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,6 +119,142 @@ def test_mutag_transform(tmp_path, no_network):
     tr, va, te = stratified_split(ds.y, (0.8, 0.1, 0.1), seed=0)
     assert len(tr) + len(va) + len(te) == 188
     assert ds.y[tr].bincount().tolist() == [50, 100]
+
+
+# ---------------------------------------------------------------------------
+# the other TU benchmarks (load_tu)
+# ---------------------------------------------------------------------------
+
+# Published statistics, written out here rather than read from tu_mod.STATS so that a wrong
+# table in the module cannot make its own test pass.
+TU_EXPECTED = {
+    # name: (graphs, nodes, features, edge features, class counts)
+    "MUTAG": (188, 3371, 7, 4, [63, 125]),
+    "NCI1": (4110, 122747, 37, 0, [2053, 2057]),
+    "PROTEINS": (1113, 43471, 4, 0, [663, 450]),
+    "PTC_FM": (349, 4925, 18, 4, [206, 143]),
+}
+
+
+@pytest.mark.parametrize("spelling", ["mutag", "NCI1", "Proteins", "ptc_fm"])
+def test_tu_offline_statistics(spelling, tmp_path, no_network):
+    from torch_geometric.datasets import TUDataset
+
+    before = _bundled_listing()
+    name = spelling.upper()
+    graphs, nodes, feats, edge_feats, counts = TU_EXPECTED[name]
+    ds = D.load_tu(spelling, root=str(tmp_path))
+    assert isinstance(ds, TUDataset) and ds.name == name
+    assert len(ds) == graphs and ds.num_classes == 2
+    assert ds.num_features == feats and ds._data.x.shape == (nodes, feats)
+    assert ds._data.y.bincount().tolist() == counts
+    assert ds.num_edge_features == edge_feats
+    if edge_feats:
+        # one-hot bond types, one row per stored edge
+        assert torch.equal(ds._data.edge_attr.sum(1), torch.ones(ds._data.edge_index.size(1)))
+    assert ds._data.edge_index.size(1) == sum(d.num_edges for d in ds)
+    # undirected graphs: both directions stored, no self loops
+    ei = set(map(tuple, ds._data.edge_index.t().tolist()))
+    assert all((v, u) in ei and u != v for (u, v) in ei)
+    assert os.path.isfile(tmp_path / name / "raw" / f"{name}_A.txt")
+    assert not os.path.exists(tmp_path / name / "raw" / name)  # archive folder flattened
+    assert _bundled_listing() == before
+
+
+def test_tu_node_attributes(tmp_path, no_network):
+    ds = D.load_tu("PROTEINS", root=str(tmp_path))
+    x = ds._data.x
+    # column 0: the continuous attribute; columns 1-3: one-hot of the three node labels
+    assert ds.num_node_attributes == 1 and ds.num_node_labels == 3
+    assert torch.equal(x[:, 1:].sum(1), torch.ones(x.size(0)))
+    assert len(x[:, 0].unique()) > 3
+    plain = D.load_tu("PROTEINS", root=str(tmp_path), use_node_attr=False)
+    assert plain.num_features == 3 and torch.equal(plain._data.x, x[:, 1:])
+
+
+def test_tu_second_load_uses_cache(tmp_path, monkeypatch, no_network):
+    first = D.load_tu("PTC_FM", root=str(tmp_path))
+    raw = tmp_path / "PTC_FM" / "raw" / "PTC_FM_A.txt"
+    stamp = os.stat(raw).st_mtime_ns
+
+    def no_process(self):
+        raise AssertionError("PTC_FM was processed twice")
+
+    def no_write(*args):
+        raise AssertionError("raw files were written twice")
+
+    monkeypatch.setattr(tu_mod.BundledTUDataset, "process", no_process)
+    monkeypatch.setattr(tu_mod, "_write_atomic", no_write)
+    again = D.load_tu("ptc_fm", root=str(tmp_path))
+    assert torch.equal(first._data.x, again._data.x)
+    assert torch.equal(first._data.edge_index, again._data.edge_index)
+    assert os.stat(raw).st_mtime_ns == stamp
+    # a missing raw file is restored (and only that one), without reprocessing
+    os.unlink(raw)
+    monkeypatch.undo()
+    D.load_tu("PTC_FM", root=str(tmp_path))
+    assert raw.stat().st_size > 0
+
+
+def test_tu_pre_transform_and_transform(tmp_path, no_network):
+    def count(data):
+        data.n = torch.tensor([data.num_nodes])
+        return data
+
+    def flag(data):
+        data.flag = torch.tensor([1])
+        return data
+
+    ds = D.load_tu("PTC_FM", root=str(tmp_path), pre_transform=count, transform=flag)
+    assert int(ds[5].n) == ds[5].num_nodes and int(ds[5].flag) == 1
+    assert "flag" not in ds._data  # transform runs on access only
+
+
+def test_tu_bad_names(tmp_path):
+    for bad in ("ENZYMES", "", "mutag2"):
+        with pytest.raises(ValueError, match="MUTAG, NCI1, PROTEINS, PTC_FM"):
+            D.load_tu(bad, root=str(tmp_path))
+    with pytest.raises(TypeError, match="string"):
+        D.load_tu(3, root=str(tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing staged for a bad name
+    assert D.TU_NAMES == ("MUTAG", "NCI1", "PROTEINS", "PTC_FM")
+
+
+def test_tu_corrupted_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(tu_mod.ARCHIVE_SHA256, "PTC_FM", "0" * 64)
+    with pytest.raises(RuntimeError, match="corrupted"):
+        D.load_tu("PTC_FM", root=str(tmp_path))
+    assert os.listdir(tmp_path / "PTC_FM" / "raw") == []
+
+
+def test_bundled_archives_match_readme():
+    import hashlib
+
+    base = os.path.join(os.path.dirname(tu_mod.__file__), "data")
+    readme = open(os.path.join(base, "README.md")).read()
+    for name, digest in tu_mod.ARCHIVE_SHA256.items():
+        with open(os.path.join(base, f"{name}.zip"), "rb") as fh:
+            assert hashlib.sha256(fh.read()).hexdigest() == digest
+        assert f"{digest}  {name}.zip" in readme
+
+
+def test_package_data_ships_every_bundled_file():
+    """setup.py's package_data patterns (as setuptools expands them) cover every data file."""
+    import ast as pyast
+    import glob
+
+    tree = pyast.parse(open(os.path.join(REPO_ROOT, "setup.py")).read())
+    patterns = next(pyast.literal_eval(kw.value) for node in pyast.walk(tree)
+                    if isinstance(node, pyast.Call)
+                    for kw in node.keywords if kw.arg == "package_data")["plstm_graph"]
+    pkg = os.path.join(REPO_ROOT, "plstm_graph")
+    shipped = {os.path.relpath(p, pkg) for pat in patterns
+               for p in glob.glob(os.path.join(pkg, pat), recursive=True) if os.path.isfile(p)}
+    data = os.path.join(pkg, "datasets", "data")
+    for dirpath, _, files in os.walk(data):
+        for f in files:
+            rel = os.path.relpath(os.path.join(dirpath, f), pkg)
+            assert rel in shipped, rel
 
 
 # ---------------------------------------------------------------------------
@@ -294,6 +431,7 @@ def test_import_is_lazy():
     code = ("import sys, plstm_graph.datasets as d; "
             "assert 'plstm_graph.datasets.python_ast' not in sys.modules; "
             "assert 'plstm_graph.datasets.mutag' not in sys.modules; "
+            "assert 'plstm_graph.datasets.tu' not in sys.modules; "
             "assert callable(d.load_mutag) and d.PythonASTDataset")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")

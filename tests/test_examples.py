@@ -13,6 +13,7 @@ sys.path.insert(0, EXAMPLES)
 import custom_dag_dataset  # noqa: E402
 import graph_classification  # noqa: E402
 import node_classification  # noqa: E402
+import paper_table  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,128 @@ def test_graph_classification_python_ast(root):
     assert res["info"]["num_graphs"] == 80
     for r in res["models"].values():
         check_model_result(r)
+
+
+# (graphs are a seeded subset, so only the feature widths are checked against the full sets)
+TU_WIDTHS = {"MUTAG": (7, 4), "NCI1": (37, None), "PROTEINS": (4, None), "PTC_FM": (18, 4)}
+TINY = ["--max-graphs", "40", "--folds", "3", "--run-folds", "1", "--epochs", "2",
+        "--hidden", "8", "--batch-size", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def all_table(root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper") / "all.json"
+    res = graph_classification.main(["--dataset", "all", "--models", "plstm,gcn,gat",
+                                     "--root", root, "--output", str(out), "--no-curves",
+                                     *TINY])
+    return res, out
+
+
+def test_graph_classification_all_tu_sets(all_table, capsys):
+    res, out = all_table
+    assert list(res["datasets"]) == list(TU_WIDTHS)
+    for name, run in res["datasets"].items():
+        assert run["info"]["num_graphs"] == 40
+        assert (run["info"]["num_features"], run["info"]["edge_dim"]) == TU_WIDTHS[name]
+        assert list(run["models"]) == ["plstm", "gcn", "gat"]
+        for r in run["models"].values():
+            check_model_result(r)
+            (fold,) = r["folds"]
+            assert "curves" not in fold and sum(fold["sizes"]) == 40
+        assert run["summary"].startswith(f"SUMMARY {name} 1/3 folds")
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == res["summary"] and len(saved["summary"].splitlines()) == 4
+    assert set(saved["datasets"]) == set(TU_WIDTHS)
+
+
+def test_graph_classification_baselines_and_defaults():
+    from torch_geometric.nn.models import GAT, GCN, GIN
+
+    from plstm_graph.nn import PLSTMConv
+
+    args = graph_classification.parse_args([])
+    assert args.models == ["plstm", "gin"] and args.dataset == "mutag"  # make demo
+    assert not hasattr(args, "gate_bias")
+    info = dict(num_features=7, num_classes=2, edge_dim=4)
+    for name, cls in (("gin", GIN), ("gcn", GCN), ("gat", GAT)):
+        model = graph_classification.build_model(name, info, args)
+        assert type(model.gnn) is cls and model.gnn.num_layers == 4
+        assert isinstance(model.head, torch.nn.Linear) and model.head.in_features == 64
+    # PLSTMNet with the library's own gate and transition biases
+    model = graph_classification.build_model("plstm", info, args)
+    convs = [m for m in model.modules() if isinstance(m, PLSTMConv)]
+    reference = PLSTMConv(64, 64, heads=4, mode="P")
+    assert len(convs) == 4 and all(c.gate_bias == reference.gate_bias for c in convs)
+    assert [c.transition_bias for c in convs] == [
+        PLSTMConv(64, 64, heads=4, mode=c.mode).transition_bias for c in convs]
+
+
+def test_graph_classification_learning_rate_schedule():
+    f = graph_classification.warmup_cosine(100, 10)
+    values = [f(step) for step in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(values[:10], values[1:10]))  # rising warm-up
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))  # then decaying
+    assert values[55] == pytest.approx(0.5) and values[100] == pytest.approx(0.0)
+    assert graph_classification.warmup_cosine(5, 0)(0) == pytest.approx(1.0)
+
+
+def test_graph_classification_resume(root, tmp_path, monkeypatch):
+    out = str(tmp_path / "ptc.json")
+    base = ["--dataset", "ptc_fm", "--models", "gin", "--root", root, "--output", out, *TINY]
+    first = graph_classification.main(base)
+    calls = []
+    real = graph_classification.run_fold
+
+    def counting(name, info, args, graphs, split, fold, *rest, **kw):
+        calls.append((name, fold))
+        return real(name, info, args, graphs, split, fold, *rest, **kw)
+
+    monkeypatch.setattr(graph_classification, "run_fold", counting)
+    again = graph_classification.main(base + ["--resume", "--run-folds", "2"])
+    assert calls == [("gin", 1)]  # fold 0 came from the file
+    folds = again["models"]["gin"]["folds"]
+    assert [f["fold"] for f in folds] == [0, 1]
+    assert folds[0]["test_acc"] == first["models"]["gin"]["folds"][0]["test_acc"]
+    with pytest.raises(SystemExit, match="hidden"):
+        graph_classification.main(base + ["--resume", "--hidden", "12"])
+
+
+def test_paper_table(all_table, tmp_path, capsys):
+    _, out = all_table
+    merged_path = tmp_path / "merged.json"
+    png = tmp_path / "table.png"
+    plot = ["--plot", str(png)] if _have_matplotlib() else []
+    table = paper_table.main([str(out), "--output", str(merged_path), *plot])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| model | MUTAG | NCI1 | PROTEINS | PTC_FM |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:5]}
+    assert set(rows) == {"pLSTM (PLSTMNet)", "GCN", "GAT"}
+    acc = table["datasets"]["NCI1"]["models"]["gcn"]["mean"]
+    assert f"{acc:.3f} (1/3 folds)" in rows["GCN"] and "±" not in rows["GCN"]
+    if plot:
+        assert png.stat().st_size > 1000
+    # the merged file is in the --dataset all format, ready for --resume
+    merged = json.loads(merged_path.read_text())
+    assert set(merged["datasets"]) == set(TU_WIDTHS)
+    args = graph_classification.parse_args(["--dataset", "all", *TINY])
+    done = graph_classification.previous_folds(str(merged_path), args)
+    assert [f["fold"] for f in done["PTC_FM"]["gat"]] == [0]
+    # runs of different protocols are not merged
+    other = json.loads(out.read_text())
+    other["datasets"]["MUTAG"]["args"]["epochs"] = 7
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="epochs"):
+        paper_table.main([str(out), str(bad)])
+
+
+def _have_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def test_node_classification(root, capsys):

@@ -1,7 +1,9 @@
 """Datasets shipped with / built offline by :mod:`plstm_graph`.
 
-* :func:`load_mutag` / :class:`MUTAG` -- the TU MUTAG benchmark, loaded from
-  raw files bundled in the package through PyG's ``TUDataset`` (no network).
+* :func:`load_tu` -- the TU benchmarks of the pLSTM paper (MUTAG, NCI1,
+  PROTEINS, PTC_FM), read from files bundled in the package through PyG's
+  ``TUDataset`` (no network); :func:`load_mutag` / :class:`MUTAG` are MUTAG's
+  names for it.
 * :class:`PythonASTDataset` -- genuinely directed, acyclic graphs of function
   ASTs parsed from the local Python standard library (graph task: coarse
   function-name class; node task: masked node-type prediction).
@@ -19,6 +21,9 @@ from typing import Any
 from ._common import DATA_ENV_VAR, default_root
 
 _LAZY = {
+    "load_tu": "tu",
+    "BundledTUDataset": "tu",
+    "TU_NAMES": "tu",
     "load_mutag": "mutag",
     "MUTAG": "mutag",
     "PythonASTDataset": "python_ast",
@@ -39,7 +44,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    attr = "NAMES" if name == "TU_NAMES" else name
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
     globals()[name] = value
     return value
 

@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""The paper's table from ``graph_classification.py`` results: a markdown table on stdout and,
+with ``--plot``, a figure of the accuracy per data set and model with its spread over folds.
+
+    python examples/paper_table.py docs/paper_results.json --plot docs/paper_results.png
+
+Several JSON files (``--output`` of single-data-set runs or of ``--dataset all``) may be given;
+their folds are merged per data set and model (a later file wins for the same fold), which
+refuses to mix runs of different protocols. ``--output`` writes the merged results (without
+learning curves) in the format of ``--dataset all``, so ``graph_classification.py --resume``
+can complete it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from graph_classification import MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa
+
+#: column order of the table: the TU sets first, in the paper's order, then anything else
+ORDER = [name.upper() for name in TU_SETS]
+LABELS = {"plstm": "pLSTM (PLSTMNet)", "gin": "GIN", "gcn": "GCN", "gat": "GAT"}
+
+
+def runs_of(saved: dict) -> List[dict]:
+    return list(saved["datasets"].values()) if "datasets" in saved else [saved]
+
+
+def merge(paths: List[str]) -> dict:
+    """``{"datasets": {name: run}}`` with the folds of all inputs, curves dropped."""
+    merged: Dict[str, dict] = {}
+    folds: Dict[str, Dict[str, Dict[int, dict]]] = {}
+    params: Dict[str, Dict[str, int]] = {}
+    for path in paths:
+        with open(path) as fh:
+            saved = json.load(fh)
+        for run in runs_of(saved):
+            name = run["dataset"]
+            if name in merged:
+                old = merged[name]["args"]
+                diff = [k for k in PROTOCOL_ARGS if old.get(k) != run["args"].get(k)]
+                if diff:
+                    raise SystemExit(f"{path}: {name} was run with other settings than an "
+                                     f"earlier file ({', '.join(diff)}); not merging them")
+            merged[name] = dict(dataset=name, args=dict(run["args"]), info=run["info"],
+                                native=run.get("native"))
+            for model, r in run["models"].items():
+                params.setdefault(name, {})[model] = r["params"]
+                slot = folds.setdefault(name, {}).setdefault(model, {})
+                for f in r["folds"]:
+                    slot[f["fold"]] = {k: v for k, v in f.items() if k != "curves"}
+    for name, run in merged.items():
+        models = {}
+        for model in sorted(folds[name], key=lambda m: MODELS.index(m) if m in MODELS else 99):
+            fs = [folds[name][model][i] for i in sorted(folds[name][model])]
+            mean, std = mean_std(f["test_acc"] for f in fs)
+            models[model] = dict(mean=mean, std=std, params=params[name][model], folds=fs,
+                                 seconds=sum(f["seconds"] for f in fs))
+        run["models"] = models
+        run["args"]["models"] = list(models)
+    names = sorted(merged, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return dict(datasets={n: merged[n] for n in names})
+
+
+def cell(r: Optional[dict], k: int) -> str:
+    if r is None:
+        return "–"
+    n = len(r["folds"])
+    # a single fold has no spread: leave the ± out rather than print a misleading 0.000
+    text = f"{r['mean']:.3f}" if n == 1 else f"{r['mean']:.3f} ± {r['std']:.3f}"
+    return text if n == k else f"{text} ({n}/{k} folds)"
+
+
+def markdown(table: dict) -> str:
+    runs = table["datasets"]
+    names = list(runs)
+    models = [m for m in MODELS if any(m in runs[n]["models"] for n in names)]
+    lines = ["| model | " + " | ".join(names) + " |",
+             "| --- | " + " | ".join("---:" for _ in names) + " |"]
+    for m in models:
+        cells = [cell(runs[n]["models"].get(m), runs[n]["args"]["folds"]) for n in names]
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    lines += ["", "Training time per fold (mean over the folds run, seconds) and parameters:", "",
+              "| model | " + " | ".join(names) + " |",
+              "| --- | " + " | ".join("---:" for _ in names) + " |"]
+    for m in models:
+        cells = []
+        for n in names:
+            r = runs[n]["models"].get(m)
+            cells.append("–" if r is None else
+                         f"{r['seconds'] / len(r['folds']):.0f} s, {r['params'] / 1e3:.0f}k")
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(table: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = table["datasets"]
+    names = list(runs)
+    models = [m for m in MODELS if any(m in runs[n]["models"] for n in names)]
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.0 * len(names), 4.2))
+    for j, m in enumerate(models):
+        offset = (j - (len(models) - 1) / 2) * width
+        xs, means, stds = [], [], []
+        for i, n in enumerate(names):
+            r = runs[n]["models"].get(m)
+            if r is None:
+                continue
+            xs.append(i + offset)
+            means.append(r["mean"])
+            stds.append(r["std"])
+        ax.bar(xs, means, width=width * 0.9, yerr=stds, capsize=3, alpha=0.75,
+                      label=LABELS.get(m, m))
+        for i, n in enumerate(names):  # every fold as a dot: the spread behind the error bar
+            r = runs[n]["models"].get(m)
+            if r is None:
+                continue
+            accs = [f["test_acc"] for f in r["folds"]]
+            jitter = [(t / max(len(accs) - 1, 1) - 0.5) * width * 0.6 for t in range(len(accs))]
+            ax.scatter([i + offset + d for d in jitter], accs, s=8, color="black", zorder=3,
+                       alpha=0.6, edgecolors="none")
+    labels = []
+    for n in names:
+        k = runs[n]["args"]["folds"]
+        counts = {len(r["folds"]) for r in runs[n]["models"].values()}
+        labels.append(n if counts == {k} else f"{n}\n({'/'.join(map(str, sorted(counts)))}"
+                                              f" of {k} folds)")
+    ax.set_xticks(range(len(names)), labels)
+    accs = [f["test_acc"] for n in names for r in runs[n]["models"].values() for f in r["folds"]]
+    # the interesting range: chance-level sets sit near 0.5, so start below the lowest fold
+    ax.set_ylim(max(0.0, min(accs + [0.5]) - 0.1) if accs else 0.0, 1.02)
+    ax.set_ylabel("test accuracy at best validation epoch")
+    ax.set_title("stratified 10-fold CV: mean ± std over folds, dots = folds")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(models), fontsize=8)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", help="JSON written by graph_classification.py")
+    p.add_argument("--output", default=None, help="write the merged results here")
+    p.add_argument("--plot", default=None, help="save the figure here (needs matplotlib)")
+    args = p.parse_args(argv)
+    table = merge(args.inputs)
+    if args.output:
+        write_json(table, args.output)
+    if args.plot:
+        plot(table, args.plot)
+    text = markdown(table)
+    print(text)
+    table["markdown"] = text
+    return table
+
+
+if __name__ == "__main__":
+    main()
