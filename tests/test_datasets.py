@@ -436,3 +436,15 @@ def test_import_is_lazy():
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO_ROOT)
+
+
+def test_tu_pre_transform_gets_its_own_cache(tmp_path, no_network):
+    """The same root with and without PrepareDAG: neither load returns the other's graphs
+    (PyG alone would reuse the first cache and only warn)."""
+    from plstm_graph import PrepareDAG
+
+    plain = D.load_tu("MUTAG", root=str(tmp_path))
+    assert "dag_edge_index" not in plain[0]
+    prepared = D.load_tu("MUTAG", root=str(tmp_path), pre_transform=PrepareDAG())
+    assert "dag_edge_index" in prepared[0]
+    assert "dag_edge_index" not in D.load_tu("MUTAG", root=str(tmp_path))[0]

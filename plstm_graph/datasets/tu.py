@@ -172,6 +172,17 @@ class BundledTUDataset(TUDataset):
                          pre_filter=pre_filter, force_reload=force_reload,
                          use_node_attr=use_node_attr, use_edge_attr=use_edge_attr)
 
+    @property
+    def processed_dir(self) -> str:
+        # one cache per pre_transform: PyG would reuse a cache processed with another one and
+        # only warn, so that load_tu(name) and load_tu(name, pre_transform=PrepareDAG()) in one
+        # root would silently return graphs without the DAG attributes
+        base = super().processed_dir
+        if getattr(self, "pre_transform", None) is None:
+            return base
+        tag = hashlib.sha1(repr(self.pre_transform).encode()).hexdigest()[:10]
+        return f"{base}_{tag}"
+
     def download(self) -> None:  # pragma: no cover - staging prevents this
         raise RuntimeError(f"plstm_graph's {self.name} never downloads; the bundled raw files "
                            f"could not be staged into {self.raw_dir!r}")
@@ -188,9 +199,9 @@ def load_tu(name: str, root: Optional[str] = None,
     ``"PTC_FM"``; case-insensitive) without network access.
 
     The first call for a ``root`` writes the raw files and lets PyG process them into
-    ``<root>/<NAME>/processed``; later calls load that cache. As with any PyG dataset, a cache
-    processed with a different ``pre_transform`` is not rebuilt (PyG only warns), so give each
-    ``pre_transform`` its own ``root`` or pass ``force_reload=True``.
+    ``<root>/<NAME>/processed``; later calls load that cache. Each ``pre_transform``
+    (by its ``repr``) gets its own processed folder, so a cache processed with another one is
+    never returned.
     """
     name = canonical_name(name)
     kwargs = dict(root=root, transform=transform, pre_transform=pre_transform,
