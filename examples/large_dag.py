@@ -50,8 +50,7 @@ except ImportError:  # running from a source checkout without installing
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from plstm_graph import PLSTMConv, line_graph, topological_levels
-from plstm_graph.dag import build_schedule
+from plstm_graph import PLSTMConv
 from plstm_graph.loader import DAGNeighborLoader
 
 
@@ -115,8 +114,7 @@ def make_dag(layers: int, width: int, source_prob: float, colors: int, decay: fl
 # ---------------------------------------------------------------------------------------------
 class ConeNet(torch.nn.Module):
     """Encoder, ``num_layers`` pre-norm residual blocks ``h + PLSTMConv(LayerNorm(h))``
-    (P-mode, the library's defaults otherwise), LayerNorm and a linear head. The DAG's line
-    graph, levels and schedule are built once per batch and shared by the layers."""
+    (P-mode, the library's defaults otherwise), LayerNorm and a linear head."""
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, num_layers: int = 2):
         super().__init__()
@@ -126,20 +124,12 @@ class ConeNet(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(hidden)
         self.head = torch.nn.Linear(hidden, out_channels)
 
-    @staticmethod
-    def prepare(edge_index, num_nodes) -> Dict[str, object]:
-        level = topological_levels(edge_index, num_nodes, method="torch")
-        line = line_graph(edge_index, num_nodes)
-        schedule = build_schedule(edge_index, line, num_nodes, node_level=level,
-                                  validate=False)
-        return dict(line_index=line, node_level=level, schedule=schedule)
-
-    def forward(self, x, edge_index, dag: Optional[Dict[str, object]] = None):
-        if dag is None:
-            dag = self.prepare(edge_index, x.size(0))
+    def forward(self, x, edge_index):
+        # P-mode without edge features: each layer runs on node-level transitions, O(E) work
+        # and no line graph, and prepares the batch's DAG itself (levels and schedule)
         h = self.encoder(x)
         for norm, conv in zip(self.norms, self.convs):
-            h = h + conv(norm(h), edge_index, **dag)
+            h = h + conv(norm(h), edge_index)
         return self.head(self.norm(h))
 
 
@@ -152,13 +142,13 @@ class Stats:
     def __init__(self):
         self.targets = 0
         self.seconds = 0.0
-        self.largest = dict(nodes=0, edges=0, arcs=0, stubs=0)
+        self.largest = dict(nodes=0, edges=0, stubs=0)
 
-    def batch(self, batch, dag, seconds):
+    def batch(self, batch, seconds):
         self.targets += batch.batch_size
         self.seconds += seconds
         size = dict(nodes=batch.num_nodes, edges=batch.edge_index.size(1),
-                    arcs=dag["line_index"].size(1), stubs=batch.num_stub_nodes)
+                    stubs=batch.num_stub_nodes)
         if size["nodes"] > self.largest["nodes"]:
             self.largest = size
 
@@ -198,14 +188,13 @@ def train_epoch(model, loader, optimizer, stats: Stats, desc: str, quiet: bool):
     bar = tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     for batch in bar:  # the clock runs while the loader samples, too
-        dag = ConeNet.prepare(batch.edge_index, batch.num_nodes)
         optimizer.zero_grad()
-        out = model(batch.x, batch.edge_index, dag)[:batch.batch_size]  # targets only
+        out = model(batch.x, batch.edge_index)[:batch.batch_size]  # targets only
         loss = F.cross_entropy(out, batch.y[:batch.batch_size])
         loss.backward()
         optimizer.step()
         now = time.perf_counter()
-        stats.batch(batch, dag, now - start)
+        stats.batch(batch, now - start)
         total += float(loss.detach()) * batch.batch_size
         count += batch.batch_size
         bar.set_postfix(loss=f"{total / count:.3f}", targets_per_s=f"{stats.rate:.0f}")
@@ -221,10 +210,9 @@ def predict(model, loader, stats: Optional[Stats] = None, desc: str = "eval",
     ids, logits = [], []
     start = time.perf_counter()
     for batch in tqdm(loader, desc=desc, disable=quiet, dynamic_ncols=True, leave=False):
-        dag = ConeNet.prepare(batch.edge_index, batch.num_nodes)
-        out = model(batch.x, batch.edge_index, dag)[:batch.batch_size]
+        out = model(batch.x, batch.edge_index)[:batch.batch_size]
         if stats is not None:
-            stats.batch(batch, dag, time.perf_counter() - start)
+            stats.batch(batch, time.perf_counter() - start)
         ids.append(batch.n_id[:batch.batch_size])
         logits.append(out)
         start = time.perf_counter()
@@ -449,7 +437,7 @@ def run(args, ranks: Ranks) -> dict:
         f"throughput: train {train_rate:,.0f}, inference {eval_rate:,.0f} targets/s "
         f"(sampling included)")
     log(f"largest batch: {largest['nodes']:,} nodes ({largest['stubs']:,} stubs), "
-        f"{largest['edges']:,} edges, {largest['arcs']:,} line-graph arcs | peak RSS "
+        f"{largest['edges']:,} edges | peak RSS "
         f"{rss:,.0f} MB" + (" per process" if ranks.world > 1 else "") + (
             f" (largest sampling worker {peak_rss_mb(resource.RUSAGE_CHILDREN):,.0f} MB)"
             if args.num_workers else ""))
