@@ -412,6 +412,9 @@ def test_bad_options():
     if "native/scan" in NODE_IMPLS:
         with pytest.raises(RuntimeError, match="closed form"):
             _call(inputs, edge_index, backend="native", algorithm="closed_form")
+    # backend=None with the closed form takes the pure-PyTorch one
+    torch.testing.assert_close(_call(inputs, edge_index, algorithm="closed_form"),
+                               _call(inputs, edge_index, algorithm="scan"), **TIGHT)
 
 
 def test_bad_carry():
