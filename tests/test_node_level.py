@@ -317,9 +317,16 @@ def test_torch_compile_traces_the_native_op():
         return plstm_graph.plstm_dag(*xs, edge_index, None, schedule=s, backend="native",
                                      validate=False)
 
-    xs = [inputs[n] for n in NAMES]
-    compiled = torch.compile(f, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(*xs), f(*xs), **TIGHT)
+    xs = [inputs[n].clone().requires_grad_(True) for n in NAMES]
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    y_c = compiled(*xs)
+    y_e = f(*xs)
+    torch.testing.assert_close(y_c, y_e, **TIGHT)
+    g = torch.randn_like(y_e)
+    for a, b in zip(torch.autograd.grad(y_c, xs, g), torch.autograd.grad(y_e, xs, g)):
+        torch.testing.assert_close(a, b, **TIGHT)
+    torch._dynamo.reset()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,6 +412,9 @@ def test_bad_options():
     if "native/scan" in NODE_IMPLS:
         with pytest.raises(RuntimeError, match="closed form"):
             _call(inputs, edge_index, backend="native", algorithm="closed_form")
+    # backend=None with the closed form takes the pure-PyTorch one
+    torch.testing.assert_close(_call(inputs, edge_index, algorithm="closed_form"),
+                               _call(inputs, edge_index, algorithm="scan"), **TIGHT)
 
 
 def test_bad_carry():

@@ -111,6 +111,15 @@ class PLSTMConv(MessagePassing):
     leaving :math:`a`; in D-mode (distribution) :math:`T = \tanh(t)` on the line graph pruned to
     a multitree. Heads are independent; no :math:`1/\sqrt{K}` scaling.
 
+    P-mode without edge features runs on node-level transitions (spec section 2): ``t`` comes
+    from the shared node alone and its normalisation is per node,
+    :math:`T_n = t_n / (\alpha + \deg(n) |t_n|)` (``deg`` = out-degree for
+    ``normalize_over="source"``, in-degree for ``"target"``), which equals the per-arc
+    normalisation exactly; the layer then builds no line graph and runs in
+    :math:`O(E K V)` time and :math:`O(N K V)` state (see :func:`~plstm_graph.plstm_dag` with
+    ``line_index=None``). A ``line_index`` passed to :meth:`forward` (a prepared plan) keeps
+    the per-arc path.
+
     The layer takes an ordinary PyG graph: an undirected one (every edge stored in both
     directions) is oriented from the lower to the higher node id (``orient``), a directed one
     must be acyclic. The DAG preparation (orientation, levels, line graph, schedule) is kept

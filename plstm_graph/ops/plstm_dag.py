@@ -338,6 +338,8 @@ def _plstm_dag_node_level(tensors: dict, edge_index: Tensor, node_level: Optiona
     elif validate and (schedule.num_nodes != query.size(0) or
                        schedule.num_edges != edge_index.size(1)):
         raise ValueError("schedule was built for a different graph than edge_index / query")
+    if algorithm == "closed_form" and backend is None:
+        backend = "torch"  # (the node-level closed form exists in pure PyTorch only)
     chosen = resolve_node_backend(backend, query.device)
     if algorithm not in (None,) + ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
