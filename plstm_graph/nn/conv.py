@@ -111,7 +111,7 @@ class PLSTMConv(MessagePassing):
     leaving :math:`a`; in D-mode (distribution) :math:`T = \tanh(t)` on the line graph pruned to
     a multitree. Heads are independent; no :math:`1/\sqrt{K}` scaling.
 
-    P-mode without edge features runs on node-level transitions (spec section 2): ``t`` comes
+    P-mode without edge features runs on node-level transitions (docs/contract.md, "Node-level transitions"): ``t`` comes
     from the shared node alone and its normalisation is per node,
     :math:`T_n = t_n / (\alpha + \deg(n) |t_n|)` (``deg`` = out-degree for
     ``normalize_over="source"``, in-degree for ``"target"``), which equals the per-arc
