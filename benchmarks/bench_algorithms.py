@@ -12,7 +12,6 @@ implementations instead of the native ones.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import random
@@ -26,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import plstm_graph  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 
-dispatcher = importlib.import_module("plstm_graph.ops.plstm_dag")
+from plstm_graph.ops import dispatch as dispatcher
 H, K, V = 4, int(os.getenv("BENCH_K", 24)), int(os.getenv("BENCH_V", 24))
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 

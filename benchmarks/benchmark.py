@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
 from plstm_graph.dag import build_schedule, line_graph, topological_levels  # noqa: E402
-from plstm_graph.ops.plstm_dag import CLOSED_FORM_MAX_NODES, resolve_algorithm  # noqa: E402
+from plstm_graph.ops.dispatch import CLOSED_FORM_MAX_NODES, resolve_algorithm  # noqa: E402
 
 H, K, V = 4, 24, 24
 

@@ -1,7 +1,6 @@
 """The native closed form (``closed_form_forward/backward``): the algorithm choice, numerics the
 shared suite in test_native.py does not reach (zero gates, multi-word ancestor sets, half
 types), the op contract and the layout checks."""
-import importlib
 import os
 import sys
 
@@ -15,7 +14,7 @@ from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
-dispatcher = importlib.import_module("plstm_graph.ops.plstm_dag")  # the module, not the op
+from plstm_graph.ops import dispatch as dispatcher
 
 if not plstm_graph.WITH_NATIVE:
     pytest.skip(f"native ops not built: {native.unavailable_reason('cpu')}",

@@ -15,7 +15,7 @@ import plstm_graph  # noqa: E402
 from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
-from plstm_graph.ops.plstm_dag import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
+from plstm_graph.ops.dispatch import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
                                        resolve_backend)
 from plstm_graph.ops.scan_torch import scan_torch  # noqa: E402
 
