@@ -139,7 +139,7 @@ class PLSTMNet(torch.nn.Module):
         h = self.encoder(torch.cat(feats, dim=-1))
         roles = self.block_roles * self.num_layers
         for block, (mode, reverse) in zip(self.blocks, roles):
-            view = plan.view(mode, reverse)
+            view = plan.view(mode, reverse, block.conv.node_level_transitions())
             view["edge_attr"] = dag_attr
             if edge_mask is not None:
                 view["edge_mask"] = edge_mask

@@ -30,8 +30,8 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import is_undirected
 
-from .dag import (DagSchedule, _multitree_checked, build_schedule, line_graph, to_dag,
-                  topological_levels)
+from .dag import (DagSchedule, _multitree_checked, build_node_schedule, build_schedule,
+                  line_graph, to_dag, topological_levels)
 
 ORIENTATIONS = ("auto", "id", "none")
 _EDGE_OFFSET_KEYS = ("line_index_p", "line_index_d", "line_index_d_rev")
@@ -161,12 +161,22 @@ class DAGPlan:
             data.edge_attr = edge_attr
         return cls.from_data(PrepareDAG(orient=orient, reverse=reverse)(data))
 
-    def view(self, mode: str = "P", reverse: bool = False) -> Dict[str, Tensor]:
+    def view(self, mode: str = "P", reverse: bool = False,
+             node_level_transitions: bool = False) -> Dict[str, Tensor]:
         """Keyword arguments for :meth:`PLSTMConv.forward
         <plstm_graph.nn.PLSTMConv.forward>` on this graph: ``edge_index``, ``edge_attr``,
-        ``line_index``, ``node_level`` and the cached ``schedule``."""
+        ``line_index``, ``node_level`` and the cached ``schedule``.
+
+        ``node_level_transitions=True`` (P-mode only) is the view of a layer with one
+        transition per shared node (:meth:`PLSTMConv.node_level_transitions
+        <plstm_graph.nn.PLSTMConv.node_level_transitions>`): no line graph
+        (``line_index=None``) and a :class:`~plstm_graph.dag.NodeSchedule`."""
         if mode not in ("P", "D"):
             raise ValueError(f"mode must be 'P' or 'D', got {mode!r}")
+        if node_level_transitions:
+            if mode != "P":
+                raise ValueError("node-level transitions exist in P-mode only")
+            return self._node_view(reverse)
         if reverse:
             if self.level_rev is None or self.line_index_d_rev is None:
                 raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
@@ -182,13 +192,27 @@ class DAGPlan:
         return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=line,
                     node_level=level, schedule=self._schedules[key])
 
+    def _node_view(self, reverse: bool) -> Dict[str, Tensor]:
+        if reverse and self.level_rev is None:
+            raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
+        edge_index = self.edge_index.flip(0) if reverse else self.edge_index
+        level = self.level_rev if reverse else self.level
+        key = (reverse, "node")
+        if key not in self._schedules:
+            self._schedules[key] = build_node_schedule(edge_index, self.num_nodes,
+                                                       node_level=level,
+                                                       validate=self.validate)
+        return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=None,
+                    node_level=level, schedule=self._schedules[key])
+
     def build(self) -> "DAGPlan":
         """Build the schedules of every view now (they are otherwise built on first use) and
         return the plan: call it outside a ``torch.compile``-d function, which can then take
         the plan as an input without tracing any index bookkeeping."""
-        for mode in ("P", "D"):
-            for reverse in ((False, True) if self.level_rev is not None else (False,)):
+        for reverse in ((False, True) if self.level_rev is not None else (False,)):
+            for mode in ("P", "D"):
                 self.view(mode, reverse)
+            self._node_view(reverse)  # O(E); used by P-mode layers without edge features
         return self
 
     def to(self, device) -> "DAGPlan":

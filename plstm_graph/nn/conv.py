@@ -13,8 +13,8 @@ from torch_geometric.nn.dense.linear import Linear as LazyLinear
 from torch_geometric.nn.dense.linear import is_uninitialized_parameter
 from torch_geometric.utils import scatter
 
-from ..dag import (DagSchedule, _multitree_checked, build_node_schedule, build_schedule,
-                   check_edge_index, line_graph, topological_levels)
+from ..dag import (DagSchedule, NodeSchedule, _multitree_checked, build_node_schedule,
+                   build_schedule, check_edge_index, line_graph, topological_levels)
 from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 
@@ -527,7 +527,13 @@ class PLSTMConv(MessagePassing):
                 x, edge_attr = kwargs["x"], kwargs.get("edge_attr")
         num_edges_in = edge_index.size(1)
         prepared = None
-        if line_index is None:
+        if line_index is None and isinstance(schedule, NodeSchedule):  # a prepared DAG
+            if not self.node_level_transitions():
+                raise ValueError("a NodeSchedule (DAGPlan.view(..., node_level_transitions="
+                                 "True)) is for P-mode layers without edge features; pass "
+                                 "this layer its line graph (DAGPlan.view(mode))")
+            dag_index = edge_index
+        elif line_index is None:
             if node_level is not None or schedule is not None:
                 raise ValueError("node_level and schedule describe a prepared DAG and need its "
                                  "line_index too (e.g. **DAGPlan.view(mode))")
