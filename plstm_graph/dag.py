@@ -556,6 +556,11 @@ def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
     when given), and the two stored directions of an undirected edge collapse to one DAG edge
     that keeps the attributes of its first occurrence. Output edges are sorted by (tail, head).
 
+    Returns:
+        A tuple ``(dag_edge_index, dag_edge_attr)``: ``[2, E']`` and the matching ``[E', D]``
+        rows of ``edge_attr`` (``None`` without ``edge_attr``). Take ``to_dag(ei)[0]`` for the
+        edges alone (``PLSTMConv`` and ``PLSTMNet`` also orient undirected input themselves).
+
     Self-loops cannot be oriented and raise ``ValueError``.
     """
     num_nodes = check_edge_index(edge_index, num_nodes)

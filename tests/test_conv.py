@@ -508,3 +508,11 @@ def test_propagate_hooks_fire_and_message_hooks_are_refused():
                  "register_aggregate_forward_pre_hook", "register_aggregate_forward_hook"):
         with pytest.raises(ValueError, match="propagate"):
             getattr(conv, name)(lambda *a: None)
+
+
+def test_to_dag_tuple_gets_a_hint():
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    with pytest.raises(TypeError, match=r"to_dag\(\.\.\.\)\[0\]"):
+        PLSTMConv(4, 8)(torch.randn(3, 4), plstm_graph.to_dag(ei))
+    out = PLSTMConv(4, 8)(torch.randn(3, 4), plstm_graph.to_dag(ei)[0])
+    assert out.shape == (3, 8)

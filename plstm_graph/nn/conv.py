@@ -410,8 +410,12 @@ class PLSTMConv(MessagePassing):
                                                                      torch.float64):
             what = (type(edge_index).__name__ if not isinstance(edge_index, Tensor)
                     else edge_index.dtype)
-            raise TypeError(f"edge_index must be a long tensor of shape [2, E], got {what}; "
-                            f"a SparseTensor adjacency is not supported")
+            hint = ("; to_dag returns (edge_index, edge_attr): pass to_dag(...)[0], or the "
+                    "undirected graph itself (it is oriented by node id)"
+                    if isinstance(edge_index, tuple) else
+                    "; a SparseTensor adjacency is not supported")
+            raise TypeError(f"edge_index must be a long tensor of shape [2, E], got {what}"
+                            f"{hint}")
         expected = self.in_channels if self.in_channels > 0 else x.size(-1)
         if x.dim() != 2 or x.size(-1) != expected:
             raise ValueError(f"x must have shape [N, {expected}], got {list(x.shape)}")
