@@ -32,8 +32,8 @@ With several network interfaces, name the one to use with ``GLOO_SOCKET_IFNAME``
 
 ``--batch-size`` is per process: the global batch is ``world size x batch size`` graphs.
 The split is 90/10 (stratified, ``--seed``): train on 90%, report accuracy on the other 10%.
-The default 10 epochs show the mechanics in seconds; the model leaves the majority class after
-about 25 epochs (measured on two CPU processes: ``--epochs 50`` reaches 0.88 training accuracy).
+The default 50 epochs take about 10 s on two CPU processes and learn (training accuracy 0.88,
+test accuracy 0.63-0.74 on the 19 test graphs of this split, majority 0.63).
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def evaluate(model, loader, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--epochs", type=int, default=50, help="training epochs")
     p.add_argument("--batch-size", type=int, default=32, help="graphs per batch per process")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="AdamW learning rate (cosine schedule)")
