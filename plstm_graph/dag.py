@@ -774,7 +774,7 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
         u, w = s.edge_src[edges], s.edge_dst[edges]
         rows = reach[u]
         rows[torch.arange(u.numel(), device=device), position[u]] = 1
-        reach.index_reduce_(0, w, rows, "amax")
+        reach.scatter_reduce_(0, w.unsqueeze(1).expand_as(rows), rows, "amax")
     return int(reach.sum())
 
 
