@@ -517,9 +517,16 @@ def write_json(obj: dict, path: str) -> None:
 
 def summarize(results: dict, run_folds: int, args) -> None:
     for r in results["models"].values():
-        r["mean"], r["std"] = mean_std(f["test_acc"] for f in r["folds"])
-    summary = " | ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f} ({r['seconds']:.0f}s)"
-                         for name, r in results["models"].items())
+        if r["folds"]:
+            r["mean"], r["std"] = mean_std(f["test_acc"] for f in r["folds"])
+    def text(name, r):
+        if not r["folds"]:
+            return f"{name} pending"
+        n = len(r["folds"])
+        count = "" if n == run_folds else f"{n} folds, "
+        return f"{name} {r['mean']:.3f} ± {r['std']:.3f} ({count}{r['seconds']:.0f}s)"
+
+    summary = " | ".join(text(name, r) for name, r in results["models"].items())
     results["summary"] = (f"SUMMARY {results['dataset']} {run_folds}/{args.folds} folds, "
                           f"test accuracy: {summary} | total {results['seconds']:.0f}s")
 
@@ -539,20 +546,26 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
     stored = {k: v for k, v in vars(args).items() if k not in ("models",)}
     results = dict(dataset=info["name"], args=dict(stored, dataset=dataset, models=args.models),
                    info=info, native=plstm_graph.WITH_NATIVE, models={})
+    # Every fold already in the file (also of models not requested now, or beyond --run-folds)
+    # is part of every save: an interrupted --resume run must never lose folds it was given.
+    for name in list(done) + [m for m in args.models if m not in done]:
+        folds = sorted(done.get(name, []), key=lambda f: f["fold"])
+        if not folds and name not in args.models:
+            continue
+        params = (sum(p.numel() for p in build_model(name, info, args).parameters())
+                  if name in MODELS else 0)
+        results["models"][name] = dict(mean=0.0, std=0.0, params=params, folds=folds,
+                                       seconds=sum(f["seconds"] for f in folds))
     for name in args.models:
-        previous = {f["fold"]: f for f in done.get(name, [])}
-        params = sum(p.numel() for p in build_model(name, info, args).parameters())
-        entry = dict(mean=0.0, std=0.0, params=params, folds=[],
-                     seconds=sum(f["seconds"] for f in previous.values() if f["fold"] < run_folds))
-        results["models"][name] = entry
+        entry = results["models"][name]
+        have = {f["fold"] for f in entry["folds"]}
         outer = tqdm(range(run_folds), desc=f"{info['name']} {name} folds", disable=args.quiet,
                      dynamic_ncols=True)
         for fold in outer:
-            if fold in previous:
-                entry["folds"].append(previous[fold])
+            if fold in have:
                 continue
             f = run_fold(name, info, args, graphs, splits[fold], fold, device, position=1)
-            entry["folds"].append(f)
+            entry["folds"] = sorted(entry["folds"] + [f], key=lambda g: g["fold"])
             entry["seconds"] += f["seconds"]
             results["seconds"] = time.perf_counter() - t0
             summarize(results, run_folds, args)

@@ -197,6 +197,27 @@ def test_graph_classification_resume(root, tmp_path, monkeypatch):
     assert folds[0]["test_acc"] == first["models"]["gin"]["folds"][0]["test_acc"]
     with pytest.raises(SystemExit, match="hidden"):
         graph_classification.main(base + ["--resume", "--hidden", "12"])
+    # other models resumed into the same file and interrupted after a save: gin's folds, beyond
+    # --run-folds 1 and not requested, must stay in the file
+    def interrupted(name, *args, **kw):
+        if name == "gat":
+            raise KeyboardInterrupt
+        return counting(name, *args, **kw)
+
+    monkeypatch.setattr(graph_classification, "run_fold", interrupted)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        graph_classification.main(base + ["--resume", "--models", "gcn,gat"])
+    assert calls == [("gcn", 0)]
+    saved = json.loads(open(out).read())
+    assert [f["fold"] for f in saved["models"]["gin"]["folds"]] == [0, 1]
+    assert [f["fold"] for f in saved["models"]["gcn"]["folds"]] == [0]
+    monkeypatch.setattr(graph_classification, "run_fold", counting)
+    calls.clear()
+    third = graph_classification.main(base + ["--resume", "--models", "gcn,gat"])
+    assert calls == [("gat", 0)]
+    assert [f["fold"] for f in third["models"]["gin"]["folds"]] == [0, 1]
+    assert "gin 0." in third["summary"] and "2 folds" in third["summary"]
 
 
 def test_paper_table(all_table, tmp_path, capsys):
