@@ -10,6 +10,7 @@ from torch_geometric.nn import global_add_pool, global_mean_pool
 from torch_geometric.utils import degree
 
 from .nn import PLSTMBlock
+from .nn.conv import prefers_node_level
 from .nn.inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 from .transforms import DAGPlan
 
@@ -138,8 +139,9 @@ class PLSTMNet(torch.nn.Module):
             feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim).to(dtype))
         h = self.encoder(torch.cat(feats, dim=-1))
         roles = self.block_roles * self.num_layers
+        node_level = prefers_node_level(plan.line_index_p.size(1), plan.edge_index.size(1))
         for block, (mode, reverse) in zip(self.blocks, roles):
-            view = plan.view(mode, reverse, block.conv.node_level_transitions())
+            view = plan.view(mode, reverse, node_level and block.conv.node_level_transitions())
             view["edge_attr"] = dag_attr
             if edge_mask is not None:
                 view["edge_mask"] = edge_mask

@@ -325,9 +325,12 @@ def _run_compiled(compiled, model, batches, plans):
             torch.testing.assert_close(g, r)
 
 
-def test_plan_runs_p_blocks_without_edge_features_on_node_level_transitions():
+def test_plan_runs_p_blocks_without_edge_features_on_node_level_transitions(monkeypatch):
     """PLSTMNet without edge features on a plan: its P blocks take the node-level views (no
     line graph) and give what the same blocks give on the full line graph."""
+    import plstm_graph.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "NODE_LEVEL_MIN_ARCS_PER_EDGE", -1.0)  # also when sparse
     data = [PrepareDAG()(g) for g in graphs(count=6, seed=2)]
     batch = next(iter(DataLoader(data, batch_size=len(data))))
     torch.manual_seed(0)

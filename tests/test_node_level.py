@@ -20,6 +20,27 @@ needs_native = pytest.mark.skipif("native/scan" not in NODE_IMPLS,
                                   reason="native extension not built")
 
 
+@pytest.fixture(autouse=True)
+def _node_level_on_every_graph(monkeypatch):
+    """The layer tests here exercise the node-level path on sparse graphs too, where the layer
+    would otherwise pick the per-arc form (see test_layer_picks_node_level_on_dense_graphs)."""
+    import plstm_graph.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "NODE_LEVEL_MIN_ARCS_PER_EDGE", -1.0)
+
+
+def test_layer_picks_node_level_on_dense_graphs(monkeypatch):
+    import plstm_graph.nn.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "NODE_LEVEL_MIN_ARCS_PER_EDGE", 2.0)
+    conv = PLSTMConv(5, 6, heads=2)
+    dense = random_dag(40, 0.5, seed=1)
+    assert conv.prepare(dense, 40).line_index is None           # L >> E: no line graph
+    sparse = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    assert conv.prepare(sparse, 5).line_index is not None       # a chain: L < 2 E
+    assert conv_module.count_arcs(dense, 40) == line_graph(dense, 40).size(1)
+
+
 def kw(impl):
     backend, algorithm = impl.split("/")
     return dict(backend=backend, algorithm=algorithm)
