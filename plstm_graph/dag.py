@@ -907,7 +907,7 @@ class NodeSchedule:
 
 def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
                         node_level: Optional[Tensor] = None, validate: bool = True,
-                        level_method: str = "torch") -> NodeSchedule:
+                        level_method: str = "auto") -> NodeSchedule:
     """Build the :class:`NodeSchedule` of ``edge_index`` (checks as :func:`build_schedule`:
     ids in range, no self-loop, acyclic or a valid ``node_level``)."""
     if validate:

@@ -173,36 +173,27 @@ class DAGPlan:
         (``line_index=None``) and a :class:`~plstm_graph.dag.NodeSchedule`."""
         if mode not in ("P", "D"):
             raise ValueError(f"mode must be 'P' or 'D', got {mode!r}")
-        if node_level_transitions:
-            if mode != "P":
-                raise ValueError("node-level transitions exist in P-mode only")
-            return self._node_view(reverse)
+        if node_level_transitions and mode != "P":
+            raise ValueError("node-level transitions exist in P-mode only")
+        if reverse and (self.level_rev is None or
+                        (not node_level_transitions and self.line_index_d_rev is None)):
+            raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
         if reverse:
-            if self.level_rev is None or self.line_index_d_rev is None:
-                raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
             edge_index, level = self.edge_index.flip(0), self.level_rev
             line = self.line_index_p.flip(0) if mode == "P" else self.line_index_d_rev
         else:
             edge_index, level = self.edge_index, self.level
             line = self.line_index_p if mode == "P" else self.line_index_d
-        key = (reverse, mode)
+        if node_level_transitions:
+            line = None
+        key = (reverse, "node" if node_level_transitions else mode)
         if key not in self._schedules:
-            self._schedules[key] = build_schedule(edge_index, line, self.num_nodes,
-                                                  node_level=level, validate=self.validate)
+            self._schedules[key] = (
+                build_node_schedule(edge_index, self.num_nodes, node_level=level,
+                                    validate=self.validate) if line is None else
+                build_schedule(edge_index, line, self.num_nodes, node_level=level,
+                               validate=self.validate))
         return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=line,
-                    node_level=level, schedule=self._schedules[key])
-
-    def _node_view(self, reverse: bool) -> Dict[str, Tensor]:
-        if reverse and self.level_rev is None:
-            raise ValueError("this plan has no reversed DAG; prepare it with reverse=True")
-        edge_index = self.edge_index.flip(0) if reverse else self.edge_index
-        level = self.level_rev if reverse else self.level
-        key = (reverse, "node")
-        if key not in self._schedules:
-            self._schedules[key] = build_node_schedule(edge_index, self.num_nodes,
-                                                       node_level=level,
-                                                       validate=self.validate)
-        return dict(edge_index=edge_index, edge_attr=self.edge_attr, line_index=None,
                     node_level=level, schedule=self._schedules[key])
 
     def build(self) -> "DAGPlan":
@@ -212,7 +203,7 @@ class DAGPlan:
         for reverse in ((False, True) if self.level_rev is not None else (False,)):
             for mode in ("P", "D"):
                 self.view(mode, reverse)
-            self._node_view(reverse)  # O(E); used by P-mode layers without edge features
+            self.view("P", reverse, node_level_transitions=True)  # O(E), P without edge features
         return self
 
     def to(self, device) -> "DAGPlan":
