@@ -23,6 +23,7 @@
 // The schedule is checked completely before any memory is touched (ranges, that the CSRs are
 // permutations consistent with edge_src / edge_dst, and that every edge climbs a level), so
 // bad input raises a ValueError instead of reading out of bounds or racing.
+#include "index_checks.h"
 #include "isa.h"
 
 #include <ATen/Dispatch.h>
@@ -77,27 +78,14 @@ at::Tensor index_arg(const char* op, const at::Tensor& t, const char* name, int6
 
 const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
-// A CSR (ptr[rows + 1], member[count]) listing every id in [0, count) exactly once, with
-// `owner[member] == row`.
-void check_csr(const char* ptr_name, const char* member_name, const int64_t* ptr,
-               const int64_t* member, int64_t rows, int64_t count, const int64_t* owner,
-               const char* owner_name) {
-  TORCH_CHECK_VALUE(ptr[0] == 0, ptr_name, " must start at 0, got ", ptr[0]);
-  TORCH_CHECK_VALUE(ptr[rows] == count, ptr_name, " must end at ", count, ", got ", ptr[rows]);
-  std::vector<uint8_t> seen(static_cast<size_t>(count), 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK_VALUE(ptr[r] <= ptr[r + 1], ptr_name, " must be non-decreasing (", ptr[r],
-                      " > ", ptr[r + 1], " at row ", r, ")");
-    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) {
-      const int64_t x = member[j];
-      TORCH_CHECK_VALUE(x >= 0 && x < count, member_name, "[", j, "] = ", x,
-                        " is out of range [0, ", count, ")");
-      TORCH_CHECK_VALUE(!seen[x], member_name, " lists ", x, " twice");
-      seen[x] = 1;
-      TORCH_CHECK_VALUE(owner[x] == r, member_name, " lists edge ", x, " under node ", r,
-                        " but its ", owner_name, " is node ", owner[x]);
-    }
-  }
+// check_csr (index_checks.h) with `owner[member] == row` as the fit of each entry.
+void check_owned_csr(const char* ptr_name, const char* member_name, const int64_t* ptr,
+                     const int64_t* member, int64_t rows, int64_t count, const int64_t* owner,
+                     const char* owner_name) {
+  check_csr(ptr_name, member_name, ptr, member, rows, count, [&](int64_t r, int64_t x) {
+    TORCH_CHECK_VALUE(owner[x] == r, member_name, " lists edge ", x, " under node ", r,
+                      " but its ", owner_name, " is node ", owner[x]);
+  });
 }
 
 NodeInputs check_node_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
@@ -193,9 +181,10 @@ NodeInputs check_node_inputs(const char* op, const at::Tensor& q, const at::Tens
                       ed[e], ") does not climb a level (", level[es[e]], " -> ", level[ed[e]],
                       "): the graph is not a DAG or the schedule is inconsistent");
   }
-  check_csr("in_ptr", "in_edge", iptr(in.in_ptr), iptr(in.in_edge), in.N, in.E, ed, "head");
-  check_csr("out_ptr", "out_edge", iptr(in.out_ptr), iptr(in.out_edge), in.N, in.E, es,
-            "tail");
+  check_owned_csr("in_ptr", "in_edge", iptr(in.in_ptr), iptr(in.in_edge), in.N, in.E, ed,
+                  "head");
+  check_owned_csr("out_ptr", "out_edge", iptr(in.out_ptr), iptr(in.out_edge), in.N, in.E, es,
+                  "tail");
 
   in.q = q.contiguous();
   in.k = k.contiguous();
