@@ -7,7 +7,8 @@ plan of every batch is built eagerly, outside the compiled function
 that a compiler cannot trace, and it runs once per batch either way.
 
 Reports the time to the first compiled step, the number of graph breaks and recompiles
-(``torch._dynamo`` counters) and the median step time of eager and compiled after warm-up.
+(``torch._dynamo`` counters) and the median step time of eager and compiled after the first
+epoch, the two models taking turns step by step (same batches, same initial weights).
 
     python benchmarks/bench_compile.py --threads 1 --epochs 3
 """
@@ -48,38 +49,41 @@ def run(args):
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     batches = [(b, DAGPlan.from_data(b).build()) for _ in range(args.epochs) for b in loader]
-    results = {}
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    runs = {}
     for name in ("eager", "compiled"):
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # the same initial weights for both
         model = PLSTMNet(dataset.num_features, args.hidden, dataset.num_classes, edge_dim=4)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
         # the model is compiled, as PyG recommends; loss and backward stay outside
         step = step_fn(torch.compile(model, dynamic=True, backend=args.backend)
                        if name == "compiled" else model)
-        times = []
-        first = None
-        for i, (b, plan) in enumerate(batches):
+        runs[name] = dict(step=step, opt=opt, times=[], first=None)
+    # the two take turns, step by step, so that a busier or quieter phase of a shared machine
+    # hits both alike (timed one after the other, they differed by the machine's mood)
+    for i, (b, plan) in enumerate(batches):
+        for r in runs.values():
             start = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            step(b.x, plan.edge_attr, b.batch, b.y, plan, b.num_graphs)
-            opt.step()
+            r["opt"].zero_grad(set_to_none=True)
+            r["step"](b.x, plan.edge_attr, b.batch, b.y, plan, b.num_graphs)
+            r["opt"].step()
             elapsed = time.perf_counter() - start
             if i == 0:
-                first = elapsed
+                r["first"] = elapsed
             else:
-                times.append(elapsed)
-        counters = torch._dynamo.utils.counters
-        breaks = sum(counters["graph_break"].values())
-        if name == "compiled" and args.verbose:
-            for reason, count in counters["graph_break"].items():
-                print(f"graph break x{count}: {reason[:300]}")
-        frames = counters["stats"]["unique_graphs"]  # one per (re)compilation of a frame
-        results[name] = dict(first=first, median=statistics.median(times[len(loader):] or times),
-                             breaks=breaks, graphs=frames,
-                             recompiles=counters["recompiles"] if "recompiles" in counters
-                             else None)
+                r["times"].append(elapsed)
+    counters = torch._dynamo.utils.counters
+    if args.verbose:
+        for reason, count in counters["graph_break"].items():
+            print(f"graph break x{count}: {reason[:300]}")
+    results = {}
+    for name, r in runs.items():
+        times = r["times"]
+        results[name] = dict(first=r["first"],
+                             median=statistics.median(times[len(loader):] or times),
+                             breaks=sum(counters["graph_break"].values()),
+                             graphs=counters["stats"]["unique_graphs"])
     print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"thread(s), native={plstm_graph.WITH_NATIVE}, MUTAG batches of {args.batch_size}, "
           f"hidden {args.hidden}, {len(batches)} steps, backend {args.backend}, duck shapes "
