@@ -31,12 +31,12 @@ from torch_geometric.loader import DataLoader  # noqa: E402
 @contextmanager
 def reference_only():
     """Every preparation function on its Python/torch reference path."""
-    original = dag._native_cpu
-    dag._native_cpu = lambda *tensors: False
+    original = dag._common.native_cpu
+    dag._common.native_cpu = lambda *tensors: False
     try:
         yield
     finally:
-        dag._native_cpu = original
+        dag._common.native_cpu = original
 
 
 def median_time(fn, repeat: int) -> float:

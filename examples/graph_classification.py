@@ -255,7 +255,9 @@ def build_model(name: str, info: dict, args) -> torch.nn.Module:
         return PLSTMGraphClassifier(
             info["num_features"], args.hidden, info["num_classes"], args.layers,
             info["edge_dim"] if args.edge_attr else None, args.dropout, pool=args.pool,
-            heads=args.heads, backend=None if args.backend == "auto" else args.backend)
+            heads=args.heads, backend=None if args.backend == "auto" else args.backend,
+            **{k: v for k, v in (("mlp_ratio", args.mlp_ratio), ("degree_dim", args.degree_dim))
+               if v is not None})
     if name in BASELINES:
         # as many message-passing layers as PLSTMNet has pLSTM blocks (four per layer)
         return BaselineGraphClassifier(name, info["num_features"], args.hidden,
@@ -404,7 +406,7 @@ def default_threads() -> int:
 #: arguments that change the numbers; --resume only reuses folds run with the same values
 PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "pool",
                  "dropout", "lr", "weight_decay", "warmup_epochs", "clip", "edge_attr",
-                 "max_graphs", "seed")
+                 "max_graphs", "seed", "mlp_ratio", "degree_dim")
 
 
 def parse_args(argv=None):
@@ -425,6 +427,12 @@ def parse_args(argv=None):
                         "many message-passing layers")
     p.add_argument("--heads", type=int, default=4, help="pLSTM heads, GAT attention heads")
     p.add_argument("--pool", choices=("mean", "sum"), default="mean", help="PLSTMNet pooling")
+    p.add_argument("--mlp-ratio", type=int, default=None,
+                   help="PLSTMNet MLP width as a multiple of --hidden (None: the model's "
+                        "default; an ablation)")
+    p.add_argument("--degree-dim", type=int, default=None,
+                   help="PLSTMNet degree-encoding width, 0 disables it (None: the model's "
+                        "default; an ablation)")
     p.add_argument("--dropout", type=float, default=0.1,
                    help="dropout of every model (PLSTMNet's own default is 0: the paper's "
                         "protocol regularises its small training sets, and all the numbers "

@@ -93,7 +93,7 @@ class DAGNeighborSampler:
                              f"{edge_index.device}); move each batch to the device instead")
         self.num_neighbors = _check_num_neighbors(num_neighbors)
         if check_acyclic:
-            topological_levels(edge_index, num_nodes, method="torch")  # names a cycle node
+            topological_levels(edge_index, num_nodes)  # names a node on a cycle
         self.num_nodes = num_nodes
         self.num_edges = edge_index.size(1)
         self.keep_out_degree = keep_out_degree

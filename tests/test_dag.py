@@ -628,7 +628,7 @@ def test_schedule_component_layout():
 @pytest.mark.parametrize("per_edge", [0, 10 ** 9])  # the vectorised and the per-edge count
 @pytest.mark.parametrize("seed", range(4))
 def test_ancestor_pairs_match_networkx(seed, per_edge, monkeypatch):
-    monkeypatch.setattr(plstm_graph.dag, "_PER_EDGE_COUNT_EDGES_PER_LEVEL", per_edge)
+    monkeypatch.setattr(plstm_graph.dag.schedule, "_PER_EDGE_COUNT_EDGES_PER_LEVEL", per_edge)
     parts, off = [], 0
     rng = random.Random(seed)
     for _ in range(rng.randint(1, 6)):

@@ -158,7 +158,7 @@ def test_auto_dispatch_uses_native_on_cpu(monkeypatch):
             calls.append(1)
             return real(*args)
 
-    monkeypatch.setattr(dag, "_native_cpu", lambda *t: True)
+    monkeypatch.setattr(dag._common, "native_cpu", lambda *t: True)
     edge_index = random_dag(9, 0.4, seed=1)
     line = line_graph(edge_index, 9)
     monkeypatch.setattr(torch.ops.plstm_graph, "build_schedule", Spy())
