@@ -74,7 +74,7 @@ def _extensions():
             "plstm_graph: FORCE_CUDA=1 needs a CUDA build of torch (torch.version.cuda="
             f"{torch.version.cuda}) and the CUDA toolkit (CUDA_HOME={CUDA_HOME})")
 
-    sources = [os.path.join("csrc", "plstm_dag.cpp")]
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))  # module, shared checks
     sources += sorted(glob.glob(os.path.join("csrc", "ops", "*.cpp")))  # one schema file per op
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     omp_compile, omp_link = _openmp_flags(torch)

@@ -148,31 +148,31 @@ def check_raw_ops(device):
     s_cpu = build_schedule(ei, li, n)
     s_dev = build_schedule(ei.to(device), li.to(device), n)
     x = make_inputs(n, ei.size(1), li.size(1), 4, 24, 24, 3)
-    fields = native.SCHEDULE_FIELDS
     worst = 0.0
     for keep in (True, False):
-        args_c = [x[k] for k in NAMES[:6]] + [getattr(s_cpu, f) for f in fields]
-        args_d = [x[k].to(device) for k in NAMES[:6]] + [getattr(s_dev, f) for f in fields]
+        args_c = [x[k] for k in NAMES] + [s_cpu.tensors()]
+        args_d = [x[k].to(device) for k in NAMES] + [s_dev.tensors()]
         out_c, st_c = torch.ops.plstm_graph.scan_forward(*args_c, keep)
         out_d, st_d = torch.ops.plstm_graph.scan_forward(*args_d, keep)
         worst = max(worst, rel_err(out_d, out_c))
         if keep:
             worst = max(worst, rel_err(st_d, st_c))
         gy = torch.randn_like(out_c)
-        gc = torch.ops.plstm_graph.scan_backward(gy, *args_c[:6], st_c if keep else None,
-                                                 *args_c[6:])
-        gd = torch.ops.plstm_graph.scan_backward(gy.to(device), *args_d[:6],
-                                                 st_d if keep else None, *args_d[6:])
+        gc = torch.ops.plstm_graph.scan_backward(gy, *args_c[:7], st_c if keep else None,
+                                                 args_c[7])
+        gd = torch.ops.plstm_graph.scan_backward(gy.to(device), *args_d[:7],
+                                                 st_d if keep else None, args_d[7])
         worst = max([worst] + [rel_err(a, b) for a, b in zip(gd, gc)])
-        gd2 = torch.ops.plstm_graph.scan_backward(gy.to(device), *args_d[:6],
-                                                  st_d if keep else None, *args_d[6:])
+        gd2 = torch.ops.plstm_graph.scan_backward(gy.to(device), *args_d[:7],
+                                                  st_d if keep else None, args_d[7])
         if not all(torch.equal(a, b) for a, b in zip(gd, gd2)):
             FAILURES.append(f"raw ops keep={keep}: two identical backward calls differ")
     record("raw scan_forward/scan_backward vs CPU op (float64)", worst, TOL[torch.float64])
     # a bad index is an exception, and the device stays usable
-    bad = [x[k].to(device) for k in NAMES[:6]] + [getattr(s_dev, f) for f in fields]
-    i = 6 + fields.index("in_arc")
-    bad[i] = bad[i].clone().fill_(10 ** 6)
+    index = s_dev.tensors()
+    i = type(s_dev).FIELDS.index("in_arc")
+    index[i] = index[i].clone().fill_(10 ** 6)
+    bad = [x[k].to(device) for k in NAMES] + [index]
     try:
         torch.ops.plstm_graph.scan_forward(*bad, True)
         FAILURES.append("an out-of-range in_arc did not raise")

@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 import plstm_graph  # noqa: E402
 from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
-from plstm_graph.dag import build_schedule  # noqa: E402
+from plstm_graph.dag import DagSchedule, build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
 from plstm_graph.ops import dispatch as dispatcher
@@ -38,7 +38,7 @@ def inputs(n, ei, li, dtype=torch.float64, **kw):
 
 
 def cf_args(x, s):
-    return [x[k] for k in NAMES] + [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
+    return [x[k] for k in NAMES] + [s.tensors()]
 
 
 def closed_form(x, ei, li, **kw):
@@ -252,10 +252,9 @@ def _layout(case):
     s = build_schedule(ei, li, n)
     x = {k: v.detach() for k, v in inputs(n, ei, li).items()}
     args = cf_args(x, s)
-    at = {f: 7 + i for i, f in enumerate(native.CLOSED_FORM_FIELDS)}
 
     def put(field, value):
-        args[at[field]] = value
+        args[7][DagSchedule.FIELDS.index(field)] = value
 
     comp_node = s.comp_node.clone()
     if case == "node_twice":
@@ -280,7 +279,7 @@ def _layout(case):
         ptr = s.comp_edge_ptr.clone()
         ptr[1] = 5
         put("comp_edge_ptr", ptr)
-        return args, "non-decreasing"
+        return args, "non-decreasing|out of range"  # (5 > E: the range check comes first)
     if case == "edge_order":
         ce = s.comp_edge.clone()
         i, j = int((ce == 0).nonzero()), int((ce == 1).nonzero())  # arc edge 0 -> edge 1
@@ -311,13 +310,13 @@ LAYOUT_CASES = ["node_twice", "node_out_of_range", "not_topological", "ptr_end",
 @pytest.mark.parametrize("case", LAYOUT_CASES)
 def test_bad_layout_raises(case):
     args, message = _layout(case)
-    before = [a.clone() for a in args]
+    before = [a.clone() for a in args[:7]] + [[t.clone() for t in args[7]]]
     with pytest.raises(ValueError, match=message):
         OPS.closed_form_forward(*args)
     out_shape = (args[0].size(0), args[0].size(1), args[2].size(2))
     with pytest.raises(ValueError, match=message):
         OPS.closed_form_backward(torch.ones(out_shape, dtype=torch.float64), *args)
-    for a, b in zip(args, before):
+    for a, b in zip(args[:7] + args[7], before[:7] + before[7]):
         assert torch.equal(a, b)  # nothing was written
 
 
@@ -336,7 +335,7 @@ def test_bad_arguments_raise():
     with pytest.raises(TypeError, match="direct has dtype"):
         OPS.closed_form_forward(*bad)
     bad = list(args)
-    bad[7] = s.edge_src.int()
+    bad[7] = [s.edge_src.int()] + s.tensors()[1:]
     with pytest.raises(TypeError, match="int64"):
         OPS.closed_form_forward(*bad)
     with pytest.raises(ValueError, match="grad_out must have shape"):
@@ -357,10 +356,9 @@ def test_strided_rows_are_read_in_place():
     q, k, v = wide[:, :6].view(n, 2, 3), wide[:, 6:12].view(n, 2, 3), wide[:, 12:20].view(n, 2, 4)
     assert not q.is_contiguous() and q.stride() == (25, 3, 1)
     rest = [x[k_].detach().requires_grad_() for k_ in NAMES[3:]]
-    idx = [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
-    y = OPS.closed_form_forward(q, k, v, *rest, *idx)
+    y = OPS.closed_form_forward(q, k, v, *rest, s.tensors())
     dense = [t.detach().clone().requires_grad_() for t in (q, k, v)]
-    y_ref = OPS.closed_form_forward(*dense, *[r.detach() for r in rest], *idx)
+    y_ref = OPS.closed_form_forward(*dense, *[r.detach() for r in rest], s.tensors())
     assert torch.equal(y, y_ref)
     g = torch.randn_like(y)
     (dwide,) = torch.autograd.grad(y, [wide], g)

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import plstm_graph  # noqa: E402
 from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
-from plstm_graph.dag import build_schedule  # noqa: E402
+from plstm_graph.dag import DagSchedule, build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 from plstm_graph.ops.dispatch import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
                                        resolve_backend)
@@ -116,11 +116,17 @@ def check_all(num_nodes, ei, li, dtype=torch.float64, device="cpu", with_oracle=
 
 
 def op_args(x, s, keep=True):
-    return ([x[k] for k in SCAN] + [getattr(s, f) for f in native.SCHEDULE_FIELDS] + [keep])
+    """The scan op's arguments: the seven inputs, the schedule list, keep_states."""
+    return [x[k] for k in NAMES] + [s.tensors(), keep]
+
+
+def bwd_args(grad_out, args, states):
+    """The backward op's arguments for the forward op's `args`."""
+    return [grad_out] + args[:7] + [states, args[7]]
 
 
 def cf_args(x, s):
-    return [x[k] for k in NAMES] + [getattr(s, f) for f in native.CLOSED_FORM_FIELDS]
+    return [x[k] for k in NAMES] + [s.tensors()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,21 +264,15 @@ def test_non_contiguous_inputs(device, algorithm):
         assert torch.equal(a, b)
     # non-contiguous index tensors straight into the op
     sched = build_schedule(ei, li, n)
-    args = op_args({k_: base[k_].detach() for k_ in SCAN}, sched)
-    for i, f in enumerate(native.SCHEDULE_FIELDS):
-        idx = args[6 + i]
-        if f != "level_ptr":
-            args[6 + i] = torch.stack([idx, idx], 1)[:, 0].to(device)
+    args = op_args({k_: base[k_].detach() for k_ in NAMES}, sched)
+    args[7] = [t if f.endswith("level_ptr") else torch.stack([t, t], 1)[:, 0].to(device)
+               for f, t in zip(DagSchedule.FIELDS, args[7])]
+    assert not args[7][0].is_contiguous() or args[7][0].numel() <= 1
     out, _ = OPS.scan_forward(*args)
-    assert_close(out, scan_torch(*[base[k_].detach() for k_ in SCAN], sched), torch.float64)
+    assert_close(out, scan_torch(*[base[k_].detach() for k_ in NAMES], sched), torch.float64)
     if algorithm == "closed_form":
-        cargs = cf_args({k_: base[k_].detach() for k_ in NAMES}, sched)
-        for i in range(7, len(cargs)):
-            cargs[i] = torch.stack([cargs[i], cargs[i]], 1)[:, 0]
-        direct = base["direct"].detach()
-        qk = (base["query"] * base["key"]).sum(-1, keepdim=True).detach()
-        assert_close(OPS.closed_form_forward(*cargs), out + direct[..., None] * qk *
-                     base["value"].detach(), torch.float64)
+        cargs = args[:8]
+        assert_close(OPS.closed_form_forward(*cargs), out, torch.float64)
 
 
 def test_bfloat16_directly_into_the_op():
@@ -289,11 +289,10 @@ def test_bfloat16_directly_into_the_op():
     assert torch.equal(states_b, ref_states)  # same float32 arithmetic on the same values
     torch.testing.assert_close(out_b.float(), ref, atol=1e-2, rtol=1e-2)
     gy = torch.randn_like(ref)
-    gb = OPS.scan_backward(gy.bfloat16(), *op_args(xb, s)[:6], states_b,
-                           *op_args(xb, s)[6:-1])
-    gf = OPS.scan_backward(gy.bfloat16().float(), *op_args({k: v.float() for k, v in xb.items()},
-                                                              s)[:6],
-                           ref_states, *op_args(xb, s)[6:-1])
+    gb = OPS.scan_backward(*bwd_args(gy.bfloat16(), op_args(xb, s), states_b))
+    gf = OPS.scan_backward(*bwd_args(gy.bfloat16().float(),
+                                     op_args({k: v.float() for k, v in xb.items()}, s),
+                                     ref_states))
     for a, b in zip(gb, gf):
         assert a.dtype == torch.bfloat16
         torch.testing.assert_close(a.float(), b, atol=2e-2, rtol=2e-2)
@@ -396,8 +395,8 @@ def test_opcheck(keep, dtype):
     args = op_args(x, s, keep)
     torch.library.opcheck(OPS.scan_forward.default, tuple(args))
     out, states = OPS.scan_forward(*op_args({k: v.detach() for k, v in x.items()}, s, True))
-    bargs = ([torch.randn_like(out)] + [x[k].detach() for k in SCAN] +
-             [states if keep else None] + args[6:-1])
+    bargs = bwd_args(torch.randn_like(out), [x[k].detach() for k in NAMES] + args[7:],
+                     states if keep else None)
     torch.library.opcheck(OPS.scan_backward.default, tuple(bargs))
 
 
@@ -410,10 +409,10 @@ def test_scan_op_is_differentiable_by_itself(keep):
     li = plstm_graph.line_graph(ei, n)
     s = build_schedule(ei, li, n)
     x = make(n, ei, li, heads=2, kdim=2, vdim=3)
-    a = [x[k] for k in SCAN]
-    index = [getattr(s, f) for f in native.SCHEDULE_FIELDS]
-    assert torch.autograd.gradcheck(lambda *t: OPS.scan_forward(*t, *index, keep)[0], a)
-    out, states = OPS.scan_forward(*a, *index, keep)
+    a = [x[k] for k in NAMES]
+    index = s.tensors()
+    assert torch.autograd.gradcheck(lambda *t: OPS.scan_forward(*t, index, keep)[0], a)
+    out, states = OPS.scan_forward(*a, index, keep)
     assert out.requires_grad and "Scan" in out.grad_fn.name()
     assert not states.requires_grad
     assert states.shape[0] == (ei.size(1) if keep else 0)
@@ -484,14 +483,19 @@ def _good_args(n=10, seed=3):
     return op_args({k: v.detach() for k, v in x.items()}, s), s
 
 
-FIELD = {f: 6 + i for i, f in enumerate(native.SCHEDULE_FIELDS)}
+FIELD = {f: i for i, f in enumerate(DagSchedule.FIELDS)}  # position in the schedule list
+
+
+def _replace(args, field, value):
+    args = list(args)
+    args[7] = list(args[7])
+    args[7][FIELD[field]] = value
+    return args
 
 
 def _corrupt(field, fn):
     args, s = _good_args()
-    i = FIELD[field]
-    args[i] = fn(args[i].clone(), s)
-    return args
+    return _replace(args, field, fn(args[7][FIELD[field]].clone(), s))
 
 
 def _set(pos, value):
@@ -501,6 +505,8 @@ def _set(pos, value):
     return fn
 
 
+# Out-of-range values and bad level pointers: every kernel refuses them before it reads an
+# index (the range checks of csrc/checks.h).
 BAD = {
     "edge_src_high": ("edge_src", _set(0, 10_000)),
     "edge_src_negative": ("edge_src", _set(1, -1)),
@@ -508,7 +514,6 @@ BAD = {
     "arc_src_high": ("arc_src", _set(0, 999)),
     "arc_dst_negative": ("arc_dst", _set(0, -5)),
     "edge_order_high": ("edge_order", _set(0, 123456)),
-    "edge_order_duplicate": ("edge_order", lambda t, s: torch.cat([t[:1], t[:1], t[2:]])),
     "level_ptr_end": ("level_ptr", _set(-1, 99)),
     "level_ptr_decreasing": ("level_ptr", lambda t, s: t.flip(0)),
     "in_ptr_high": ("in_ptr", _set(-1, 10_000)),
@@ -517,8 +522,20 @@ BAD = {
     "node_ptr_high": ("node_ptr", _set(-1, 10_000)),
     "node_edge_high": ("node_edge", _set(0, 10_000)),
     "node_edge_negative": ("node_edge", _set(0, -1)),
+    "src_edge_high": ("src_edge", _set(0, 10_000)),
+    "comp_edge_ptr_high": ("comp_edge_ptr", _set(-1, 10_000)),
+    "comp_node_negative": ("comp_node", _set(0, -1)),
+}
+# Values in range that break the structure: a schedule is consistent by construction when
+# build_schedule made it (from a checked graph); DagSchedule.check() finds these in one from
+# elsewhere, and the kernels, which trust the structure, still stay in bounds.
+BAD_STRUCTURE = {
+    "edge_order_duplicate": ("edge_order", lambda t, s: torch.cat([t[:1], t[:1], t[2:]])),
     "in_arc_wrong_edge": ("in_arc", lambda t, s: t.roll(1)),
     "arc_does_not_climb": ("arc_src", lambda t, s: s.arc_dst.clone()),  # a -> a: a cycle
+    "out_arc_wrong_edge": ("out_arc", lambda t, s: t.flip(0)),
+    "src_edge_wrong_node": ("src_edge", lambda t, s: t.roll(1)),
+    "comp_edge_twice": ("comp_edge", lambda t, s: torch.cat([t[:1], t[:-1]])),
 }
 
 
@@ -526,34 +543,39 @@ BAD = {
 def test_bad_indices_raise(case):
     field, fn = BAD[case]
     args = _corrupt(field, fn)
-    with pytest.raises((ValueError, IndexError, RuntimeError)):
+    with pytest.raises(ValueError):
         OPS.scan_forward(*args)
 
 
-@pytest.mark.parametrize("case", ["out_ptr_high", "out_arc_high", "out_arc_wrong_edge",
-                                  "edge_src_high"])
+@pytest.mark.parametrize("case", sorted(BAD_STRUCTURE))
+def test_bad_structure_is_found_by_check(case):
+    field, fn = BAD_STRUCTURE[case]
+    args, s = _good_args()
+    s.check()  # a built schedule passes
+    bad = DagSchedule(s.num_nodes, *_corrupt(field, fn)[7])
+    with pytest.raises(ValueError):
+        bad.check()
+    OPS.scan_forward(*_replace(args, field, getattr(bad, field)))  # no crash, in bounds
+
+
+@pytest.mark.parametrize("case", ["out_ptr_high", "out_arc_high", "edge_src_high"])
 def test_bad_indices_raise_in_backward(case):
     args, s = _good_args()
     out, states = OPS.scan_forward(*args)
-    fields = args[6:-1]
     if case == "out_ptr_high":
-        fields[FIELD["out_ptr"] - 6] = s.out_ptr.clone().fill_(10_000)
+        args = _replace(args, "out_ptr", s.out_ptr.clone().fill_(10_000))
     elif case == "out_arc_high":
-        fields[FIELD["out_arc"] - 6] = s.out_arc.clone().fill_(10_000)
-    elif case == "out_arc_wrong_edge":
-        fields[FIELD["out_arc"] - 6] = s.out_arc.flip(0)
+        args = _replace(args, "out_arc", s.out_arc.clone().fill_(10_000))
     else:
-        fields[FIELD["edge_src"] - 6] = s.edge_src.clone().fill_(10_000)
-    with pytest.raises((ValueError, IndexError, RuntimeError)):
-        OPS.scan_backward(torch.ones_like(out), *args[:6], states, *fields)
+        args = _replace(args, "edge_src", s.edge_src.clone().fill_(10_000))
+    with pytest.raises(ValueError):
+        OPS.scan_backward(*bwd_args(torch.ones_like(out), args, states))
 
 
 def test_bad_arguments_raise():
     args, s = _good_args()
-    bad = list(args)
-    bad[FIELD["edge_src"]] = args[FIELD["edge_src"]].int()
     with pytest.raises(TypeError):
-        OPS.scan_forward(*bad)
+        OPS.scan_forward(*_replace(args, "edge_src", args[7][FIELD["edge_src"]].int()))
     bad = list(args)
     bad[0] = args[0].double()
     with pytest.raises(TypeError):
@@ -571,16 +593,22 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError):
         OPS.scan_forward(*bad)
     bad = list(args)
-    bad[FIELD["in_ptr"]] = args[FIELD["in_ptr"]][:-1]
+    bad[6] = args[6][:-1]  # direct with one node too few
+    with pytest.raises(ValueError, match="direct"):
+        OPS.scan_forward(*bad)
     with pytest.raises(ValueError):
+        OPS.scan_forward(*_replace(args, "in_ptr", args[7][FIELD["in_ptr"]][:-1]))
+    bad = list(args)
+    bad[7] = args[7][:-1]  # a field short
+    with pytest.raises(ValueError, match="index tensors"):
         OPS.scan_forward(*bad)
     out, states = OPS.scan_forward(*args)
     with pytest.raises(ValueError):
-        OPS.scan_backward(torch.ones_like(out)[:-1], *args[:6], states, *args[6:-1])
+        OPS.scan_backward(*bwd_args(torch.ones_like(out)[:-1], args, states))
     with pytest.raises(ValueError):
-        OPS.scan_backward(torch.ones_like(out), *args[:6], states[:-1], *args[6:-1])
+        OPS.scan_backward(*bwd_args(torch.ones_like(out), args, states[:-1]))
     with pytest.raises(TypeError):
-        OPS.scan_backward(torch.ones_like(out), *args[:6], states.double(), *args[6:-1])
+        OPS.scan_backward(*bwd_args(torch.ones_like(out), args, states.double()))
 
 
 def test_cuda_version_check():
@@ -624,15 +652,12 @@ def test_cuda_ops_match_cpu(dtype, keep):
     tol = TOL[dtype]
     torch.testing.assert_close(out_g.cpu().double(), out_c.double(), **tol)
     gy = torch.randn_like(out_c)
-    gc = OPS.scan_backward(gy, *op_args(xc, s_cpu)[:6], st_c if keep else None,
-                           *op_args(xc, s_cpu)[6:-1])
-    gg = OPS.scan_backward(gy.cuda(), *op_args(xg, s_gpu)[:6], st_g if keep else None,
-                           *op_args(xg, s_gpu)[6:-1])
+    gc = OPS.scan_backward(*bwd_args(gy, op_args(xc, s_cpu), st_c if keep else None))
+    gg = OPS.scan_backward(*bwd_args(gy.cuda(), op_args(xg, s_gpu), st_g if keep else None))
     for a, b in zip(gg, gc):
         torch.testing.assert_close(a.cpu().double(), b.double(), **tol)
     # bitwise reproducible on the device too
-    gg2 = OPS.scan_backward(gy.cuda(), *op_args(xg, s_gpu)[:6], st_g if keep else None,
-                            *op_args(xg, s_gpu)[6:-1])
+    gg2 = OPS.scan_backward(*bwd_args(gy.cuda(), op_args(xg, s_gpu), st_g if keep else None))
     for a, b in zip(gg, gg2):
         assert torch.equal(a, b)
 
@@ -641,9 +666,10 @@ def test_cuda_ops_match_cpu(dtype, keep):
                     reason="needs a GPU and the CUDA build of the extension")
 def test_cuda_bad_index_raises():
     args, s = _good_args()
-    args = [a.cuda() if isinstance(a, torch.Tensor) and i != FIELD["level_ptr"] else a
-            for i, a in enumerate(args)]
-    args[FIELD["in_arc"]] = args[FIELD["in_arc"]].clone().fill_(10_000)
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    args[7] = [t if f.endswith("level_ptr") else t.cuda()
+               for f, t in zip(DagSchedule.FIELDS, args[7])]
+    args = _replace(args, "in_arc", args[7][FIELD["in_arc"]].clone().fill_(10_000))
     with pytest.raises((ValueError, RuntimeError)):
         OPS.scan_forward(*args)
     torch.cuda.synchronize()  # the context is still usable

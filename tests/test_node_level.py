@@ -320,12 +320,11 @@ def test_native_op_registration():
     edge_index = random_dag(9, 0.4, seed=2)
     inputs = node_case(edge_index, 9, seed=2)
     s = build_node_schedule(edge_index, 9)
-    args = [inputs[n].clone().requires_grad_(True) for n in NAMES[:6]]
-    index = [getattr(s, f) for f in native.NODE_SCAN_FIELDS]
+    args = [inputs[n].clone().requires_grad_(True) for n in NAMES]
     op = torch.ops.plstm_graph.node_scan_forward.default
-    torch.library.opcheck(op, (*args, None, *index))
+    torch.library.opcheck(op, (*args, None, s.tensors()))
     carry = torch.rand(edge_index.size(1), 2, dtype=torch.float64, requires_grad=True)
-    torch.library.opcheck(op, (*args, carry, *index))
+    torch.library.opcheck(op, (*args, carry, s.tensors()))
 
 
 @needs_native
@@ -470,20 +469,24 @@ def test_native_kernel_checks_the_schedule():
     edge_index = random_dag(6, 0.6, seed=2)
     inputs = node_case(edge_index, 6, seed=2)
     s = build_node_schedule(edge_index, 6)
-    index = [getattr(s, f) for f in native.NODE_SCAN_FIELDS]
+    index = s.tensors()
+    at = {f: i for i, f in enumerate(type(s).FIELDS)}
+    floats = [inputs[n] for n in NAMES]
     flat = list(index)
-    flat[3] = torch.tensor([0, 6])  # every node on one level
+    flat[at["node_level_ptr"]] = torch.tensor([0, 6])  # every node on one level
+    flat[at["level_ptr"]] = torch.tensor([0, edge_index.size(1)])
     with pytest.raises(ValueError, match="climb"):
-        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *flat)
+        torch.ops.plstm_graph.node_scan_forward(*floats, None, flat)
     bad = list(index)
-    bad[5] = bad[5].flip(0) if bad[5].numel() > 1 else bad[5]
-    if not torch.equal(bad[5], index[5]):
+    i = at["in_edge"]
+    bad[i] = bad[i].flip(0) if bad[i].numel() > 1 else bad[i]
+    if not torch.equal(bad[i], index[i]):
         with pytest.raises(ValueError, match="in_edge"):
-            torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *bad)
+            torch.ops.plstm_graph.node_scan_forward(*floats, None, bad)
     short = list(index)
     short[0] = short[0][:-1]
     with pytest.raises(ValueError, match="edge_src"):
-        torch.ops.plstm_graph.node_scan_forward(*(inputs[n] for n in NAMES[:6]), None, *short)
+        torch.ops.plstm_graph.node_scan_forward(*floats, None, short)
 
 
 # ---------------------------------------------------------------------------------------------

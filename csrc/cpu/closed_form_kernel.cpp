@@ -12,7 +12,7 @@
 // Work items are (component, head) pairs; each writes its own rows of every output, in a fixed
 // order, so results are bitwise reproducible whatever the thread count. The component layout
 // is checked completely before any memory is touched.
-#include "../plstm_dag.h"
+#include "../checks.h"
 #include "isa.h"
 
 #include <ATen/Dispatch.h>
@@ -44,6 +44,26 @@ namespace {
 
 const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
+// The op's arguments after the checks (checks.h): gates contiguous, q, k and v with a node
+// stride, the unpacked schedule.
+struct ClosedFormInputs {
+  Floats f;
+  DagSchedule s;
+};
+
+ClosedFormInputs closed_form_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                                    const at::Tensor& v, const at::Tensor& source,
+                                    const at::Tensor& transition, const at::Tensor& mark,
+                                    const at::Tensor& direct, at::TensorList schedule) {
+  ClosedFormInputs in{check_floats(op, q, k, v, source, transition, mark, direct,
+                                   /*node_level_transition=*/false, /*keep_node_stride=*/true),
+                      {}};
+  TORCH_CHECK_VALUE(in.f.q.device().is_cpu(), op, " (CPU kernel): query is on ",
+                    in.f.q.device());
+  in.s = unpack_dag_schedule(op, schedule, in.f.d, in.f.q.device());
+  return in;
+}
+
 // Positions of every node and edge inside its component, from a complete check of the layout:
 // the component CSRs must be permutations, every edge must join two nodes of its component in
 // topological order, and every arc must come from an earlier edge of the same component that
@@ -54,12 +74,12 @@ struct Layout {
 };
 
 Layout check_layout(const ClosedFormInputs& in) {
-  const Dims& d = in.d;
-  const int64_t C = in.C;
-  const int64_t *es = iptr(in.edge_src), *ed = iptr(in.edge_dst), *as = iptr(in.arc_src),
-                *ad = iptr(in.arc_dst), *ip = iptr(in.in_ptr), *ia = iptr(in.in_arc),
-                *cnp = iptr(in.comp_node_ptr), *cn = iptr(in.comp_node),
-                *cep = iptr(in.comp_edge_ptr), *ce = iptr(in.comp_edge);
+  const Dims& d = in.f.d;
+  const int64_t C = in.s.C;
+  const int64_t *es = iptr(in.s.edge_src), *ed = iptr(in.s.edge_dst), *as = iptr(in.s.arc_src),
+                *ad = iptr(in.s.arc_dst), *ip = iptr(in.s.in_ptr), *ia = iptr(in.s.in_arc),
+                *cnp = iptr(in.s.comp_node_ptr), *cn = iptr(in.s.comp_node),
+                *cep = iptr(in.s.comp_edge_ptr), *ce = iptr(in.s.comp_edge);
   Layout lay;
   std::vector<int64_t> node_comp(static_cast<size_t>(d.N), -1),
       edge_comp(static_cast<size_t>(d.E), -1);
@@ -180,30 +200,30 @@ namespace {
 template <typename scalar_t, typename acc_t>
 CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& lay) {
   CfPtrs<scalar_t, acc_t> p{};
-  p.q = in.q.data_ptr<scalar_t>();
-  p.k = in.k.data_ptr<scalar_t>();
-  p.v = in.v.data_ptr<scalar_t>();
-  p.S = in.source.data_ptr<scalar_t>();
-  p.T = in.transition.data_ptr<scalar_t>();
-  p.M = in.mark.data_ptr<scalar_t>();
-  p.D = in.direct.data_ptr<scalar_t>();
-  p.edge_src = iptr(in.edge_src);
-  p.edge_dst = iptr(in.edge_dst);
-  p.arc_src = iptr(in.arc_src);
-  p.in_ptr = iptr(in.in_ptr);
-  p.in_arc = iptr(in.in_arc);
-  p.comp_node_ptr = iptr(in.comp_node_ptr);
-  p.comp_node = iptr(in.comp_node);
-  p.comp_edge_ptr = iptr(in.comp_edge_ptr);
-  p.comp_edge = iptr(in.comp_edge);
+  p.q = in.f.q.data_ptr<scalar_t>();
+  p.k = in.f.k.data_ptr<scalar_t>();
+  p.v = in.f.v.data_ptr<scalar_t>();
+  p.S = in.f.source.data_ptr<scalar_t>();
+  p.T = in.f.transition.data_ptr<scalar_t>();
+  p.M = in.f.mark.data_ptr<scalar_t>();
+  p.D = in.f.direct.data_ptr<scalar_t>();
+  p.edge_src = iptr(in.s.edge_src);
+  p.edge_dst = iptr(in.s.edge_dst);
+  p.arc_src = iptr(in.s.arc_src);
+  p.in_ptr = iptr(in.s.in_ptr);
+  p.in_arc = iptr(in.s.in_arc);
+  p.comp_node_ptr = iptr(in.s.comp_node_ptr);
+  p.comp_node = iptr(in.s.comp_node);
+  p.comp_edge_ptr = iptr(in.s.comp_edge_ptr);
+  p.comp_edge = iptr(in.s.comp_edge);
   p.node_pos = lay.node_pos.data();
   p.edge_pos = lay.edge_pos.data();
-  p.H = in.d.H;
-  p.K = in.d.K;
-  p.V = in.d.V;
-  p.q_stride = in.q.stride(0);
-  p.k_stride = in.k.stride(0);
-  p.v_stride = in.v.stride(0);
+  p.H = in.f.d.H;
+  p.K = in.f.d.K;
+  p.V = in.f.d.V;
+  p.q_stride = in.f.q.stride(0);
+  p.k_stride = in.f.k.stride(0);
+  p.v_stride = in.f.v.stride(0);
   return p;
 }
 
@@ -213,14 +233,14 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& l
 template <typename acc_t, typename Size, typename Ancestors, typename Task>
 void for_each_component(const ClosedFormInputs& in, const Size& scratch_size,
                         const Ancestors& ancestors, const Task& task) {
-  const int64_t H = in.d.H, C = in.C;
+  const int64_t H = in.f.d.H, C = in.s.C;
   if (C == 0) return;
-  const int64_t* cnp = iptr(in.comp_node_ptr);
-  const int64_t* cep = iptr(in.comp_edge_ptr);
+  const int64_t* cnp = iptr(in.s.comp_node_ptr);
+  const int64_t* cep = iptr(in.s.comp_edge_ptr);
   int64_t work = 0;
   for (int64_t c = 0; c < C; ++c) {
     const int64_t nc = cnp[c + 1] - cnp[c];
-    work += (nc * nc + (cep[c + 1] - cep[c]) * nc) * (in.d.K + in.d.V);
+    work += (nc * nc + (cep[c + 1] - cep[c]) * nc) * (in.f.d.K + in.f.d.V);
   }
   work *= H;
   const int64_t grain = std::max<int64_t>(1, C * kGrainWork / std::max<int64_t>(1, work));
@@ -286,21 +306,12 @@ void run_closed_form(const ClosedFormInputs& in, const CfPtrs<scalar_t, acc_t>& 
 at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
                                const at::Tensor& value, const at::Tensor& source,
                                const at::Tensor& transition, const at::Tensor& mark,
-                               const at::Tensor& direct, const at::Tensor& edge_src,
-                               const at::Tensor& edge_dst, const at::Tensor& arc_src,
-                               const at::Tensor& arc_dst, const at::Tensor& in_ptr,
-                               const at::Tensor& in_arc, const at::Tensor& comp_node_ptr,
-                               const at::Tensor& comp_node, const at::Tensor& comp_edge_ptr,
-                               const at::Tensor& comp_edge) {
-  const ClosedFormInputs in = check_closed_form_inputs(
-      "closed_form_forward", query, key, value, source, transition, mark, direct, edge_src,
-      edge_dst, arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node, comp_edge_ptr,
-      comp_edge);
-  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "closed_form_forward (CPU kernel): query is on ",
-                    in.q.device());
+                               const at::Tensor& direct, at::TensorList schedule) {
+  const ClosedFormInputs in = closed_form_inputs("closed_form_forward", query, key, value,
+                                                 source, transition, mark, direct, schedule);
   const Layout lay = check_layout(in);
-  at::Tensor out = at::empty({in.d.N, in.d.H, in.d.V}, in.q.options());
-  PLSTM_CF_DISPATCH(in.q.scalar_type(), "plstm_graph::closed_form_forward", [&] {
+  at::Tensor out = at::empty({in.f.d.N, in.f.d.H, in.f.d.V}, in.f.q.options());
+  PLSTM_CF_DISPATCH(in.f.q.scalar_type(), "plstm_graph::closed_form_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
     p.out = out.data_ptr<scalar_t>();
@@ -313,28 +324,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
                      const at::Tensor& value, const at::Tensor& source,
                      const at::Tensor& transition, const at::Tensor& mark,
-                     const at::Tensor& direct, const at::Tensor& edge_src,
-                     const at::Tensor& edge_dst, const at::Tensor& arc_src,
-                     const at::Tensor& arc_dst, const at::Tensor& in_ptr,
-                     const at::Tensor& in_arc, const at::Tensor& comp_node_ptr,
-                     const at::Tensor& comp_node, const at::Tensor& comp_edge_ptr,
-                     const at::Tensor& comp_edge) {
-  const ClosedFormInputs in = check_closed_form_inputs(
-      "closed_form_backward", query, key, value, source, transition, mark, direct, edge_src,
-      edge_dst, arc_src, arc_dst, in_ptr, in_arc, comp_node_ptr, comp_node, comp_edge_ptr,
-      comp_edge);
-  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "closed_form_backward (CPU kernel): query is on ",
-                    in.q.device());
-  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
+                     const at::Tensor& direct, at::TensorList schedule) {
+  const ClosedFormInputs in = closed_form_inputs("closed_form_backward", query, key, value,
+                                                 source, transition, mark, direct, schedule);
+  const at::Tensor dy = check_grad_out("closed_form_backward", in.f, grad_out);
   const Layout lay = check_layout(in);
   // (q, k, v may be strided views; their gradients are written contiguous)
-  const auto opts = in.q.options();
-  at::Tensor dq = at::empty({in.d.N, in.d.H, in.d.K}, opts),
-             dk = at::empty({in.d.N, in.d.H, in.d.K}, opts),
-             dv = at::empty({in.d.N, in.d.H, in.d.V}, opts);
-  at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
-             dM = at::empty_like(in.mark), dD = at::empty_like(in.direct);
-  PLSTM_CF_DISPATCH(in.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
+  const auto opts = in.f.q.options();
+  at::Tensor dq = at::empty({in.f.d.N, in.f.d.H, in.f.d.K}, opts),
+             dk = at::empty({in.f.d.N, in.f.d.H, in.f.d.K}, opts),
+             dv = at::empty({in.f.d.N, in.f.d.H, in.f.d.V}, opts);
+  at::Tensor dS = at::empty_like(in.f.source), dT = at::empty_like(in.f.transition),
+             dM = at::empty_like(in.f.mark), dD = at::empty_like(in.f.direct);
+  PLSTM_CF_DISPATCH(in.f.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
     p.dy = dy.data_ptr<scalar_t>();

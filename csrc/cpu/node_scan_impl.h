@@ -71,8 +71,14 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
                   m * t * static_cast<acc_t>(qw[i]), V);
     }
   }
+  // the direct term D_w (q_w . k_w) v_w
+  const scalar_t* __restrict__ vw = p.v + (w * H + h) * V;
+  const acc_t dqk = static_cast<acc_t>(p.D[w * H + h]) *
+                    dot<scalar_t, acc_t>(qw, p.k + (w * H + h) * K, K);
   scalar_t* __restrict__ o = p.out + (w * H + h) * V;
-  for (int64_t x = 0; x < V; ++x) o[x] = static_cast<scalar_t>(y[x]);
+  for (int64_t x = 0; x < V; ++x) {
+    o[x] = static_cast<scalar_t>(y[x] + dqk * static_cast<acc_t>(vw[x]));
+  }
 }
 
 // sum of the lanes of part in a fixed tree
@@ -174,9 +180,15 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
     const acc_t msv = m * s * vdy;
     for (int64_t i = 0; i < K; ++i) dq[i] += msv * static_cast<acc_t>(ku[i]);
   }
+  // the direct term D_w (q_w . k_w) v_w: its share of dq_w, and dD_w
+  const scalar_t* __restrict__ kw = p.k + (w * H + h) * K;
+  const acc_t vdy_w = dot<scalar_t, acc_t>(p.v + (w * H + h) * V, dyw, V);
+  const acc_t dvdy = static_cast<acc_t>(p.D[w * H + h]) * vdy_w;
+  p.dD[w * H + h] = static_cast<scalar_t>(dot<scalar_t, acc_t>(qw, kw, K) * vdy_w);
   scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
   for (int64_t i = 0; i < K; ++i) {
-    o[i] = static_cast<scalar_t>(dq[i] + lane_dot<acc_t>(R + i * V, dyw, V));
+    o[i] = static_cast<scalar_t>(dq[i] + lane_dot<acc_t>(R + i * V, dyw, V) +
+                                 dvdy * static_cast<acc_t>(kw[i]));
   }
 }
 
@@ -231,12 +243,21 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   scalar_t* __restrict__ dv = p.dv + (u * H + h) * V;
   acc_t* __restrict__ gk = buf + 2 * KV;  // A^T k_u
   std::fill(gk, gk + V, acc_t(0));
+  // with the direct term's shares: D_u (v_u . dy_u) q_u and D_u (q_u . k_u) dy_u
+  const scalar_t* __restrict__ qu = p.q + (u * H + h) * K;
+  const scalar_t* __restrict__ dyu = p.dy + (u * H + h) * V;
+  const acc_t du = static_cast<acc_t>(p.D[u * H + h]);
+  const acc_t dvdy = du * dot<scalar_t, acc_t>(vu, dyu, V);
+  const acc_t dqk = du * dot<scalar_t, acc_t>(qu, ku, K);
   for (int64_t i = 0; i < K; ++i) {
-    dk[i] = static_cast<scalar_t>(lane_dot<acc_t>(A + i * V, vu, V));
+    dk[i] = static_cast<scalar_t>(lane_dot<acc_t>(A + i * V, vu, V) +
+                                  dvdy * static_cast<acc_t>(qu[i]));
     const acc_t ki = static_cast<acc_t>(ku[i]);
     for (int64_t x = 0; x < V; ++x) gk[x] += ki * A[i * V + x];
   }
-  for (int64_t x = 0; x < V; ++x) dv[x] = static_cast<scalar_t>(gk[x]);
+  for (int64_t x = 0; x < V; ++x) {
+    dv[x] = static_cast<scalar_t>(gk[x] + dqk * static_cast<acc_t>(dyu[x]));
+  }
 }
 
 // ranges of items (what the drivers call through function pointers): items it in [b, end)

@@ -366,10 +366,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> build_schedule(const at::Tensor&
   csr(edge_level.data(), E, num_levels, level_ptr, edge_order);
   for (int64_t j = 0; j < L; ++j) arc_level[j] = edge_level[l.second[j]];
   csr(arc_level.data(), L, num_levels, arc_level_ptr, arc_order);
-  Index in_ptr, in_arc, out_ptr, out_arc, node_ptr, node_edge;
+  Index in_ptr, in_arc, out_ptr, out_arc, node_ptr, node_edge, src_ptr, src_edge;
   csr(l.second, L, E, in_ptr, in_arc);
   csr(l.first, L, E, out_ptr, out_arc);
   csr(e.second, E, num_nodes, node_ptr, node_edge);
+  csr(e.first, E, num_nodes, src_ptr, src_edge);
 
   // weakly connected components, numbered in the order of their lowest node id
   Index parent(num_nodes);
@@ -422,7 +423,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> build_schedule(const at::Tensor&
       e.owner.select(0, 0), e.owner.select(0, 1), l.owner.select(0, 0), l.owner.select(0, 1),
       to_tensor(edge_order), to_tensor(level_ptr), to_tensor(arc_order),
       to_tensor(arc_level_ptr), to_tensor(in_ptr), to_tensor(in_arc), to_tensor(out_ptr),
-      to_tensor(out_arc), to_tensor(node_ptr), to_tensor(node_edge), to_tensor(comp_node_ptr),
+      to_tensor(out_arc), to_tensor(node_ptr), to_tensor(node_edge), to_tensor(src_ptr),
+      to_tensor(src_edge), to_tensor(comp_node_ptr),
       to_tensor(comp_node), to_tensor(comp_edge_ptr), to_tensor(comp_edge)};
   at::Tensor sizes = to_tensor({max_nodes, max_edges, pairs, path_work});
   return {std::move(out), sizes};

@@ -213,21 +213,35 @@ PLSTM_TARGET inline void grad_item(const Ptrs<scalar_t, acc_t>& p, int64_t e, in
   p.dM[eh] = static_cast<scalar_t>(dm);
 }
 
-// Forward readout of one (node, head): out[n, h] = sum of y_e over the node's in-edges.
+// <a, b> of two input rows, in the accumulation type (short rows: K or V)
+template <typename acc_t, typename scalar_t>
+PLSTM_TARGET inline acc_t input_dot(const scalar_t* __restrict__ a,
+                                    const scalar_t* __restrict__ b, int64_t n) {
+  acc_t r = 0;
+  for (int64_t i = 0; i < n; ++i) r += static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i]);
+  return r;
+}
+
+// Forward readout of one (node, head): out[n, h] = sum of y_e over the node's in-edges plus
+// the direct term D_n (q_n . k_n) v_n.
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void node_out_item(const Ptrs<scalar_t, acc_t>& p, int64_t n, int64_t h,
                                        acc_t* acc) {
-  const int64_t H = p.H, V = p.V;
+  const int64_t H = p.H, K = p.K, V = p.V;
+  const int64_t nh = n * H + h;
   std::fill(acc, acc + V, acc_t(0));
   for (int64_t j = p.node_ptr[n]; j < p.node_ptr[n + 1]; ++j) {
     const acc_t* __restrict__ y = p.Y + (p.wrow(p.node_edge[j]) * H + h) * V;
     for (int64_t x = 0; x < V; ++x) acc[x] += y[x];
   }
-  scalar_t* __restrict__ o = p.out + (n * H + h) * V;
-  for (int64_t x = 0; x < V; ++x) o[x] = static_cast<scalar_t>(acc[x]);
+  const scalar_t* __restrict__ vn = p.v + nh * V;
+  const acc_t dqk = static_cast<acc_t>(p.D[nh]) * input_dot<acc_t>(p.q + nh * K, p.k + nh * K, K);
+  scalar_t* __restrict__ o = p.out + nh * V;
+  for (int64_t x = 0; x < V; ++x) o[x] = static_cast<scalar_t>(acc[x] + dqk * static_cast<acc_t>(vn[x]));
 }
 
-// Input gradients of one (node, head): dq over in-edges, dk and dv over out-edges.
+// Input gradients of one (node, head): dq over in-edges, dk and dv over out-edges, and the
+// gradients of the direct term.
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void node_grad_item(const Ptrs<scalar_t, acc_t>& p, int64_t n, int64_t h,
                                         acc_t* acc) {
@@ -242,9 +256,20 @@ PLSTM_TARGET inline void node_grad_item(const Ptrs<scalar_t, acc_t>& p, int64_t 
     const acc_t* __restrict__ piece = p.W + (p.wrow(p.src_edge[j]) * H + h) * width;
     for (int64_t x = K; x < width; ++x) acc[x] += piece[x];
   }
-  for (int64_t x = 0; x < K; ++x) p.dq[nh * K + x] = static_cast<scalar_t>(acc[x]);
-  for (int64_t x = 0; x < K; ++x) p.dk[nh * K + x] = static_cast<scalar_t>(acc[K + x]);
-  for (int64_t x = 0; x < V; ++x) p.dv[nh * V + x] = static_cast<scalar_t>(acc[2 * K + x]);
+  // the direct term D_n (q_n . k_n) v_n
+  const scalar_t *__restrict__ qn = p.q + nh * K, *__restrict__ kn = p.k + nh * K,
+                 *__restrict__ vn = p.v + nh * V, *__restrict__ dyn = p.dy + nh * V;
+  const acc_t dn = static_cast<acc_t>(p.D[nh]);
+  const acc_t qk = input_dot<acc_t>(qn, kn, K), vdy = input_dot<acc_t>(vn, dyn, V);
+  const acc_t dvdy = dn * vdy, dqk = dn * qk;
+  for (int64_t x = 0; x < K; ++x) {
+    p.dq[nh * K + x] = static_cast<scalar_t>(acc[x] + dvdy * static_cast<acc_t>(kn[x]));
+    p.dk[nh * K + x] = static_cast<scalar_t>(acc[K + x] + dvdy * static_cast<acc_t>(qn[x]));
+  }
+  for (int64_t x = 0; x < V; ++x) {
+    p.dv[nh * V + x] = static_cast<scalar_t>(acc[2 * K + x] + dqk * static_cast<acc_t>(dyn[x]));
+  }
+  p.dD[nh] = static_cast<scalar_t>(qk * vdy);
 }
 
 

@@ -3,11 +3,12 @@
 // Forward: one work item per (edge, head), edges in level order,
 //   C_e = S_e k_u v_u^T + sum_{a -> e} T_a C_{src a}        (in-arcs by the CSR in_ptr/in_arc)
 //   y_e = M_e C_e^T q_w                                      (while C_e is hot in cache)
-// then out[n] = sum of y_e over the node's in-edges (node_ptr/node_edge).
+// then out[n] = sum of y_e over the node's in-edges (node_ptr/node_edge) + D_n (q_n . k_n) v_n.
 // Backward: one item per (edge, head), edges in reverse level order,
 //   G_e = M_e q_w dy_w^T + sum_{e -> b} T_b G_b,  dT_b = <G_b, C_e>   (out-arcs, out_ptr/out_arc)
 //   dS_e = k_u^T G_e v_u,  dM_e = q_w^T C_e dy_w,  and the per-edge pieces of dq, dk, dv,
-// then per-node sums of those pieces (dq by head node, dk/dv by tail node).
+// then per-node sums of those pieces (dq by head node, dk/dv by tail node: node_ptr/node_edge,
+// src_ptr/src_edge) and the direct term's gradients.
 // The items themselves are in scan_impl.h (compiled for the baseline ISA and for AVX2+FMA);
 // this file checks the input, plans the work over threads (see "scheduling" below) and
 // registers the CPU kernels.
@@ -15,15 +16,14 @@
 // Every output element is written by exactly one work item, in a fixed order, so results are
 // bitwise reproducible, whatever the thread count; no atomics.
 //
-// Before any memory is touched, the schedule is checked completely (index ranges, that the
-// CSRs are consistent permutations, and that every arc climbs at least one level), so bad
-// input raises a ValueError instead of reading out of bounds or racing.
-#include "scan_kernel.h"
-
-#include "index_checks.h"
+// The schedule brings everything the plan needs (components, edges by tail node), built once
+// with it; here it is only range-checked (checks.h) before any memory is touched, so bad
+// indices raise a ValueError instead of reading out of bounds, at a cost linear in its size
+// with a tiny constant. Its structure (permutations, arcs that climb levels) is checked where
+// it is built, or by check_dag_schedule (schedule_checks.cpp).
 #include "isa.h"
 
-#include "../plstm_dag.h"
+#include "../checks.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -54,61 +54,7 @@ namespace plstm_graph {
 namespace cpu {
 namespace {
 
-// ---------------------------------------------------------------------------------------------
-// schedule validation
-// ---------------------------------------------------------------------------------------------
 const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
-
-void validate_schedule(const Inputs& in, bool with_out_csr) {
-  const Dims& d = in.d;
-  const Schedule& s = in.s;
-  const int64_t *es = iptr(s.edge_src), *ed = iptr(s.edge_dst), *as = iptr(s.arc_src),
-                *ad = iptr(s.arc_dst), *eo = iptr(s.edge_order), *lp = iptr(s.level_ptr);
-  for (int64_t e = 0; e < d.E; ++e) {
-    TORCH_CHECK_VALUE(es[e] >= 0 && es[e] < d.N, "edge_src[", e, "] = ", es[e],
-                      " is out of range for ", d.N, " nodes");
-    TORCH_CHECK_VALUE(ed[e] >= 0 && ed[e] < d.N, "edge_dst[", e, "] = ", ed[e],
-                      " is out of range for ", d.N, " nodes");
-  }
-  for (int64_t a = 0; a < d.L; ++a) {
-    TORCH_CHECK_VALUE(as[a] >= 0 && as[a] < d.E, "arc_src[", a, "] = ", as[a],
-                      " is out of range for ", d.E, " edges");
-    TORCH_CHECK_VALUE(ad[a] >= 0 && ad[a] < d.E, "arc_dst[", a, "] = ", ad[a],
-                      " is out of range for ", d.E, " edges");
-  }
-  // level of every edge; edge_order must be a permutation (level_ptr was checked already)
-  std::vector<int64_t> level(static_cast<size_t>(d.E), -1);
-  for (int64_t l = 0; l < d.levels; ++l) {
-    for (int64_t j = lp[l]; j < lp[l + 1]; ++j) {
-      const int64_t e = eo[j];
-      TORCH_CHECK_VALUE(e >= 0 && e < d.E, "edge_order[", j, "] = ", e,
-                        " is out of range for ", d.E, " edges");
-      TORCH_CHECK_VALUE(level[e] < 0, "edge_order lists edge ", e, " twice");
-      level[e] = l;
-    }
-  }
-  check_csr("in_ptr", "in_arc", iptr(s.in_ptr), iptr(s.in_arc), d.E, d.L,
-            [&](int64_t e, int64_t a) {
-              TORCH_CHECK_VALUE(ad[a] == e, "in_arc lists arc ", a, " under edge ", e,
-                                " but the arc feeds edge ", ad[a]);
-              TORCH_CHECK_VALUE(level[as[a]] < level[e], "arc ", a, " (edge ", as[a],
-                                " -> edge ", e, ") does not climb a level (", level[as[a]],
-                                " -> ", level[e], "): the graph is not a DAG or the schedule "
-                                "is inconsistent");
-            });
-  if (with_out_csr) {
-    check_csr("out_ptr", "out_arc", iptr(s.out_ptr), iptr(s.out_arc), d.E, d.L,
-              [&](int64_t e, int64_t a) {
-                TORCH_CHECK_VALUE(as[a] == e, "out_arc lists arc ", a, " under edge ", e,
-                                  " but the arc leaves edge ", as[a]);
-              });
-  }
-  check_csr("node_ptr", "node_edge", iptr(s.node_ptr), iptr(s.node_edge), d.N, d.E,
-            [&](int64_t n, int64_t e) {
-              TORCH_CHECK_VALUE(ed[e] == n, "node_edge lists edge ", e, " under node ", n,
-                                " but the edge ends at node ", ed[e]);
-            });
-}
 
 // ---------------------------------------------------------------------------------------------
 // kernels
@@ -120,12 +66,12 @@ void validate_schedule(const Inputs& in, bool with_out_csr) {
 // ids to rows, null meaning the identity.
 template <typename scalar_t, typename acc_t>
 struct Ptrs {
-  const scalar_t *q, *k, *v, *S, *T, *M, *dy;
+  const scalar_t *q, *k, *v, *S, *T, *M, *D, *dy;
   const int64_t *edge_src, *edge_dst, *arc_src, *arc_dst, *edge_order, *in_ptr, *in_arc,
       *out_ptr, *out_arc, *node_ptr, *node_edge, *src_ptr, *src_edge;
   acc_t *C, *Y, *G, *W;
   const int64_t *cslot, *wslot;
-  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM;
+  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
   int64_t H, K, V, KV;
 
   int64_t crow(int64_t e) const { return cslot ? cslot[e] : e; }
@@ -155,50 +101,33 @@ constexpr size_t kScratchKeepBytes = size_t(4) << 20;  // per-thread scratch kep
 struct Plan {
   int64_t bins = 0;  // 0: run by level with global buffers
   // component c: edges comp_edges[comp_edge_off[c]:comp_edge_off[c+1]] in level order, and
-  // nodes comp_nodes[comp_node_off[c]:...]; bin b: components bin_comps[bin_off[b]:...];
-  // slot[e]: position of edge e in its component
-  std::vector<int64_t> comp_edges, comp_edge_off, comp_nodes, comp_node_off, bin_comps,
-      bin_off, slot;
+  // nodes comp_nodes[comp_node_off[c]:...] (the schedule's component CSRs); bin b: components
+  // bin_comps[bin_off[b]:...]; slot[e]: position of edge e in its component
+  const int64_t *comp_edges = nullptr, *comp_edge_off = nullptr, *comp_nodes = nullptr,
+                *comp_node_off = nullptr;
+  std::vector<int64_t> bin_comps, bin_off, slot;
   int64_t max_comp_edges = 0;
 };
 
-int64_t find_root(std::vector<int64_t>& parent, int64_t x) {
-  while (parent[x] != x) {
-    parent[x] = parent[parent[x]];
-    x = parent[x];
-  }
-  return x;
-}
-
-Plan make_plan(const Inputs& in, bool parallel) {
+Plan make_plan(const Dims& d, const DagSchedule& s, bool parallel) {
   Plan plan;
-  const Dims& d = in.d;
   const int64_t unit = std::max<int64_t>(1, d.K * d.V * d.H);
   const int64_t total = (2 * d.E + d.L) * unit;
   const int64_t threads =
       (parallel && total >= kSerialWork) ? std::max<int64_t>(1, at::get_num_threads()) : 1;
-  const int64_t *es = iptr(in.s.edge_src), *ed = iptr(in.s.edge_dst), *ip = iptr(in.s.in_ptr),
-                *eo = iptr(in.s.edge_order);
-  // weakly connected components, numbered in the order of their lowest node
-  std::vector<int64_t> parent(static_cast<size_t>(d.N));
-  for (int64_t n = 0; n < d.N; ++n) parent[n] = n;
-  for (int64_t e = 0; e < d.E; ++e) {
-    const int64_t a = find_root(parent, es[e]), b = find_root(parent, ed[e]);
-    if (a != b) parent[std::max(a, b)] = std::min(a, b);  // a root is its component's minimum
-  }
-  std::vector<int64_t> comp(static_cast<size_t>(d.N));
-  int64_t num_comps = 0;
-  for (int64_t n = 0; n < d.N; ++n) {
-    const int64_t r = find_root(parent, n);
-    comp[n] = (r == n) ? num_comps++ : comp[r];  // r <= n, so comp[r] is set already
-  }
-  std::vector<int64_t> work(static_cast<size_t>(num_comps), 0);
-  for (int64_t e = 0; e < d.E; ++e) work[comp[es[e]]] += (2 + ip[e + 1] - ip[e]) * unit;
+  const int64_t num_comps = s.C;
+  const int64_t *cep = iptr(s.comp_edge_ptr), *ce = iptr(s.comp_edge), *ip = iptr(s.in_ptr);
 
   // deal the components to the bins
   const int64_t bins = std::max<int64_t>(1, std::min(threads, num_comps));
   std::vector<int64_t> comp_bin(static_cast<size_t>(num_comps), 0);
   if (bins > 1) {
+    std::vector<int64_t> work(static_cast<size_t>(num_comps), 0);
+    for (int64_t c = 0; c < num_comps; ++c) {
+      for (int64_t j = cep[c]; j < cep[c + 1]; ++j) {
+        work[c] += (2 + ip[ce[j] + 1] - ip[ce[j]]) * unit;
+      }
+    }
     std::vector<int64_t> by_work(static_cast<size_t>(num_comps));
     for (int64_t c = 0; c < num_comps; ++c) by_work[c] = c;
     std::stable_sort(by_work.begin(), by_work.end(),
@@ -213,34 +142,21 @@ Plan make_plan(const Inputs& in, bool parallel) {
     if (max_load * bins > total + total / 4) return plan;  // unbalanced: run by level
   }
 
-  // edges by component (stable, so in level order within each) and nodes by component
-  plan.comp_edge_off.assign(static_cast<size_t>(num_comps + 1), 0);
-  plan.comp_node_off.assign(static_cast<size_t>(num_comps + 1), 0);
-  for (int64_t e = 0; e < d.E; ++e) ++plan.comp_edge_off[comp[es[e]] + 1];
-  for (int64_t n = 0; n < d.N; ++n) ++plan.comp_node_off[comp[n] + 1];
+  plan.comp_edges = ce;
+  plan.comp_edge_off = cep;
+  plan.comp_nodes = iptr(s.comp_node);
+  plan.comp_node_off = iptr(s.comp_node_ptr);
+  plan.slot.assign(static_cast<size_t>(d.E), 0);
   for (int64_t c = 0; c < num_comps; ++c) {
-    plan.max_comp_edges = std::max(plan.max_comp_edges, plan.comp_edge_off[c + 1]);
-    plan.comp_edge_off[c + 1] += plan.comp_edge_off[c];
-    plan.comp_node_off[c + 1] += plan.comp_node_off[c];
+    plan.max_comp_edges = std::max(plan.max_comp_edges, cep[c + 1] - cep[c]);
+    for (int64_t j = cep[c]; j < cep[c + 1]; ++j) plan.slot[ce[j]] = j - cep[c];
   }
-  plan.comp_edges.resize(static_cast<size_t>(d.E));
-  plan.slot.resize(static_cast<size_t>(d.E));
-  plan.comp_nodes.resize(static_cast<size_t>(d.N));
-  std::vector<int64_t> fill(plan.comp_edge_off.begin(), plan.comp_edge_off.end() - 1);
-  for (int64_t j = 0; j < d.E; ++j) {
-    const int64_t e = eo[j], c = comp[es[e]];
-    plan.slot[e] = fill[c] - plan.comp_edge_off[c];
-    plan.comp_edges[fill[c]++] = e;
-  }
-  fill.assign(plan.comp_node_off.begin(), plan.comp_node_off.end() - 1);
-  for (int64_t n = 0; n < d.N; ++n) plan.comp_nodes[fill[comp[n]]++] = n;
-
   plan.bins = bins;
   plan.bin_off.assign(static_cast<size_t>(bins + 1), 0);
   for (int64_t c = 0; c < num_comps; ++c) ++plan.bin_off[comp_bin[c] + 1];
   for (int64_t b = 0; b < bins; ++b) plan.bin_off[b + 1] += plan.bin_off[b];
   plan.bin_comps.resize(static_cast<size_t>(num_comps));
-  fill.assign(plan.bin_off.begin(), plan.bin_off.end() - 1);
+  std::vector<int64_t> fill(plan.bin_off.begin(), plan.bin_off.end() - 1);
   for (int64_t c = 0; c < num_comps; ++c) plan.bin_comps[fill[comp_bin[c]]++] = c;
   return plan;
 }
@@ -330,6 +246,25 @@ constexpr int kRowLanes = 8;  // partial sums of the short (V) row reductions
 
 namespace {
 
+// The op's arguments after the checks (checks.h): contiguous inputs and the unpacked schedule.
+struct Inputs {
+  Floats f;
+  DagSchedule s;
+  const Dims& d() const { return f.d; }
+};
+
+Inputs scan_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& source, const at::Tensor& transition,
+                   const at::Tensor& mark, const at::Tensor& direct, at::TensorList schedule) {
+  Inputs in{check_floats(op, q, k, v, source, transition, mark, direct,
+                         /*node_level_transition=*/false, /*keep_node_stride=*/false),
+            {}};
+  TORCH_CHECK_VALUE(in.f.q.device().is_cpu(), op, " (CPU kernel): query is on ",
+                    in.f.q.device());
+  in.s = unpack_dag_schedule(op, schedule, in.f.d, in.f.q.device());
+  return in;
+}
+
 template <typename scalar_t, typename acc_t>
 struct Kernels {
   using P = Ptrs<scalar_t, acc_t>;
@@ -362,7 +297,7 @@ void forward_by_level(const Kernels<scalar_t, acc_t>& K, const Ptrs<scalar_t, ac
   const int64_t H = p.H, V = p.V;
   const int64_t* level_ptr = iptr(in.s.level_ptr);
   const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, 3 * p.KV));
-  for (int64_t l = 0; l < in.d.levels; ++l) {
+  for (int64_t l = 0; l < in.s.levels; ++l) {
     const int64_t lo = level_ptr[l];
     const int64_t items = (level_ptr[l + 1] - lo) * H;
     run_items(items, grain, parallel, [&](int64_t b, int64_t end) {
@@ -371,7 +306,7 @@ void forward_by_level(const Kernels<scalar_t, acc_t>& K, const Ptrs<scalar_t, ac
   }
   if (!readout) return;
   const int64_t node_grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, 4 * V));
-  run_items(in.d.N * H, node_grain, parallel,
+  run_items(in.d().N * H, node_grain, parallel,
             [&](int64_t b, int64_t end) { K.node_out_items(p, b, end); });
 }
 
@@ -381,7 +316,7 @@ void backward_by_level(const Kernels<scalar_t, acc_t>& K, const Ptrs<scalar_t, a
   const int64_t H = p.H, width = 2 * p.K + p.V;
   const int64_t* level_ptr = iptr(in.s.level_ptr);
   const int64_t grain = std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, 4 * p.KV));
-  for (int64_t l = in.d.levels - 1; l >= 0; --l) {
+  for (int64_t l = in.s.levels - 1; l >= 0; --l) {
     const int64_t lo = level_ptr[l];
     const int64_t items = (level_ptr[l + 1] - lo) * H;
     run_items(items, grain, parallel, [&](int64_t b, int64_t end) {
@@ -390,7 +325,7 @@ void backward_by_level(const Kernels<scalar_t, acc_t>& K, const Ptrs<scalar_t, a
   }
   const int64_t node_grain =
       std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, 4 * width));
-  run_items(in.d.N * H, node_grain, parallel,
+  run_items(in.d().N * H, node_grain, parallel,
             [&](int64_t b, int64_t end) { K.node_grad_items(p, b, end); });
 }
 
@@ -436,13 +371,15 @@ void backward_by_bin(const Kernels<scalar_t, acc_t>& K, const Ptrs<scalar_t, acc
 template <typename scalar_t, typename acc_t>
 Ptrs<scalar_t, acc_t> make_ptrs(const Inputs& in) {
   Ptrs<scalar_t, acc_t> p{};
-  p.q = in.q.data_ptr<scalar_t>();
-  p.k = in.k.data_ptr<scalar_t>();
-  p.v = in.v.data_ptr<scalar_t>();
-  p.S = in.source.data_ptr<scalar_t>();
-  p.T = in.transition.data_ptr<scalar_t>();
-  p.M = in.mark.data_ptr<scalar_t>();
-  const Schedule& s = in.s;
+  const Floats& f = in.f;
+  p.q = f.q.data_ptr<scalar_t>();
+  p.k = f.k.data_ptr<scalar_t>();
+  p.v = f.v.data_ptr<scalar_t>();
+  p.S = f.source.data_ptr<scalar_t>();
+  p.T = f.transition.data_ptr<scalar_t>();
+  p.M = f.mark.data_ptr<scalar_t>();
+  p.D = f.direct.data_ptr<scalar_t>();
+  const DagSchedule& s = in.s;
   p.edge_src = iptr(s.edge_src);
   p.edge_dst = iptr(s.edge_dst);
   p.arc_src = iptr(s.arc_src);
@@ -454,10 +391,12 @@ Ptrs<scalar_t, acc_t> make_ptrs(const Inputs& in) {
   p.out_arc = iptr(s.out_arc);
   p.node_ptr = iptr(s.node_ptr);
   p.node_edge = iptr(s.node_edge);
-  p.H = in.d.H;
-  p.K = in.d.K;
-  p.V = in.d.V;
-  p.KV = in.d.K * in.d.V;
+  p.src_ptr = iptr(s.src_ptr);
+  p.src_edge = iptr(s.src_edge);
+  p.H = f.d.H;
+  p.K = f.d.K;
+  p.V = f.d.V;
+  p.KV = f.d.K * f.d.V;
   return p;
 }
 
@@ -476,27 +415,19 @@ T* data_or_null(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& edge_src, const at::Tensor& edge_dst, const at::Tensor& arc_src,
-    const at::Tensor& arc_dst, const at::Tensor& edge_order, const at::Tensor& level_ptr,
-    const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
-    const at::Tensor& out_arc, const at::Tensor& node_ptr, const at::Tensor& node_edge,
-    bool keep_states) {
-  Inputs in = check_inputs("scan_forward", query, key, value, source, transition, mark,
-                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
-                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
-  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "scan_forward (CPU kernel): query is on ",
-                    in.q.device());
-  validate_schedule(in, /*with_out_csr=*/false);
-  const Dims& d = in.d;
-  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+    const at::Tensor& direct, at::TensorList schedule, bool keep_states) {
+  const Inputs in = scan_inputs("scan_forward", query, key, value, source, transition, mark,
+                                direct, schedule);
+  const Dims& d = in.d();
+  const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   const bool parallel = use_threads();
-  const Plan plan = make_plan(in, parallel);
+  const Plan plan = make_plan(d, in.s, parallel);
   const bool by_level = plan.bins == 0;
   at::Tensor states = (keep_states || by_level) ? empty_buffer({d.E, d.H, d.K, d.V}, acc_opts)
                                                 : at::Tensor();
   at::Tensor ybuf = by_level ? empty_buffer({d.E, d.H, d.V}, acc_opts) : at::Tensor();
-  at::Tensor out = at::empty({d.N, d.H, d.V}, in.q.options());
-  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_forward", [&] {
+  at::Tensor out = at::empty({d.N, d.H, d.V}, in.f.q.options());
+  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_ptrs<scalar_t, acc_t>(in);
     p.C = data_or_null<acc_t>(states);
@@ -513,29 +444,20 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
               const at::Tensor& value, const at::Tensor& source, const at::Tensor& transition,
-              const at::Tensor& mark, const c10::optional<at::Tensor>& states,
-              const at::Tensor& edge_src, const at::Tensor& edge_dst,
-              const at::Tensor& arc_src, const at::Tensor& arc_dst,
-              const at::Tensor& edge_order, const at::Tensor& level_ptr,
-              const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
-              const at::Tensor& out_arc, const at::Tensor& node_ptr,
-              const at::Tensor& node_edge) {
-  Inputs in = check_inputs("scan_backward", query, key, value, source, transition, mark,
-                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
-                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
-  TORCH_CHECK_VALUE(in.q.device().is_cpu(), "scan_backward (CPU kernel): query is on ",
-                    in.q.device());
-  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
-  at::Tensor C = check_states(in, states);
-  validate_schedule(in, /*with_out_csr=*/true);
-  const Dims& d = in.d;
-  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+              const at::Tensor& mark, const at::Tensor& direct,
+              const c10::optional<at::Tensor>& states, at::TensorList schedule) {
+  const Inputs in = scan_inputs("scan_backward", query, key, value, source, transition, mark,
+                                direct, schedule);
+  const Dims& d = in.d();
+  const at::Tensor dy = check_grad_out("scan_backward", in.f, grad_out);
+  at::Tensor C = check_states("scan_backward", in.f, states, d.E, /*required=*/false);
+  const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   const bool recompute = !C.defined();
   const bool parallel = use_threads();
-  const Plan plan = make_plan(in, parallel);
+  const Plan plan = make_plan(d, in.s, parallel);
   const bool by_level = plan.bins == 0;
   at::Tensor G, W;
   if (by_level) {
@@ -543,34 +465,24 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     G = empty_buffer({d.E, d.H, d.K, d.V}, acc_opts);
     W = empty_buffer({d.E, d.H, 2 * d.K + d.V}, acc_opts);
   }
-  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
-  at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
-             dM = at::empty_like(in.mark);
-
-  // edges grouped by tail node, stable (counting sort)
-  std::vector<int64_t> src_ptr(static_cast<size_t>(d.N + 1), 0), src_edge(d.E);
-  {
-    const int64_t* es = iptr(in.s.edge_src);
-    for (int64_t e = 0; e < d.E; ++e) ++src_ptr[es[e] + 1];
-    for (int64_t n = 0; n < d.N; ++n) src_ptr[n + 1] += src_ptr[n];
-    std::vector<int64_t> fill(src_ptr.begin(), src_ptr.end() - 1);
-    for (int64_t e = 0; e < d.E; ++e) src_edge[fill[es[e]]++] = e;
-  }
-  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_backward", [&] {
+  const Floats& f = in.f;
+  at::Tensor dq = at::empty_like(f.q), dk = at::empty_like(f.k), dv = at::empty_like(f.v);
+  at::Tensor dS = at::empty_like(f.source), dT = at::empty_like(f.transition),
+             dM = at::empty_like(f.mark), dD = at::empty_like(f.direct);
+  PLSTM_DISPATCH(f.q.scalar_type(), "plstm_graph::scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_ptrs<scalar_t, acc_t>(in);
     p.dy = dy.data_ptr<scalar_t>();
     p.C = data_or_null<acc_t>(C);
     p.G = data_or_null<acc_t>(G);
     p.W = data_or_null<acc_t>(W);
-    p.src_ptr = src_ptr.data();
-    p.src_edge = src_edge.data();
     p.dq = dq.data_ptr<scalar_t>();
     p.dk = dk.data_ptr<scalar_t>();
     p.dv = dv.data_ptr<scalar_t>();
     p.dS = dS.data_ptr<scalar_t>();
     p.dT = dT.data_ptr<scalar_t>();
     p.dM = dM.data_ptr<scalar_t>();
+    p.dD = dD.data_ptr<scalar_t>();
     const auto K = kernels<scalar_t, acc_t>();
     if (by_level) {
       if (recompute) forward_by_level(K, p, in, /*readout=*/false, parallel);
@@ -579,7 +491,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
       backward_by_bin(K, p, plan, recompute);
     }
   });
-  return {dq, dk, dv, dS, dT, dM};
+  return {dq, dk, dv, dS, dT, dM, dD};
 }
 
 }  // namespace cpu

@@ -4,18 +4,19 @@
 //   forward:  one launch per level; a block per (edge of the level, head), its threads spread
 //             over the K*V state elements (coalesced: states are [E, H, K, V] row-major).
 //             Then one readout launch: a row of threads per (node, head), one per value
-//             column, summing the node's in-edges in CSR order.
+//             column, summing the node's in-edges in CSR order and adding the direct term.
 //   backward: one launch per level in reverse for the state gradients G; then one launch for
 //             the per-edge gradients (dS, dM and the per-edge pieces of dq/dk/dv), one for dT
-//             per arc, and one per-node reduction for dq/dk/dv.
+//             per arc, and one per-node reduction for dq/dk/dv (with the direct term's shares)
+//             that also writes dD.
 // Every output element is produced by one thread (or one block with a fixed-shape tree
 // reduction), in a fixed order: no atomics, bitwise reproducible.
 //
 // Only c10/cuda headers are used (ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers).
 // The host validates shapes and dtypes and checks every index value against its range before
-// any launch (one device->host synchronisation per op), so a bad index raises a ValueError
-// instead of faulting the device.
-#include "../plstm_dag.h"
+// any launch (checks.h: one device->host synchronisation per op), so a bad index raises a
+// ValueError instead of faulting the device. Edges by tail node come with the schedule.
+#include "../checks.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -98,8 +99,11 @@ __global__ void state_level_kernel(const scalar_t* __restrict__ k, const scalar_
 }
 
 // out[n, h, j] = sum_{e into n} sum_i (M_e q_{n,i}) C_e[i, j]; threadIdx.y picks the item.
+// Plus the direct term D_n (q_n . k_n) v_n[j].
 template <typename scalar_t, typename acc_t>
-__global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ M,
+__global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                               const scalar_t* __restrict__ v, const scalar_t* __restrict__ M,
+                               const scalar_t* __restrict__ D,
                                const acc_t* __restrict__ C, const int64_t* __restrict__ node_ptr,
                                const int64_t* __restrict__ node_edge, scalar_t* __restrict__ out,
                                int64_t items, int64_t H, int K, int V) {
@@ -108,6 +112,9 @@ __global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* _
        it += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     const int64_t n = it / H, h = it % H;
     const scalar_t* qn = q + it * K;
+    acc_t dqk = 0;
+    for (int i = 0; i < K; ++i) dqk += static_cast<acc_t>(qn[i]) * static_cast<acc_t>(k[it * K + i]);
+    dqk *= static_cast<acc_t>(D[it]);
     const int64_t p0 = node_ptr[n], p1 = node_ptr[n + 1];
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
       acc_t acc = 0;
@@ -119,7 +126,7 @@ __global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* _
         for (int i = 0; i < K; ++i) y += (m * static_cast<acc_t>(qn[i])) * Ce[i * V + j];
         acc += y;
       }
-      out[it * V + j] = static_cast<scalar_t>(acc);
+      out[it * V + j] = static_cast<scalar_t>(acc + dqk * static_cast<acc_t>(v[it * V + j]));
     }
   }
 }
@@ -227,19 +234,27 @@ __global__ void arc_grad_kernel(const int64_t* __restrict__ arc_src,
   }
 }
 
-// dq by head node, dk and dv by tail node: sums of the per-edge pieces in CSR order.
+// dq by head node, dk and dv by tail node: sums of the per-edge pieces in CSR order, plus the
+// shares of the direct term D_n (q_n . k_n) v_n; thread 0 writes dD_n = (q_n . k_n)(v_n . dy_n).
 template <typename scalar_t, typename acc_t>
-__global__ void node_grad_kernel(const acc_t* __restrict__ W,
+__global__ void node_grad_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                                 const scalar_t* __restrict__ v, const scalar_t* __restrict__ dy,
+                                 const scalar_t* __restrict__ D, const acc_t* __restrict__ W,
                                  const int64_t* __restrict__ node_ptr,
                                  const int64_t* __restrict__ node_edge,
                                  const int64_t* __restrict__ src_ptr,
                                  const int64_t* __restrict__ src_edge,
                                  scalar_t* __restrict__ dq, scalar_t* __restrict__ dk,
-                                 scalar_t* __restrict__ dv, int64_t items, int64_t H, int K,
-                                 int V) {
+                                 scalar_t* __restrict__ dv, scalar_t* __restrict__ dD,
+                                 int64_t items, int64_t H, int K, int V) {
   const int width = 2 * K + V;
   for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
     const int64_t n = it / H, h = it % H;
+    acc_t qk = 0, vdy = 0;
+    for (int i = 0; i < K; ++i) qk += static_cast<acc_t>(q[it * K + i]) * static_cast<acc_t>(k[it * K + i]);
+    for (int j = 0; j < V; ++j) vdy += static_cast<acc_t>(v[it * V + j]) * static_cast<acc_t>(dy[it * V + j]);
+    const acc_t dn = static_cast<acc_t>(D[it]);
+    if (threadIdx.x == 0) dD[it] = static_cast<scalar_t>(qk * vdy);
     for (int x = threadIdx.x; x < width; x += blockDim.x) {
       const bool by_dst = x < K;
       const int64_t* ptr = by_dst ? node_ptr : src_ptr;
@@ -247,10 +262,13 @@ __global__ void node_grad_kernel(const acc_t* __restrict__ W,
       acc_t acc = 0;
       for (int64_t p = ptr[n]; p < ptr[n + 1]; ++p) acc += W[(members[p] * H + h) * width + x];
       if (by_dst) {
+        acc += dn * vdy * static_cast<acc_t>(k[it * K + x]);
         dq[it * K + x] = static_cast<scalar_t>(acc);
       } else if (x < 2 * K) {
+        acc += dn * vdy * static_cast<acc_t>(q[it * K + x - K]);
         dk[it * K + x - K] = static_cast<scalar_t>(acc);
       } else {
+        acc += dn * qk * static_cast<acc_t>(dy[it * V + x - 2 * K]);
         dv[it * V + x - 2 * K] = static_cast<scalar_t>(acc);
       }
     }
@@ -266,23 +284,38 @@ const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 #define PLSTM_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
-void check_cuda_inputs(const char* op, const Inputs& in) {
-  TORCH_CHECK_VALUE(in.q.is_cuda(), op, " (CUDA kernel): query is on ", in.q.device());
-  TORCH_CHECK_VALUE(in.d.K * in.d.V < INT_MAX && 2 * in.d.K + in.d.V < INT_MAX, op,
+// The op's arguments after the checks (checks.h): contiguous inputs, the unpacked schedule
+// with every index value range-checked on the device.
+struct Inputs {
+  Floats f;
+  DagSchedule s;
+};
+
+Inputs scan_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& source, const at::Tensor& transition,
+                   const at::Tensor& mark, const at::Tensor& direct, at::TensorList schedule) {
+  Inputs in{check_floats(op, q, k, v, source, transition, mark, direct,
+                         /*node_level_transition=*/false, /*keep_node_stride=*/false),
+            {}};
+  TORCH_CHECK_VALUE(in.f.q.is_cuda(), op, " (CUDA kernel): query is on ", in.f.q.device());
+  TORCH_CHECK_VALUE(in.f.d.K * in.f.d.V < INT_MAX && 2 * in.f.d.K + in.f.d.V < INT_MAX, op,
                     ": K * V is too large");
+  const c10::cuda::CUDAGuard guard(in.f.q.device());
+  in.s = unpack_dag_schedule(op, schedule, in.f.d, in.f.q.device());
+  return in;
 }
 
 template <typename scalar_t, typename acc_t>
 void run_states(const Inputs& in, acc_t* C, cudaStream_t stream) {
-  const Dims& d = in.d;
+  const Dims& d = in.f.d;
   const int threads = pow2_threads(d.K * d.V);
   const int64_t* lp = iptr(in.s.level_ptr);
-  for (int64_t l = 0; l < d.levels; ++l) {
+  for (int64_t l = 0; l < in.s.levels; ++l) {
     const int64_t items = (lp[l + 1] - lp[l]) * d.H;
     if (items == 0) continue;
     state_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
-        cptr<scalar_t>(in.k), cptr<scalar_t>(in.v), cptr<scalar_t>(in.source),
-        cptr<scalar_t>(in.transition), iptr(in.s.edge_src), iptr(in.s.edge_order),
+        cptr<scalar_t>(in.f.k), cptr<scalar_t>(in.f.v), cptr<scalar_t>(in.f.source),
+        cptr<scalar_t>(in.f.transition), iptr(in.s.edge_src), iptr(in.s.edge_order),
         iptr(in.s.in_ptr), iptr(in.s.in_arc), iptr(in.s.arc_src), C, lp[l], items, d.H,
         static_cast<int>(d.K), static_cast<int>(d.V));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -294,23 +327,16 @@ void run_states(const Inputs& in, acc_t* C, cudaStream_t stream) {
 std::tuple<at::Tensor, at::Tensor> scan_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& edge_src, const at::Tensor& edge_dst, const at::Tensor& arc_src,
-    const at::Tensor& arc_dst, const at::Tensor& edge_order, const at::Tensor& level_ptr,
-    const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
-    const at::Tensor& out_arc, const at::Tensor& node_ptr, const at::Tensor& node_edge,
-    bool keep_states) {
-  Inputs in = check_inputs("scan_forward", query, key, value, source, transition, mark,
-                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
-                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
-  check_cuda_inputs("scan_forward", in);
-  const c10::cuda::CUDAGuard guard(in.q.device());
-  check_index_ranges(in, /*with_out_csr=*/false);
-  const Dims& d = in.d;
-  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+    const at::Tensor& direct, at::TensorList schedule, bool keep_states) {
+  const Inputs in = scan_inputs("scan_forward", query, key, value, source, transition, mark,
+                                direct, schedule);
+  const c10::cuda::CUDAGuard guard(in.f.q.device());
+  const Dims& d = in.f.d;
+  const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   at::Tensor states = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
-  at::Tensor out = at::empty({d.N, d.H, d.V}, in.q.options());
+  at::Tensor out = at::empty({d.N, d.H, d.V}, in.f.q.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_forward_cuda", [&] {
+  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     run_states<scalar_t, acc_t>(in, states.data_ptr<acc_t>(), stream);
     const int64_t items = d.N * d.H;
@@ -319,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
       const dim3 block(lanes, 128 / lanes);
       const int64_t blocks = (items + block.y - 1) / block.y;
       readout_kernel<scalar_t, acc_t><<<grid_for(blocks), block, 0, stream>>>(
-          cptr<scalar_t>(in.q), cptr<scalar_t>(in.mark), states.data_ptr<acc_t>(),
+          cptr<scalar_t>(in.f.q), cptr<scalar_t>(in.f.k), cptr<scalar_t>(in.f.v),
+          cptr<scalar_t>(in.f.mark), cptr<scalar_t>(in.f.direct), states.data_ptr<acc_t>(),
           iptr(in.s.node_ptr), iptr(in.s.node_edge), out.data_ptr<scalar_t>(), items, d.H,
           static_cast<int>(d.K), static_cast<int>(d.V));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -331,50 +358,41 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
               const at::Tensor& value, const at::Tensor& source, const at::Tensor& transition,
-              const at::Tensor& mark, const c10::optional<at::Tensor>& states,
-              const at::Tensor& edge_src, const at::Tensor& edge_dst,
-              const at::Tensor& arc_src, const at::Tensor& arc_dst,
-              const at::Tensor& edge_order, const at::Tensor& level_ptr,
-              const at::Tensor& in_ptr, const at::Tensor& in_arc, const at::Tensor& out_ptr,
-              const at::Tensor& out_arc, const at::Tensor& node_ptr,
-              const at::Tensor& node_edge) {
-  Inputs in = check_inputs("scan_backward", query, key, value, source, transition, mark,
-                           edge_src, edge_dst, arc_src, arc_dst, edge_order, level_ptr, in_ptr,
-                           in_arc, out_ptr, out_arc, node_ptr, node_edge);
-  check_cuda_inputs("scan_backward", in);
-  const c10::cuda::CUDAGuard guard(in.q.device());
-  const at::Tensor dy = check_grad_out(in.q, in.d.V, grad_out);
-  at::Tensor C = check_states(in, states);
-  check_index_ranges(in, /*with_out_csr=*/true);
-  const Dims& d = in.d;
-  const auto acc_opts = in.q.options().dtype(acc_dtype(in.q.scalar_type()));
+              const at::Tensor& mark, const at::Tensor& direct,
+              const c10::optional<at::Tensor>& states, at::TensorList schedule) {
+  const Inputs in = scan_inputs("scan_backward", query, key, value, source, transition, mark,
+                                direct, schedule);
+  const c10::cuda::CUDAGuard guard(in.f.q.device());
+  const Floats& f = in.f;
+  const Dims& d = f.d;
+  const at::Tensor dy = check_grad_out("scan_backward", f, grad_out);
+  at::Tensor C = check_states("scan_backward", f, states, d.E, /*required=*/false);
+  const auto acc_opts = f.q.options().dtype(acc_dtype(f.q.scalar_type()));
   const bool recompute = !C.defined();
   if (recompute) C = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
   at::Tensor G = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
   at::Tensor W = at::empty({d.E, d.H, 2 * d.K + d.V}, acc_opts);
-  at::Tensor dq = at::empty_like(in.q), dk = at::empty_like(in.k), dv = at::empty_like(in.v);
-  at::Tensor dS = at::empty_like(in.source), dT = at::empty_like(in.transition),
-             dM = at::empty_like(in.mark);
-  at::Tensor src_ptr, src_edge;
-  edges_by_source(in, src_ptr, src_edge);
+  at::Tensor dq = at::empty_like(f.q), dk = at::empty_like(f.k), dv = at::empty_like(f.v);
+  at::Tensor dS = at::empty_like(f.source), dT = at::empty_like(f.transition),
+             dM = at::empty_like(f.mark), dD = at::empty_like(f.direct);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int K = static_cast<int>(d.K), V = static_cast<int>(d.V);
-  PLSTM_DISPATCH(in.q.scalar_type(), "plstm_graph::scan_backward_cuda", [&] {
+  PLSTM_DISPATCH(f.q.scalar_type(), "plstm_graph::scan_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* Cp = C.data_ptr<acc_t>();
     acc_t* Gp = G.data_ptr<acc_t>();
     if (recompute) run_states<scalar_t, acc_t>(in, Cp, stream);
     const int threads = pow2_threads(d.K * d.V);
     const int64_t* lp = iptr(in.s.level_ptr);
-    for (int64_t l = d.levels - 1; l >= 0; --l) {
+    for (int64_t l = in.s.levels - 1; l >= 0; --l) {
       const int64_t items = (lp[l + 1] - lp[l]) * d.H;
       if (items == 0) continue;
       grad_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
-          cptr<scalar_t>(in.q), cptr<scalar_t>(dy), cptr<scalar_t>(in.mark),
-          cptr<scalar_t>(in.transition), iptr(in.s.edge_dst), iptr(in.s.edge_order),
+          cptr<scalar_t>(f.q), cptr<scalar_t>(dy), cptr<scalar_t>(f.mark),
+          cptr<scalar_t>(f.transition), iptr(in.s.edge_dst), iptr(in.s.edge_order),
           iptr(in.s.out_ptr), iptr(in.s.out_arc), iptr(in.s.arc_dst), Gp, lp[l], items, d.H, K,
           V);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -383,8 +401,8 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     if (edge_items > 0) {
       const int t = pow2_threads(std::max(d.K, d.V), 128);
       edge_grad_kernel<scalar_t, acc_t><<<grid_for(edge_items), t, t * sizeof(acc_t), stream>>>(
-          cptr<scalar_t>(in.q), cptr<scalar_t>(in.k), cptr<scalar_t>(in.v), cptr<scalar_t>(dy),
-          cptr<scalar_t>(in.source), cptr<scalar_t>(in.mark), iptr(in.s.edge_src),
+          cptr<scalar_t>(f.q), cptr<scalar_t>(f.k), cptr<scalar_t>(f.v), cptr<scalar_t>(dy),
+          cptr<scalar_t>(f.source), cptr<scalar_t>(f.mark), iptr(in.s.edge_src),
           iptr(in.s.edge_dst), Cp, Gp, W.data_ptr<acc_t>(), dS.data_ptr<scalar_t>(),
           dM.data_ptr<scalar_t>(), edge_items, d.H, K, V);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -401,13 +419,15 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     if (node_items > 0) {
       const int t = pow2_threads(2 * d.K + d.V, 128);
       node_grad_kernel<scalar_t, acc_t><<<grid_for(node_items), t, 0, stream>>>(
-          W.data_ptr<acc_t>(), iptr(in.s.node_ptr), iptr(in.s.node_edge), iptr(src_ptr),
-          iptr(src_edge), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
-          dv.data_ptr<scalar_t>(), node_items, d.H, K, V);
+          cptr<scalar_t>(f.q), cptr<scalar_t>(f.k), cptr<scalar_t>(f.v), cptr<scalar_t>(dy),
+          cptr<scalar_t>(f.direct), W.data_ptr<acc_t>(), iptr(in.s.node_ptr),
+          iptr(in.s.node_edge), iptr(in.s.src_ptr), iptr(in.s.src_edge),
+          dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(),
+          dD.data_ptr<scalar_t>(), node_items, d.H, K, V);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {dq, dk, dv, dS, dT, dM};
+  return {dq, dk, dv, dS, dT, dM, dD};
 }
 
 }  // namespace cuda

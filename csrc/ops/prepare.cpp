@@ -16,6 +16,9 @@ TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
   m.def("multitree_keep(Tensor edge_index, Tensor line_index, Tensor node_level) -> Tensor");
   // The index tensors of plstm_graph.dag.DagSchedule in field order, and its four sizes
   // (max component nodes, max component edges, component pairs, path work) as a long tensor.
+  // Everything the kernels rely on in a DagSchedule (its tensors() and node count): what
+  // DagSchedule.check() runs on a schedule that build_schedule did not make.
+  m.def("check_dag_schedule(Tensor[] schedule, int num_nodes) -> ()");
   m.def(
       "build_schedule(Tensor edge_index, Tensor line_index, Tensor node_level, int num_nodes, "
       "bool validate) -> (Tensor[] index, Tensor sizes)");

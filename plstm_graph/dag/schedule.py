@@ -8,7 +8,7 @@ only the op layer's choice of algorithm reads; it lives here because the schedul
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import List, Optional, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -32,6 +32,11 @@ class DagSchedule:
     device of ``edge_index``, except ``level_ptr`` and ``arc_level_ptr``, which the host loop
     reads and which therefore stay on the CPU.
 
+    The tensor fields, in the order they are declared here (:attr:`FIELDS`), are what the
+    native ops take as their ``schedule`` argument (:meth:`tensors`); ``csrc/checks.h`` lists
+    the same fields in the same order. A schedule from :func:`build_schedule` is consistent by
+    construction (the graph is checked once, there); :meth:`check` checks one from elsewhere.
+
     Attributes:
         edge_src, edge_dst: ``[E]`` tail and head node of every edge.
         arc_src, arc_dst: ``[L]`` incoming and outgoing edge of every arc.
@@ -44,6 +49,8 @@ class DagSchedule:
             the arcs that feed edge ``e``, in id order).
         out_ptr, out_arc: CSR of arcs by incoming edge (the arcs that edge ``e`` feeds).
         node_ptr, node_edge: CSR of edges by head node (the edges a node reads out).
+        src_ptr, src_edge: CSR of edges by tail node (where the key and value gradients of a
+            node are summed).
         comp_node_ptr, comp_node: CSR of nodes by weakly connected component, each component
             in topological order (level, then id): the layout of the closed form.
         comp_edge_ptr, comp_edge: CSR of edges by component, in level order within one.
@@ -73,6 +80,8 @@ class DagSchedule:
     out_arc: Tensor
     node_ptr: Tensor
     node_edge: Tensor
+    src_ptr: Tensor
+    src_edge: Tensor
     comp_node_ptr: Tensor
     comp_node: Tensor
     comp_edge_ptr: Tensor
@@ -95,9 +104,25 @@ class DagSchedule:
     def num_levels(self) -> int:
         return self.level_ptr.numel() - 1
 
-    def index_tensors(self) -> List[Tensor]:
-        return [getattr(self, f.name) for f in fields(self)
-                if isinstance(getattr(self, f.name), Tensor)]
+    FIELDS: ClassVar[Tuple[str, ...]] = ()  # the tensor fields in declaration order (below)
+
+    def tensors(self) -> List[Tensor]:
+        """The index tensors in :attr:`FIELDS` order: the ``schedule`` argument of the native
+        ops."""
+        return [getattr(self, name) for name in self.FIELDS]
+
+    index_tensors = tensors
+
+    def check(self) -> None:
+        """Check the whole structure (every CSR a permutation under the right owner, arcs that
+        climb levels, components that partition the graph), with the native ops; raises
+        ``ValueError``. The kernels themselves check only the index ranges."""
+        from ..ops import native  # deferred: the ops package imports this module
+
+        if not native.WITH_NATIVE:
+            raise RuntimeError(native.unavailable_reason("cpu"))
+        torch.ops.plstm_graph.check_dag_schedule([t.cpu() for t in self.tensors()],
+                                                 self.num_nodes)
 
     @property
     def num_components(self) -> int:
@@ -202,6 +227,7 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     in_ptr, in_arc = _csr(arc_dst, num_edges)
     out_ptr, out_arc = _csr(arc_src, num_edges)
     node_ptr, node_edge = _csr(edge_dst, num_nodes)
+    src_ptr, src_edge = _csr(edge_src, num_nodes)
 
     comp, num_comps = weakly_connected_components(edge_index, num_nodes)
     by_level = torch.sort(node_level, stable=True).indices
@@ -223,7 +249,8 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         num_nodes=num_nodes, edge_src=edge_src, edge_dst=edge_dst, arc_src=arc_src,
         arc_dst=arc_dst, edge_order=edge_order, level_ptr=level_ptr.cpu(), arc_order=arc_order,
         arc_level_ptr=arc_level_ptr.cpu(), in_ptr=in_ptr, in_arc=in_arc, out_ptr=out_ptr,
-        out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, comp_node_ptr=comp_node_ptr,
+        out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, src_ptr=src_ptr,
+        src_edge=src_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
         max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
         component_pairs=component_pairs, path_work=path_work)
@@ -280,6 +307,8 @@ class NodeSchedule:
     out_ptr: Tensor
     out_edge: Tensor
 
+    FIELDS: ClassVar[Tuple[str, ...]] = ()  # the tensor fields in declaration order
+
     @property
     def num_edges(self) -> int:
         return self.edge_src.numel()
@@ -287,6 +316,11 @@ class NodeSchedule:
     @property
     def num_levels(self) -> int:
         return self.node_level_ptr.numel() - 1
+
+    def tensors(self) -> List[Tensor]:
+        """The index tensors in :attr:`FIELDS` order: the ``schedule`` argument of the native
+        node-level ops (``csrc/checks.h`` lists the same fields)."""
+        return [getattr(self, name) for name in self.FIELDS]
 
 
 def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
@@ -312,3 +346,12 @@ def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
                         edge_order=edge_order, level_ptr=level_ptr.cpu(),
                         node_order=node_order, node_level_ptr=node_level_ptr.cpu(),
                         in_ptr=in_ptr, in_edge=in_edge, out_ptr=out_ptr, out_edge=out_edge)
+
+
+def _tensor_fields(cls) -> Tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.type in ("Tensor", Tensor))
+
+
+# the one declaration of each schedule's field order: the dataclass itself
+DagSchedule.FIELDS = _tensor_fields(DagSchedule)
+NodeSchedule.FIELDS = _tensor_fields(NodeSchedule)

@@ -20,12 +20,16 @@ import torch
 from torch import Tensor
 
 from ..dag import DagSchedule, NodeSchedule, component_positions, weakly_connected_components
+from ._common import in_compute_dtype
+from .policy import CLOSED_FORM_MAX_NODES
 
 
+@in_compute_dtype
 def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
                       transition: Tensor, mark: Tensor, direct: Tensor,
-                      s: DagSchedule) -> Tensor:
-    """All of ``plstm_dag`` (direct term included) by the closed form, in the dtype given."""
+                      s: DagSchedule, *, recompute: bool = False, carry=None) -> Tensor:
+    """All of ``plstm_dag`` (direct term included) by the closed form (``recompute`` has no
+    effect: autograd keeps what the batched products need; ``carry`` must be None)."""
     num_nodes, heads, kdim = query.shape
     vdim = value.shape[-1]
     if num_nodes == 0:
@@ -63,9 +67,10 @@ def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     return y[comp, pos]
 
 
+@in_compute_dtype
 def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
                            transition: Tensor, mark: Tensor, direct: Tensor,
-                           s: NodeSchedule, max_nodes: Optional[int] = None,
+                           s: NodeSchedule, *, recompute: bool = False,
                            carry: Optional[Tensor] = None) -> Tensor:
     """The closed form with node-level transitions ``T[N, H]`` (docs/contract.md, "Node-level transitions").
 
@@ -91,10 +96,10 @@ def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Te
     torch.cumsum(sizes, 0, out=ptr[1:])
     comp, pos = component_positions(ptr, order, num_nodes)
     width = int(sizes.max())
-    if max_nodes is not None and width > max_nodes:
+    if width > CLOSED_FORM_MAX_NODES:
         raise ValueError(f"algorithm='closed_form' needs O(n^2) memory per component; the "
-                         f"largest component has {width} nodes (limit {max_nodes}); use "
-                         f"algorithm='scan'")
+                         f"largest component has {width} nodes (limit "
+                         f"{CLOSED_FORM_MAX_NODES}); use algorithm='scan'")
 
     def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
         out = x.new_zeros(num_comps, width, heads, x.shape[-1])

@@ -1,4 +1,12 @@
-"""``plstm_dag``: input checks, backend choice and the direct term."""
+"""``plstm_dag``: the input checks, a lookup of the implementation, and the choice of one.
+
+Every implementation (:data:`IMPLEMENTATIONS`: torch and native, level scan and closed form,
+per-arc and node-level transitions) takes the same arguments,
+``(query, key, value, source, transition, mark, direct, schedule, *, recompute, carry)``, and
+returns the whole output, direct term included, in the dtype of ``query`` (computing half
+types in float32). Which one runs when the caller does not say is the policy in
+:mod:`.policy` (re-exported here: ``CLOSED_FORM_MAX_NODES`` and the time models).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,15 +18,26 @@ from ..dag import DagSchedule, NodeSchedule, build_node_schedule, build_schedule
 from . import native
 from .closed_form_torch import closed_form_torch, node_closed_form_torch
 from .node_scan_torch import node_scan_torch
+from .policy import (CLOSED_FORM_MAX_NODES, choose_algorithm, closed_form_cost,  # noqa: F401
+                     scan_cost, torch_closed_form_cost, torch_scan_cost)
 from .scan_torch import scan_torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("torch", "native")
 ALGORITHMS = ("scan", "closed_form")
 
-# The closed form keeps a [edges, nodes] and a [nodes, nodes] buffer per component and head; past
-# this many nodes in one component the level scan is used (and a forced closed form refused).
-CLOSED_FORM_MAX_NODES = 1024
+# (transitions, backend, algorithm) -> implementation; "arc": per line-graph arc with a
+# DagSchedule, "node": per shared node with a NodeSchedule (there is no native node-level
+# closed form)
+IMPLEMENTATIONS = {
+    ("arc", "torch", "scan"): scan_torch,
+    ("arc", "torch", "closed_form"): closed_form_torch,
+    ("arc", "native", "scan"): native.scan_native,
+    ("arc", "native", "closed_form"): native.closed_form_native,
+    ("node", "torch", "scan"): node_scan_torch,
+    ("node", "torch", "closed_form"): node_closed_form_torch,
+    ("node", "native", "scan"): native.node_scan_native,
+}
 
 
 def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> None:
@@ -99,71 +118,17 @@ def resolve_backend(backend: Optional[str], device: torch.device) -> str:
     return backend
 
 
-# Time models of the two native CPU algorithms, fitted (relative least squares) to
-# benchmarks/bench_algorithms.py on the 2-core x86-64 CI machine, one thread, over trees and
-# dense DAGs of 8 to 1024 nodes per graph and K = V = 8, 24, 48; they pick the faster one in
-# 28 of those 30 cases (the two misses were near ties). Units: about 0.1 ns per head.
-def closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int,
-                     ancestor_pairs: Optional[int] = None) -> int:
-    """Estimated time of the closed form: the path weights of every component, the
-    (node, ancestor) pairs (``schedule.ancestor_pairs`` unless given) and the per-node rows."""
-    if ancestor_pairs is None:
-        ancestor_pairs = schedule.ancestor_pairs
-    return (14 * schedule.path_work + 23 * ancestor_pairs * (kdim + vdim) +
-            180 * schedule.num_nodes * (kdim + vdim))
-
-
-def _closed_form_is_cheaper(schedule: DagSchedule, kdim: int, vdim: int) -> bool:
-    """The native time models compared; the ancestor pairs (a pass per level to count) are
-    counted only when the bounds 0 and ``component_pairs`` leave the answer open."""
-    scan = scan_cost(schedule, kdim, vdim)
-    if closed_form_cost(schedule, kdim, vdim, schedule.component_pairs) < scan:
-        return True
-    if closed_form_cost(schedule, kdim, vdim, 0) >= scan:
-        return False
-    return closed_form_cost(schedule, kdim, vdim) < scan
-
-
-def scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
-    """Estimated time of the level scan: a K x V state per edge and arc, plus per-row work."""
-    return (17 * (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim +
-            250 * (schedule.num_edges + schedule.num_nodes) * (kdim + vdim))
-
-
-# The two pure-PyTorch algorithms, in their own units, set against
-# `bench_algorithms.py --backend torch` (trees and dense DAGs of 8 to 256 nodes per graph): the
-# faster one in all 10 cases, crossing over between 64 and 128 nodes per graph.
-def torch_closed_form_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
-    """Estimated time of the pure-PyTorch closed form, which pads every component to the
-    largest one: a triangular solve and three batched matrix products per component."""
-    p, r = schedule.max_component_nodes, schedule.max_component_edges
-    return 2 * schedule.num_components * (r * r * p + r * p * p + p * p * (kdim + vdim))
-
-
-def torch_scan_cost(schedule: DagSchedule, kdim: int, vdim: int) -> int:
-    """Estimated time of the pure-PyTorch level scan: the state work and a fixed cost per
-    level (a dozen small ops each)."""
-    return (30 * (2 * schedule.num_edges + schedule.num_arcs) * kdim * vdim +
-            500_000 * schedule.num_levels)
-
-
 def resolve_algorithm(algorithm: Optional[str], backend: str, device: torch.device,
                       schedule: DagSchedule, kdim: int, vdim: int) -> str:
+    """The algorithm asked for, checked against what ``backend`` can run, or, for ``None``,
+    the one :func:`.policy.choose_algorithm` predicts to be faster."""
+    closed_form_ok = backend != "native" or native.closed_form_available(device)
     if algorithm is None:
-        if schedule.max_component_nodes > CLOSED_FORM_MAX_NODES:
-            return "scan"
-        if backend == "native":
-            if (native.closed_form_available(device) and
-                    _closed_form_is_cheaper(schedule, kdim, vdim)):
-                return "closed_form"
-            return "scan"
-        if torch_closed_form_cost(schedule, kdim, vdim) < torch_scan_cost(schedule, kdim, vdim):
-            return "closed_form"
-        return "scan"
+        return choose_algorithm(backend, closed_form_ok, schedule, kdim, vdim)
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {ALGORITHMS} or None")
     if algorithm == "closed_form":
-        if backend == "native" and not native.closed_form_available(device):
+        if not closed_form_ok:
             raise RuntimeError(f"the native closed form has CPU kernels only (device={device}); "
                                f"use backend='torch' or algorithm='scan'")
         if schedule.max_component_nodes > CLOSED_FORM_MAX_NODES:
@@ -284,19 +249,8 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
     method = resolve_algorithm(algorithm, chosen, query.device, schedule, query.size(-1),
                                value.size(-1))
 
-    dtype = query.dtype
-    if method == "closed_form" and chosen == "native":  # float32 accumulation for half types
-        return native.closed_form_native(*tensors.values(), schedule)
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
-    if method == "closed_form":
-        return closed_form_torch(q, k, v, s, t, m, d, schedule).to(dtype)
-    if chosen == "native":
-        out = native.scan_native(q, k, v, s, t, m, schedule, recompute)
-    else:
-        out = scan_torch(q, k, v, s, t, m, schedule, recompute)
-    out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
-    return out.to(dtype)
+    return IMPLEMENTATIONS["arc", chosen, method](*tensors.values(), schedule,
+                                                  recompute=recompute)
 
 
 def resolve_node_backend(backend: Optional[str], device: torch.device) -> str:
@@ -353,16 +307,5 @@ def _plstm_dag_node_level(tensors: dict, edge_index: Tensor, node_level: Optiona
     if algorithm == "closed_form" and chosen == "native":
         raise RuntimeError("there is no native closed form for node-level transitions "
                            "(line_index=None); use backend='torch' or algorithm='scan'")
-    dtype = query.dtype
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    q, k, v, s, t, m, d = (x.to(compute) for x in tensors.values())
-    g = carry.to(compute) if carry is not None else None
-    if algorithm == "closed_form":
-        return node_closed_form_torch(q, k, v, s, t, m, d, schedule,
-                                      max_nodes=CLOSED_FORM_MAX_NODES, carry=g).to(dtype)
-    if chosen == "native":
-        out = native.node_scan_native(q, k, v, s, t, m, schedule, g)
-    else:
-        out = node_scan_torch(q, k, v, s, t, m, schedule, g)
-    out = out + d[..., None] * (q * k).sum(-1, keepdim=True) * v
-    return out.to(dtype)
+    return IMPLEMENTATIONS["node", chosen, algorithm or "scan"](*tensors.values(), schedule,
+                                                                carry=carry)

@@ -1,25 +1,22 @@
-"""Loading of the compiled ops (``plstm_graph._C``) and the Python side of their autograd.
+"""Loading of the compiled ops (``plstm_graph._C``), their fake kernels and thin wrappers.
 
-The extension registers two algorithms (see ``csrc/plstm_dag.cpp``). The level scan::
+The extension registers three op families (schemas in ``csrc/ops/*.cpp``), all with the same
+shape: the seven float inputs, an optional per-edge ``carry`` (node level only), and the
+schedule as one list of index tensors, ``schedule.tensors()`` (the fields of
+:class:`~plstm_graph.dag.DagSchedule` / :class:`~plstm_graph.dag.NodeSchedule` in declaration
+order)::
 
-    torch.ops.plstm_graph.scan_forward(q, k, v, source, transition, mark, *schedule,
-                                       keep_states) -> (out, states)
-    torch.ops.plstm_graph.scan_backward(grad_out, q, k, v, source, transition, mark,
-                                        states?, *schedule) -> (dq, dk, dv, dsource,
-                                                                dtransition, dmark)
-
-where ``*schedule`` is the twelve index tensors of :class:`~plstm_graph.dag.DagSchedule` in
-the order of :data:`SCHEDULE_FIELDS`; and the closed form (CPU only; direct term included)::
-
+    torch.ops.plstm_graph.scan_forward(q, k, v, source, transition, mark, direct,
+                                       schedule.tensors(), keep_states) -> (out, states)
     torch.ops.plstm_graph.closed_form_forward(q, k, v, source, transition, mark, direct,
-                                              *components) -> out
-    torch.ops.plstm_graph.closed_form_backward(grad_out, q, k, v, source, transition, mark,
-                                               direct, *components) -> seven gradients
+                                              schedule.tensors()) -> out
+    torch.ops.plstm_graph.node_scan_forward(q, k, v, source, transition, mark, direct, carry,
+                                            node_schedule.tensors()) -> (out, states)
 
-with ``*components`` in the order of :data:`CLOSED_FORM_FIELDS`. This module registers the fake
-(meta) kernels of all four ops, so that ``torch.compile(fullgraph=True)`` traces them; the
-autograd of both forward ops is wired in C++ (``csrc/plstm_dag.cpp``), where it costs no
-Python on the hot path.
+each returning the whole output (direct term included) in the input dtype, with a matching
+``*_backward`` op. Their autograd is wired in C++ (``csrc/ops/autograd.h``), where it costs no
+Python on the hot path; this module registers the fake (meta) kernels, so that
+``torch.compile(fullgraph=True)`` traces them.
 
 The package works without the extension: :data:`WITH_NATIVE` says whether it loaded, and
 :func:`unavailable_reason` says why not.
@@ -35,19 +32,7 @@ from torch import Tensor
 
 __all__ = ["WITH_NATIVE", "WITH_CUDA", "available", "unavailable_reason", "scan_native",
            "closed_form_native", "closed_form_available", "node_scan_native",
-           "node_scan_available", "SCHEDULE_FIELDS", "CLOSED_FORM_FIELDS", "NODE_SCAN_FIELDS"]
-
-# the schedule arguments of both ops, in schema order
-SCHEDULE_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "edge_order", "level_ptr",
-                   "in_ptr", "in_arc", "out_ptr", "out_arc", "node_ptr", "node_edge")
-# the schedule arguments of the closed-form ops, in schema order
-CLOSED_FORM_FIELDS = ("edge_src", "edge_dst", "arc_src", "arc_dst", "in_ptr", "in_arc",
-                      "comp_node_ptr", "comp_node", "comp_edge_ptr", "comp_edge")
-
-# the schedule arguments of the node-level scan ops (csrc/ops/node_scan.cpp), in schema order:
-# fields of plstm_graph.dag.NodeSchedule
-NODE_SCAN_FIELDS = ("edge_src", "edge_dst", "node_order", "node_level_ptr", "in_ptr", "in_edge",
-                    "out_ptr", "out_edge")
+           "node_scan_available"]
 
 _REASON: Optional[str] = None
 WITH_NATIVE = False
@@ -131,129 +116,109 @@ def unavailable_reason(device) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# fake kernels and autograd
+# fake kernels (shapes only; the autograd is in C++)
 # ---------------------------------------------------------------------------------------------
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _scan_forward_fake(query, key, value, source, transition, mark, edge_src, edge_dst,
-                       arc_src, arc_dst, edge_order, level_ptr, in_ptr, in_arc, out_ptr,
-                       out_arc, node_ptr, node_edge, keep_states):
-    torch._check(query.dim() == 3 and value.dim() == 3 and source.dim() == 2)
-    num_nodes, heads, kdim = query.shape
-    vdim = value.shape[2]
-    num_edges = source.shape[0]
-    out = query.new_empty(num_nodes, heads, vdim)
-    acc = _acc_dtype(query.dtype)
-    if keep_states:
-        states = query.new_empty(num_edges, heads, kdim, vdim, dtype=acc)
-    else:
-        states = query.new_empty(0, dtype=acc)
-    return out, states
+def _like(*tensors):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors)
 
 
-def _scan_backward_fake(grad_out, query, key, value, source, transition, mark, states,
-                        *schedule):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (query, key, value, source, transition, mark))
-
-
-# fake kernels registered on the ops, so that torch.compile traces them; the autograd of both
-# forward ops is wired in C++ (csrc/plstm_dag.cpp)
-if WITH_NATIVE:
-    torch.library.register_fake("plstm_graph::scan_forward")(_scan_forward_fake)
-    torch.library.register_fake("plstm_graph::scan_backward")(_scan_backward_fake)
-
-
-def _closed_form_forward_fake(query, key, value, source, transition, mark, direct, *components):
+def _out_fake(query, value):
     torch._check(query.dim() == 3 and value.dim() == 3)
     return query.new_empty(query.shape[0], query.shape[1], value.shape[2])
 
 
-def _closed_form_backward_fake(grad_out, query, key, value, source, transition, mark, direct,
-                               *components):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (query, key, value, source, transition, mark, direct))
+def _states_fake(query, value, rows):
+    return query.new_empty(rows, query.shape[1], query.shape[2], value.shape[2],
+                           dtype=_acc_dtype(query.dtype))
+
+
+# (the ops' arguments: the seven inputs first, then [carry,] [states,] schedule[, flags])
+def _scan_forward_fake(query, key, value, source, *rest):
+    keep_states = rest[-1]
+    states = (_states_fake(query, value, source.shape[0]) if keep_states else
+              query.new_empty(0, dtype=_acc_dtype(query.dtype)))
+    return _out_fake(query, value), states
+
+
+def _closed_form_forward_fake(query, key, value, *rest):
+    return _out_fake(query, value)
+
+
+def _node_scan_forward_fake(query, key, value, *rest):
+    return _out_fake(query, value), _states_fake(query, value, query.shape[0])
+
+
+def _grads_fake(grad_out, *args):
+    """One gradient like each of the seven inputs."""
+    return _like(*args[:7])
+
+
+def _node_scan_backward_fake(grad_out, *args):
+    carry = args[7]
+    return _grads_fake(grad_out, *args) + ((args[0].new_empty(0),) if carry is None else
+                                           _like(carry))
 
 
 if WITH_NATIVE:
-    # (its autograd is wired in C++, csrc/plstm_dag.cpp)
-    torch.library.register_fake("plstm_graph::closed_form_forward")(_closed_form_forward_fake)
-    torch.library.register_fake("plstm_graph::closed_form_backward")(_closed_form_backward_fake)
+    for _name, _fake in [("scan_forward", _scan_forward_fake),
+                         ("scan_backward", _grads_fake),
+                         ("closed_form_forward", _closed_form_forward_fake),
+                         ("closed_form_backward", _grads_fake),
+                         ("node_scan_forward", _node_scan_forward_fake),
+                         ("node_scan_backward", _node_scan_backward_fake)]:
+        torch.library.register_fake(f"plstm_graph::{_name}")(_fake)
 
 
-def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
-                       transition: Tensor, mark: Tensor, direct: Tensor, schedule) -> Tensor:
-    """All of ``plstm_dag`` (direct term included) with the native closed-form kernels."""
-    if not closed_form_available(query.device):
-        raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
-                           f"the native closed form has CPU kernels only, got {query.device}")
-    return torch.ops.plstm_graph.closed_form_forward(
-        query, key, value, source, transition, mark, direct,
-        *(getattr(schedule, name) for name in CLOSED_FORM_FIELDS))
-
-
-def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
-                mark: Tensor, schedule, recompute: bool = False) -> Tensor:
-    """The state part of ``plstm_dag`` (no direct term) with the native kernels.
-
-    ``recompute`` keeps only the inputs for backward and runs the forward scan again there,
-    instead of keeping the ``E*H*K*V`` edge states between forward and backward.
-    """
-    if not available(query.device):
-        raise RuntimeError(unavailable_reason(query.device))
-    index = [getattr(schedule, name) for name in SCHEDULE_FIELDS]
-    out, _ = torch.ops.plstm_graph.scan_forward(query, key, value, source, transition, mark,
-                                                *index, not recompute)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# node-level transitions (csrc/ops/node_scan.cpp, csrc/cpu/node_scan_kernel.cpp)
-# ---------------------------------------------------------------------------------------------
 def node_scan_available(device) -> bool:
-    """Whether the native node-level scan can run on ``device`` (CPU kernels only; there is no
-    CUDA kernel, CUDA tensors take the pure-PyTorch node scan)."""
+    """Whether the native node-level scan can run on ``device`` (CPU kernels only; CUDA
+    tensors take the pure-PyTorch node scan)."""
     return WITH_NATIVE and torch.device(device).type == "cpu"
 
 
-def _node_scan_forward_fake(query, key, value, source, transition, mark, carry, *schedule):
-    torch._check(query.dim() == 3 and value.dim() == 3)
-    num_nodes, heads, kdim = query.shape
-    out = query.new_empty(num_nodes, heads, value.shape[2])
-    states = query.new_empty(num_nodes, heads, kdim, value.shape[2],
-                             dtype=_acc_dtype(query.dtype))
-    return out, states
+# ---------------------------------------------------------------------------------------------
+# the implementations, with the signature every implementation of plstm_dag shares
+# (ops/dispatch.py): the seven inputs, the schedule, the options; the whole output in the
+# input dtype (the kernels accumulate half types in float32)
+# ---------------------------------------------------------------------------------------------
+def scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
+                mark: Tensor, direct: Tensor, schedule, *, recompute: bool = False,
+                carry: Optional[Tensor] = None) -> Tensor:
+    """``plstm_dag`` by the native level scan. ``recompute`` keeps only the inputs for
+    backward and runs the forward scan again there, instead of keeping the ``E*H*K*V`` edge
+    states between forward and backward."""
+    if not available(query.device):
+        raise RuntimeError(unavailable_reason(query.device))
+    out, _ = torch.ops.plstm_graph.scan_forward(query, key, value, source, transition, mark,
+                                                direct, schedule.tensors(), not recompute)
+    return out
 
 
-def _node_scan_backward_fake(grad_out, query, key, value, source, transition, mark, carry,
-                             states, *schedule):
-    grads = tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
-                  for t in (query, key, value, source, transition, mark))
-    if carry is None:
-        return grads + (query.new_empty(0),)
-    return grads + (torch.empty_like(carry, memory_format=torch.contiguous_format),)
-
-
-if WITH_NATIVE and hasattr(torch.ops.plstm_graph, "node_scan_forward"):
-    # (the autograd is wired in C++, csrc/ops/node_scan.cpp, like the other ops')
-    torch.library.register_fake("plstm_graph::node_scan_forward")(_node_scan_forward_fake)
-    torch.library.register_fake("plstm_graph::node_scan_backward")(_node_scan_backward_fake)
+def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
+                       transition: Tensor, mark: Tensor, direct: Tensor, schedule, *,
+                       recompute: bool = False, carry: Optional[Tensor] = None) -> Tensor:
+    """``plstm_dag`` by the native closed form (CPU; it always keeps just the inputs)."""
+    if not closed_form_available(query.device):
+        raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
+                           f"the native closed form has CPU kernels only, got {query.device}")
+    return torch.ops.plstm_graph.closed_form_forward(query, key, value, source, transition,
+                                                     mark, direct, schedule.tensors())
 
 
 def node_scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
-                     transition: Tensor, mark: Tensor, schedule,
-                     carry: Optional[Tensor] = None) -> Tensor:
-    """The state part of ``plstm_dag`` with node-level transitions ``[N, H]`` (no direct
-    term), with the native CPU kernels; ``schedule`` is a
-    :class:`~plstm_graph.dag.NodeSchedule`, ``carry`` an optional ``[E, H]`` factor of the
-    state carried into each edge."""
+                     transition: Tensor, mark: Tensor, direct: Tensor, schedule, *,
+                     recompute: bool = False, carry: Optional[Tensor] = None) -> Tensor:
+    """``plstm_dag`` with node-level transitions ``[N, H]`` by the native CPU kernels;
+    ``schedule`` is a :class:`~plstm_graph.dag.NodeSchedule`, ``carry`` an optional
+    ``[E, H]`` factor of the state carried into each edge (``recompute`` has no effect: the
+    kept state is ``N*H*K*V``)."""
     if not node_scan_available(query.device):
         raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
                            f"the native node-level scan has CPU kernels only, got "
                            f"{query.device}")
-    out, _ = torch.ops.plstm_graph.node_scan_forward(
-        query, key, value, source, transition, mark, carry,
-        *(getattr(schedule, name) for name in NODE_SCAN_FIELDS))
+    out, _ = torch.ops.plstm_graph.node_scan_forward(query, key, value, source, transition,
+                                                     mark, direct, carry, schedule.tensors())
     return out

@@ -12,9 +12,9 @@ transient. Backward runs the levels in reverse with the node quantity
 ``F_u = sum_{b out of u} dL/dC_b``, where ``dL/dC_b = T_w F_w + M_b q_w dy_w^T``; then
 ``dT_u = <F_u, H_u>`` and every other gradient is a per-edge product of gathered rows.
 
-Like :mod:`.scan_torch` this computes only the state part (no direct term) in the dtype it is
-given (the dispatcher upcasts half-precision inputs to float32). It runs wherever PyTorch runs,
-CUDA included: it is the path CUDA tensors take, the native node-level kernels being CPU-only.
+Like :mod:`.scan_torch`, :func:`node_scan_torch` adds the direct term and computes half-precision
+inputs in float32. It runs wherever PyTorch runs, CUDA included: it is the path CUDA tensors
+take, the native node-level kernels being CPU-only.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..dag import NodeSchedule
+from ._common import direct_term, in_compute_dtype
 from .scan_torch import _accumulate
 
 # elements of one gathered [edges, H, K, V] operand per chunk
@@ -125,9 +126,13 @@ class TorchNodeScan(torch.autograd.Function):
         return (*grads, None)
 
 
+@in_compute_dtype
 def node_scan_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
-                    transition: Tensor, mark: Tensor, schedule: NodeSchedule,
-                    carry: Optional[Tensor] = None) -> Tensor:
-    """``carry``: optional ``[E, H]`` factor ``g_b`` of the state carried into each edge,
-    ``C_b = S_b k_u v_u^T + g_b T_u H_u`` (what an edge mask does to its transitions)."""
-    return TorchNodeScan.apply(query, key, value, source, transition, mark, carry, schedule)
+                    transition: Tensor, mark: Tensor, direct: Tensor, schedule: NodeSchedule, *,
+                    recompute: bool = False, carry: Optional[Tensor] = None) -> Tensor:
+    """``plstm_dag`` with node-level transitions by the pure-PyTorch node scan. ``carry``:
+    optional ``[E, H]`` factor ``g_b`` of the state carried into each edge,
+    ``C_b = S_b k_u v_u^T + g_b T_u H_u`` (what an edge mask does to its transitions);
+    ``recompute`` has no effect (the kept state is ``N*H*K*V``)."""
+    out = TorchNodeScan.apply(query, key, value, source, transition, mark, carry, schedule)
+    return out + direct_term(query, key, value, direct)

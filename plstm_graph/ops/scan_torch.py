@@ -4,13 +4,13 @@ One vectorised step per level for the whole batch (gather, scale, ``index_add_``
 ``torch.autograd.Function`` whose backward runs the same levels in reverse. It is the fallback
 when the native extension is absent and the reference the native kernels are tested against.
 
-The scan computes only the state part of the pLSTM output,
+The autograd function computes the state part of the pLSTM output,
 
     C_b = S_b k_{src b} v_{src b}^T + sum_{a -> b} T_{a->b} C_a,
-    y_n = sum_{e : dst e = n} M_e C_e^T q_n,
+    y_n = sum_{e : dst e = n} M_e C_e^T q_n;
 
-in the dtype it is given (the dispatcher upcasts half-precision inputs to float32 first).
-The direct term is plain elementwise autograd and lives in the dispatcher.
+:func:`scan_torch` adds the direct term (plain elementwise autograd) and computes in float32
+for half-precision inputs, returning their dtype.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..dag import DagSchedule
+from ._common import direct_term, in_compute_dtype
 
 
 # elements per gathered operand when the arc gradients are computed chunk by chunk
@@ -143,7 +144,11 @@ def scan_input_grads(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     return d_query, d_key, d_value, d_source, d_transition, d_mark
 
 
+@in_compute_dtype
 def scan_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transition: Tensor,
-               mark: Tensor, schedule: DagSchedule, recompute: bool = False) -> Tensor:
-    return TorchScan.apply(query, key, value, source, transition, mark, schedule, recompute)
-
+               mark: Tensor, direct: Tensor, schedule: DagSchedule, *, recompute: bool = False,
+               carry=None) -> Tensor:
+    """``plstm_dag`` by the pure-PyTorch level scan (``carry`` is for node-level transitions
+    and must be None here)."""
+    out = TorchScan.apply(query, key, value, source, transition, mark, schedule, recompute)
+    return out + direct_term(query, key, value, direct)

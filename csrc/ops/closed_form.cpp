@@ -1,0 +1,35 @@
+// The closed form (docs/contract.md, "Closed form"): its schemas and its autograd. Kernels:
+// cpu/closed_form_kernel.cpp (there is no CUDA kernel); fake kernels:
+// plstm_graph/ops/native.py.
+//
+//   closed_form_forward(inputs, schedule) -> out
+//   closed_form_backward(grad_out, inputs, schedule) -> seven gradients
+//
+// All of pLSTM on a DAG as a masked linear attention inside each weakly connected component:
+//   y_n = sum_m Gate[n,m] (q_n . k_m) v_m + D_n (q_n . k_n) v_n.
+// `schedule` is plstm_graph.dag.DagSchedule.tensors(), as for the scan. Nothing is kept for
+// backward but the inputs: the backward op recomputes the path weights.
+#include "autograd.h"
+
+namespace plstm_graph {
+namespace {
+
+struct ClosedFormOp {
+  static constexpr const char* forward = "plstm_graph::closed_form_forward";
+  static constexpr const char* backward = "plstm_graph::closed_form_backward";
+  static constexpr bool has_carry = false;
+  static constexpr bool has_states = false;
+};
+
+}  // namespace
+}  // namespace plstm_graph
+
+TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
+  m.def("closed_form_forward(" PLSTM_INPUTS ", Tensor[] schedule) -> Tensor");
+  m.def("closed_form_backward(Tensor grad_out, " PLSTM_INPUTS ", Tensor[] schedule) "
+        "-> (" PLSTM_GRADS ")");
+}
+
+TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {
+  m.impl("closed_form_forward", plstm_graph::autograd_function<plstm_graph::ClosedFormOp>());
+}
