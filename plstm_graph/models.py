@@ -145,7 +145,9 @@ class PLSTMNet(torch.nn.Module):
             feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim).to(dtype))
         h = self.encoder(torch.cat(feats, dim=-1))
         roles = self.block_roles * self.num_layers
-        node_level = prefers_node_level(plan.line_index_p.size(1), plan.edge_index.size(1))
+        # (a plan prepared without the full line graph leaves node-level as the only choice)
+        node_level = (plan.line_index_p is None or
+                      prefers_node_level(plan.line_index_p.size(1), plan.edge_index.size(1)))
         for block, (mode, reverse) in zip(self.blocks, roles):
             view = plan.view(mode, reverse, node_level and block.conv.node_level_transitions())
             view["edge_attr"] = dag_attr

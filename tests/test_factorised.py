@@ -390,3 +390,133 @@ def test_bad_transition_form():
     x, e = _features(4, 2)
     with pytest.raises(ValueError, match="factorised"):
         conv.gates(x, torch.tensor([[0, 1], [1, 2]]), None, e)
+
+
+# ---------------------------------------------------------------------------------------------
+# PrepareDAG / DAGPlan: only the line graphs the layers need
+# ---------------------------------------------------------------------------------------------
+from plstm_graph.transforms import required_line_graphs  # noqa: E402
+
+LINE_KEYS = ("line_index_p", "line_index_d", "line_index_d_rev")
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    model = PLSTMNet(IN, 16, 3, heads=2, **kwargs).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "_gate." in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    return model
+
+
+def test_prepare_keeps_every_line_graph_by_default():
+    g = _graphs(3)[2]
+    full = PrepareDAG()(g)
+    assert PrepareDAG().line_graphs == ("P", "D")
+    assert all(k in full for k in LINE_KEYS)
+    for names, kept in [("D", LINE_KEYS[1:]), (("D",), LINE_KEYS[1:]), ("P", LINE_KEYS[:1]),
+                        (["D", "P"], LINE_KEYS), ((), ()), (None, ())]:
+        data = PrepareDAG(line_graphs=names)(g)
+        assert tuple(k for k in LINE_KEYS if k in data) == kept, names
+        for k in kept:
+            assert torch.equal(data[k], full[k])
+        for k in ("dag_edge_index", "dag_level", "dag_level_rev", "dag_edge_attr"):
+            assert torch.equal(data[k], full[k])
+    assert "line_index_d_rev" not in PrepareDAG(reverse=False, line_graphs="D")(g)
+
+
+def test_prepare_builds_no_line_graph_when_none_is_needed(monkeypatch):
+    import plstm_graph.transforms as transforms
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("line_graph was built")
+
+    monkeypatch.setattr(transforms, "line_graph", refuse)
+    data = PrepareDAG(line_graphs=())(_graphs(3)[2])
+    assert not any(k in data for k in LINE_KEYS)
+    with pytest.raises(AssertionError, match="line_graph"):
+        PrepareDAG(line_graphs="D")(_graphs(3)[2])  # the multitrees are pruned from it
+
+
+def test_bad_line_graphs():
+    for bad in ("X", ("P", "Q"), "PD", 3, True, ("p",)):
+        with pytest.raises(ValueError, match="line_graphs takes names from"):
+            PrepareDAG(line_graphs=bad)
+        with pytest.raises(ValueError, match="line_graphs takes names from"):
+            DAGPlan.from_graph(torch.tensor([[0], [1]]), 2, line_graphs=bad)
+    with pytest.raises(ValueError, match="derives line_graphs"):
+        PrepareDAG.for_model(_model(), line_graphs="P")
+    with pytest.raises(ValueError, match="no PLSTMConv"):
+        PrepareDAG.for_model(torch.nn.Linear(2, 2))
+
+
+def test_required_line_graphs():
+    assert required_line_graphs(_model(edge_dim=EDGE_DIM)) == ("P", "D")
+    assert required_line_graphs(_model(edge_dim=EDGE_DIM, transition_form="factorised")) == \
+        ("D",)
+    assert required_line_graphs(_model()) == ("D",)
+    assert required_line_graphs(PLSTMConv(IN, OUT)) == ()
+    assert required_line_graphs(PLSTMConv(IN, OUT, edge_dim=EDGE_DIM)) == ("P",)
+    assert required_line_graphs(PLSTMConv(IN, OUT, mode="D")) == ("D",)
+    stack = torch.nn.ModuleList([PLSTMConv(IN, OUT), PLSTMConv(IN, OUT, mode="D")])
+    assert required_line_graphs(stack) == ("D",)
+    assert PrepareDAG.for_model(_model(edge_dim=EDGE_DIM, transition_form="factorised"),
+                                reverse=False).line_graphs == ("D",)
+
+
+@pytest.mark.parametrize("kwargs", [dict(edge_dim=EDGE_DIM, transition_form="factorised"),
+                                    dict()])
+def test_model_on_a_plan_without_the_full_line_graph(kwargs):
+    model = _model(**kwargs)
+    edge_dim = kwargs.get("edge_dim")
+    pre = PrepareDAG.for_model(model)
+    assert pre.line_graphs == ("D",)
+    graphs = _graphs(5, seed=3)
+    batch = next(iter(DataLoader([pre(g) for g in graphs], batch_size=6)))
+    full = next(iter(DataLoader([PrepareDAG()(g) for g in graphs], batch_size=6)))
+    assert "line_index_p" not in batch
+    for key in LINE_KEYS[1:]:  # collated by edge counts as before
+        assert torch.equal(batch[key], full[key])
+    plan = DAGPlan.from_data(batch)
+    assert plan.line_index_p is None and not plan.has_line_graph("P")
+    assert "num_arcs_p=skipped" in repr(plan)
+    attr = batch.edge_attr if edge_dim else None
+    out = model(batch.x, batch.edge_index, attr, batch.batch, plan=plan)
+    assert (False, "P") not in plan._schedules and (False, "node") in plan._schedules
+    ref = model(full.x, full.edge_index, attr, full.batch, plan=DAGPlan.from_data(full))
+    torch.testing.assert_close(out, ref, **TIGHT)
+    built = DAGPlan.from_data(batch).build()
+    assert set(built._schedules) == {(False, "D"), (True, "D"), (False, "node"), (True, "node")}
+    moved = plan.to("cpu")
+    assert moved.line_index_p is None and torch.equal(moved.line_index_d, plan.line_index_d)
+
+
+def test_a_skipped_line_graph_is_a_clear_error():
+    graphs = _graphs(3, seed=4)
+    only_d = DAGPlan.from_data(next(iter(DataLoader(
+        [PrepareDAG(line_graphs="D")(g) for g in graphs], batch_size=4))))
+    with pytest.raises(ValueError, match="without the full .P-mode. line graph"):
+        only_d.view("P")
+    with pytest.raises(ValueError, match="without the full .P-mode. line graph"):
+        only_d.view("P", reverse=True)
+    only_d.view("P", reverse=True, node_level_transitions=True)  # fine: needs none
+    arc_model = _model(edge_dim=EDGE_DIM)  # its P blocks need the line graph
+    batch = next(iter(DataLoader([PrepareDAG(line_graphs="D")(g) for g in graphs],
+                                 batch_size=4)))
+    with pytest.raises(ValueError, match="PrepareDAG.for_model"):
+        arc_model(batch.x, batch.edge_index, batch.edge_attr, batch.batch, plan=only_d)
+    only_p = DAGPlan.from_graph(random_dag(9, 0.5, seed=1), 9, line_graphs="P")
+    with pytest.raises(ValueError, match="D-mode multitree, which"):
+        only_p.view("D")
+    with pytest.raises(ValueError, match="multitree of the reversed DAG"):
+        only_p.view("D", reverse=True)
+    no_rev = DAGPlan.from_graph(random_dag(9, 0.5, seed=1), 9, reverse=False)
+    with pytest.raises(ValueError, match="no reversed DAG"):
+        no_rev.view("P", reverse=True)
+    # a conv on a plan without any line graph, node-level
+    none = DAGPlan.from_graph(random_dag(9, 0.5, seed=1), 9, line_graphs=())
+    conv = PLSTMConv(IN, OUT, heads=HEADS).double()
+    x = torch.randn(9, IN, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, **none.view("P", node_level_transitions=True)),
+                               conv(x, none.edge_index), **TIGHT)
