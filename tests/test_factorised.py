@@ -520,3 +520,29 @@ def test_a_skipped_line_graph_is_a_clear_error():
     x = torch.randn(9, IN, dtype=torch.float64)
     torch.testing.assert_close(conv(x, **none.view("P", node_level_transitions=True)),
                                conv(x, none.edge_index), **TIGHT)
+
+
+def test_graph_classification_flag(tmp_path):
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))), "examples"))
+    import graph_classification as gc
+
+    info = dict(num_features=IN, num_classes=3, edge_dim=EDGE_DIM)
+    args = gc.parse_args(["--transition-form", "factorised"])
+    model = gc.build_model("plstm", info, args)
+    assert [b.conv.transition_form for b in model.net.blocks] == ["factorised", "arc"] * 2
+    assert gc.parse_args([]).transition_form == "arc"
+    # a results file from before the flag ran the arc form: --resume accepts it for "arc" only
+    old = vars(gc.parse_args(["--output", str(tmp_path / "r.json")]))
+    old.pop("transition_form")
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(dict(dataset="MUTAG", args=old, models={})))
+    assert gc.previous_folds(str(path), gc.parse_args(["--output", str(path)])) == \
+        {"MUTAG": {}}
+    with pytest.raises(SystemExit, match="transition_form"):
+        gc.previous_folds(str(path), gc.parse_args(["--output", str(path),
+                                                    "--transition-form", "factorised"]))
