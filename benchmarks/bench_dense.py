@@ -6,7 +6,11 @@ the full line graph (``L = sum_n indeg(n) outdeg(n)`` arcs) computes the same fu
 
 * ``plstm node``: ``PLSTMConv(64, 64, heads=4, mode="P")`` called as ``conv(x, edge_index)``;
 * ``plstm arc``: the same layer and weights forced onto the per-arc path;
-* ``gat``: PyG's ``GATConv(64, 16, heads=4)`` (64 output channels) on the same graph.
+* ``gat``: PyG's ``GATConv(64, 16, heads=4)`` (64 output channels) on the same graph;
+* ``plstm arc +edge`` / ``plstm factorised +edge``: the layer with 8 edge features
+  (``edge_dim=8``), its P-mode transitions per arc from ``[x_n; e_a; e_b]`` on the line graph
+  (``transition_form="arc"``) or node-level as ``t_n beta_b`` (``"factorised"``, O(E), no
+  line graph). These two are different parametrisations, not one function.
 
 Each row is forward + backward (``out.square().mean().backward()``), median of ``--runs`` runs
 after one warm-up call (which also prepares and caches the DAG: preparation time is printed
@@ -59,12 +63,12 @@ def num_arcs(edge_index: torch.Tensor, num_nodes: int) -> int:
     return int((indeg * outdeg).sum())
 
 
-def time_step(module, x, edge_index, runs: int):
+def time_step(module, x, edge_index, runs: int, *extra):
     """(first call incl. preparation, median of ``runs`` forward+backward) in ms."""
     def step():
         module.zero_grad(set_to_none=True)
         xg = x.detach().requires_grad_(True)
-        out = module(xg, edge_index)
+        out = module(xg, edge_index, *extra)
         out.square().mean().backward()
 
     t0 = time.perf_counter()
@@ -112,27 +116,38 @@ def main() -> None:
         arc = PLSTMConv(64, 64, heads=4, mode="P")
         arc.load_state_dict(conv.state_dict())
         arc._arc_transitions = True
-        models = [("plstm node", conv)]
+        models = [("plstm node", conv, ())]
         # arc path: states and state gradients [E, H, K, V] plus the [L] arc index work
         arc_gb = (3 * edge_index.size(1) * 4 * 16 * 16 * 4 + 40 * num_arcs(edge_index, n)) / 1e9
         if not big or arc_gb <= args.arc_mem_gb:
-            models.append(("plstm arc", arc))
+            models.append(("plstm arc", arc, ()))
         if not big:
-            models.append(("gat", GATConv(64, 16, heads=4)))
+            models.append(("gat", GATConv(64, 16, heads=4), ()))
+        edge_attr = torch.randn(edge_index.size(1), 8, generator=torch.Generator().manual_seed(4))
+        for form in ("arc", "factorised"):
+            if form == "arc" and big and arc_gb > args.arc_mem_gb:
+                continue
+            with_edges = PLSTMConv(64, 64, heads=4, mode="P", edge_dim=8, transition_form=form)
+            with torch.no_grad():
+                for gate in with_edges._gate_modules():
+                    gate.node.weight.normal_(0.0, 0.1)
+                    for lin in gate.edges:
+                        lin.weight.normal_(0.0, 0.1)
+            models.append((f"plstm {form} +edge", with_edges, (edge_attr,)))
         runs = args.big_runs if big else args.runs
         for threads in args.threads:
             torch.set_num_threads(threads)
-            for label, model in models:
+            for label, model, extra in models:
                 if isinstance(model, PLSTMConv):  # the first call prepares the DAG again
                     model._cache.clear()
-                first, med = time_step(model, x, edge_index, runs)
+                first, med = time_step(model, x, edge_index, runs, *extra)
                 print(f"| {name} | {threads} | {label} | {first:.1f} | {med:.1f} |", flush=True)
-            if big and len(models) == 1:
+            if big and not any(label == "plstm arc" for label, _, _ in models):
                 print(f"| {name} | {threads} | plstm arc | skipped: ~{arc_gb:.1f} GB estimated "
                       f"> --arc-mem-gb | |")
         with torch.no_grad():  # the two paths are one function
             diff = float((conv(x, edge_index) - arc(x, edge_index)).abs().max()) \
-                if len(models) > 1 and models[1][0] == "plstm arc" else float("nan")
+                if models[1][0] == "plstm arc" else float("nan")
         print(f"| {name} | | max abs diff node vs arc | {diff:.2e} | |")
 
 

@@ -256,6 +256,7 @@ def build_model(name: str, info: dict, args) -> torch.nn.Module:
             info["num_features"], args.hidden, info["num_classes"], args.layers,
             info["edge_dim"] if args.edge_attr else None, args.dropout, pool=args.pool,
             heads=args.heads, backend=None if args.backend == "auto" else args.backend,
+            transition_form=args.transition_form,
             **{k: v for k, v in (("mlp_ratio", args.mlp_ratio), ("degree_dim", args.degree_dim))
                if v is not None})
     if name in BASELINES:
@@ -406,7 +407,9 @@ def default_threads() -> int:
 #: arguments that change the numbers; --resume only reuses folds run with the same values
 PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "pool",
                  "dropout", "lr", "weight_decay", "warmup_epochs", "clip", "edge_attr",
-                 "max_graphs", "seed", "mlp_ratio", "degree_dim")
+                 "max_graphs", "seed", "transition_form", "mlp_ratio", "degree_dim")
+#: protocol arguments added later, with the value that files written before them ran with
+LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None}
 
 
 def parse_args(argv=None):
@@ -446,6 +449,9 @@ def parse_args(argv=None):
                    help="gradient norm clipping (0: none)")
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge (bond) features to PLSTMNet")
+    p.add_argument("--transition-form", choices=("arc", "factorised"), default="arc",
+                   help="PLSTMNet's P-mode transitions with edge features: one logit per "
+                        "line-graph arc, or a node factor times an outgoing-edge factor")
     p.add_argument("--max-graphs", type=int, default=None,
                    help="python-ast: data set size (None: 1000); TU sets: a seeded random "
                         "subset of this size for trial runs (None: the whole set)")
@@ -505,7 +511,7 @@ def previous_folds(path: str, args) -> Dict[str, Dict[str, List[dict]]]:
     out: Dict[str, Dict[str, List[dict]]] = {}
     for run in runs:
         old = run["args"]
-        diff = [k for k in PROTOCOL_ARGS if old.get(k) != getattr(args, k)]
+        diff = [k for k in PROTOCOL_ARGS if old.get(k, LATER_ARGS.get(k)) != getattr(args, k)]
         if diff:
             raise SystemExit(f"--resume: {path} holds {run['dataset']} run with other "
                              f"settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "

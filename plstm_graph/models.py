@@ -54,6 +54,10 @@ class PLSTMNet(torch.nn.Module):
             (default: :obj:`8`)
         mlp_ratio (int, optional): Hidden width of each MLP block as a multiple of
             ``hidden_channels`` (the paper's 4). (default: :obj:`4`)
+        transition_form (str, optional): :obj:`"arc"` or :obj:`"factorised"` transitions
+            with edge features in the P-mode blocks (see
+            :class:`~plstm_graph.nn.PLSTMConv`); the D-mode blocks always use the per-arc
+            form, which their multitree needs. (default: :obj:`"arc"`)
         **kwargs (optional): Further :class:`~plstm_graph.nn.PLSTMConv` arguments
             (``backend``, ``transition_bias``, ...).
 
@@ -67,7 +71,7 @@ class PLSTMNet(torch.nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int = 1, heads: int = 4, edge_dim: Optional[int] = None,
                  pool: Optional[str] = "mean", dropout: float = 0.0, degree_dim: int = 8,
-                 mlp_ratio: int = 4, **kwargs):
+                 mlp_ratio: int = 4, transition_form: str = "arc", **kwargs):
         super().__init__()
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)} or None, got {pool!r}")
@@ -78,12 +82,14 @@ class PLSTMNet(torch.nn.Module):
         self.edge_dim = edge_dim
         self.pool = pool
         self.degree_dim = degree_dim
+        self.transition_form = transition_form
         self.encoder = torch.nn.Linear(in_channels + 2 * degree_dim, hidden_channels)
         # (mode, reversed) of the four blocks of one layer
         self.block_roles = [("P", False), ("D", False), ("P", True), ("D", True)]
         self.blocks = torch.nn.ModuleList(
             PLSTMBlock(hidden_channels, heads=heads, mode=mode, edge_dim=edge_dim,
-                       dropout=dropout, mlp_ratio=mlp_ratio, **kwargs)
+                       dropout=dropout, mlp_ratio=mlp_ratio,
+                       transition_form=transition_form if mode == "P" else "arc", **kwargs)
             for _ in range(num_layers) for mode, _ in self.block_roles)
         self.norm = torch.nn.LayerNorm(hidden_channels)
         self.dropout = torch.nn.Dropout(dropout)
@@ -139,7 +145,9 @@ class PLSTMNet(torch.nn.Module):
             feats.append(degree_encoding(plan.edge_index, x.size(0), self.degree_dim).to(dtype))
         h = self.encoder(torch.cat(feats, dim=-1))
         roles = self.block_roles * self.num_layers
-        node_level = prefers_node_level(plan.line_index_p.size(1), plan.edge_index.size(1))
+        # (a plan prepared without the full line graph leaves node-level as the only choice)
+        node_level = (plan.line_index_p is None or
+                      prefers_node_level(plan.line_index_p.size(1), plan.edge_index.size(1)))
         for block, (mode, reverse) in zip(self.blocks, roles):
             view = plan.view(mode, reverse, node_level and block.conv.node_level_transitions())
             view["edge_attr"] = dag_attr

@@ -19,6 +19,9 @@ from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
 
 MODES = ("P", "D")
+# how a P-mode layer with edge features computes T_{a->b}: one logit per arc from
+# [x_n; e_a; e_b] (O(L)), or a node factor times an outgoing-edge factor (O(E), no line graph)
+TRANSITION_FORMS = ("arc", "factorised")
 ORIENTATIONS = ("auto", "id", "none")
 # MessagePassing arguments whose other values the recurrence cannot honour
 _SUM_AGGRS = (None, "add", "sum")
@@ -139,6 +142,24 @@ class PLSTMConv(MessagePassing):
     ``line_index=None``). A ``line_index`` passed to :meth:`forward` (a prepared plan) keeps
     the per-arc path.
 
+    With edge features, ``transition_form="factorised"`` makes P-mode node-level too: the
+    per-arc logit becomes the product :math:`t_n \beta_b` of a node factor :math:`t_n` from
+    :math:`\mathbf{x}_n` and an edge factor :math:`\beta_b` from
+    :math:`[\mathbf{x}_n; \mathbf{a}_b]` of the *outgoing* edge, normalised as every P-mode
+    logit is: :math:`T_{a \to b} = t_n \beta_b / (\alpha + |t_n| \sum_{b'} |\beta_{b'}|)`
+    over the edges :math:`b'` leaving :math:`n` (``"source"``; ``"target"`` divides by
+    :math:`\alpha + \deg_{in}(n) |t_n \beta_b|`), so the transitions leaving any incoming
+    edge still sum to less than one in absolute value. This is :math:`T_n g_b` with
+    :math:`g_b` the op's ``carry``, O(E) without a line graph. The incoming edge's features
+    :math:`\mathbf{a}_a` cannot enter: the node-level recurrence carries the *sum*
+    :math:`\mathbf{H}_n = \sum_a \mathbf{C}_a` into every outgoing edge with one factor, and
+    a term that depends on :math:`a` would have to weigh every :math:`\mathbf{C}_a`
+    separately for every :math:`b`, one term per pair :math:`(a, b)`: the line graph again.
+    It is a different parametrisation from ``"arc"`` (not the same function), starts from
+    the same transitions (:math:`\beta = 1`, zero weights) and exists in P-mode only:
+    D-mode's multitree keeps some arcs of a node and drops others, which no node factor can
+    express.
+
     The layer takes an ordinary PyG graph: an undirected one (every edge stored in both
     directions) is oriented from the lower to the higher node id (``orient``), a directed one
     must be acyclic. The DAG preparation (orientation, levels, line graph, schedule) is kept
@@ -204,6 +225,11 @@ class PLSTMConv(MessagePassing):
             (default: :obj:`None`)
         recompute (bool, optional): Keep only the inputs for backward and recompute the states
             then (level scan). (default: :obj:`False`)
+        transition_form (str, optional): P-mode transitions with edge features:
+            :obj:`"arc"`, one logit per line-graph arc from
+            :math:`[\mathbf{x}_n; \mathbf{a}_a; \mathbf{a}_b]`, :math:`O(L)`; or
+            :obj:`"factorised"`, :math:`t_n \beta_b` (see above), :math:`O(E)` and no line
+            graph. Needs ``edge_dim`` and ``mode="P"``. (default: :obj:`"arc"`)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing` (``flow``; ``aggr`` only as a sum).
 
@@ -221,7 +247,7 @@ class PLSTMConv(MessagePassing):
                  alpha: float = 0.5, normalize_over: str = "source", gate_bias: float = 0.0,
                  norm_eps: float = 1e-2, orient: str = "auto", cached: bool = True,
                  backend: Optional[str] = None, algorithm: Optional[str] = None,
-                 recompute: bool = False, **kwargs):
+                 recompute: bool = False, transition_form: str = "arc", **kwargs):
         aggr = kwargs.pop("aggr", "add")
         if not (aggr in _SUM_AGGRS if isinstance(aggr, (str, type(None))) else False):
             raise ValueError(f"PLSTMConv sums over the in-edges of a node by definition of the "
@@ -241,6 +267,18 @@ class PLSTMConv(MessagePassing):
                              f"{normalize_over!r}")
         if orient not in ORIENTATIONS:
             raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
+        if not isinstance(transition_form, str) or transition_form not in TRANSITION_FORMS:
+            raise ValueError(f"transition_form must be one of {TRANSITION_FORMS}, got "
+                             f"{transition_form!r}")
+        if transition_form == "factorised" and mode != "P":
+            raise ValueError("transition_form='factorised' exists in P-mode only: D-mode runs "
+                             "on the multitree, which keeps some arcs of a node and drops "
+                             "others, so its transitions cannot factor through the node; use "
+                             "transition_form='arc' for D-mode layers")
+        if transition_form == "factorised" and edge_dim is None:
+            raise ValueError("transition_form='factorised' factorises edge-feature transitions "
+                             "and needs edge_dim; without edge features P-mode transitions "
+                             "are node-level already (leave transition_form='arc')")
         if not isinstance(in_channels, int) or (in_channels < 1 and in_channels != -1):
             raise ValueError(f"in_channels must be a positive int or -1 (lazy), got "
                              f"{in_channels!r}")
@@ -272,6 +310,7 @@ class PLSTMConv(MessagePassing):
         self.backend = backend
         self.algorithm = algorithm
         self.recompute = recompute
+        self.transition_form = transition_form
         # P-mode without edge features runs on node-level transitions (no line graph); True
         # forces the per-arc path, the same function (kept reachable to test the two agree)
         self._arc_transitions = False
@@ -285,7 +324,13 @@ class PLSTMConv(MessagePassing):
         self.source_gate = _Gate(in_channels, one_edge, heads, gate_bias)
         self.mark_gate = _Gate(in_channels, one_edge, heads, gate_bias)
         self.direct_gate = _Gate(in_channels, (), heads, gate_bias)
-        self.transition_gate = _Gate(in_channels, two_edges, heads, self.transition_bias)
+        if transition_form == "factorised":
+            # t_n from x_n; beta_b from [x_n; a_b] starts at 1, so the layer starts with the
+            # transitions of the arc form (zero weights, logit t0 on every arc)
+            self.transition_gate = _Gate(in_channels, (), heads, self.transition_bias)
+            self.transition_factor_gate = _Gate(in_channels, one_edge, heads, 1.0)
+        else:
+            self.transition_gate = _Gate(in_channels, two_edges, heads, self.transition_bias)
         self.norm_weight = Parameter(torch.empty(heads, value_dim))
         self.lin_out = Linear(heads * value_dim, out_channels, bias=False)
         self.reset_parameters()
@@ -304,11 +349,17 @@ class PLSTMConv(MessagePassing):
         features): ``t_n`` comes from ``x_n`` alone and the normalisation over the arcs
         leaving an incoming edge of ``n`` (``outdeg(n)`` arcs, all ``t_n``; or entering an
         outgoing one, ``indeg(n)`` arcs, with ``normalize_over="target"``) is per node too,
-        so ``T_n = t_n / (alpha + deg(n) |t_n|)`` exactly, and no line graph is built."""
-        return self.mode == "P" and self.edge_dim is None and not self._arc_transitions
+        so ``T_n = t_n / (alpha + deg(n) |t_n|)`` exactly, and no line graph is built.
+        Also true with ``transition_form="factorised"``: ``T_n`` times the op's ``carry``."""
+        return (self.mode == "P" and (self.edge_dim is None or
+                                      self.transition_form == "factorised")
+                and not self._arc_transitions)
 
     def _gate_modules(self):
-        return (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate)
+        gates = (self.source_gate, self.mark_gate, self.direct_gate, self.transition_gate)
+        if self.transition_form == "factorised":
+            gates += (self.transition_factor_gate,)
+        return gates
 
     def _node_linears(self):
         return (self.lin_query, self.lin_key, self.lin_value) + tuple(
@@ -351,59 +402,99 @@ class PLSTMConv(MessagePassing):
         out = F.linear(x, weight, bias)
         n, h = x.size(0), self.heads
         q, k, v, *node_gates = out.split([h * self.key_dim, h * self.key_dim,
-                                          h * self.value_dim, h, h, h, h], dim=-1)
+                                          h * self.value_dim] + [h] * len(gates), dim=-1)
         return (q.reshape(n, h, self.key_dim), k.reshape(n, h, self.key_dim),
                 v.reshape(n, h, self.value_dim), node_gates)
 
     def gates(self, x: Tensor, edge_index: Tensor, line_index: Tensor,
               edge_attr: Optional[Tensor] = None, node_logits=None,
-              edge_mask: Optional[Tensor] = None):
+              edge_mask: Optional[Tensor] = None, return_carry: bool = False):
         """Source, transition, mark and direct gates ``[E,H], [L,H], [E,H], [N,H]``.
 
-        ``line_index=None`` (P-mode without edge features only): node-level transitions
-        ``[N, H]``, ``T_n = t_n / (alpha + deg(n) |t_n|)`` (see
-        :meth:`node_level_transitions`).
+        ``line_index=None`` (P-mode without edge features, or ``transition_form=
+        "factorised"``): node-level transitions ``[N, H]``, ``T_n = t_n / (alpha + deg(n)
+        |t_n|)`` (see :meth:`node_level_transitions`), or the factorised ``T_n`` whose edge
+        factor is the op's ``carry``.
         ``node_logits``: the node parts from :meth:`node_projections` (computed when absent).
         ``edge_mask``: ``[E]`` weights that scale the state each edge carries (its source gate
         and the transitions into it). With node-level transitions only the source gate is
-        scaled here; the carried part is the op's ``carry`` (see :meth:`forward`).
+        scaled in the gates; the carried part is in the ``carry``.
+        ``return_carry``: also return the op's ``carry`` ``[E, H]`` (``None`` when there is
+        nothing to carry: per-arc transitions, or node-level without mask or factor).
         """
         if node_logits is None:
             node_logits = [g.node(x) for g in self._gate_modules()]
         src, dst = edge_index[0], edge_index[1]
+        factorised = self.transition_form == "factorised"
+        one = (edge_attr,) if edge_attr is not None else ()
+        mask = edge_mask.to(node_logits[0].dtype).unsqueeze(-1) if edge_mask is not None \
+            else None
+        carry = None
         if line_index is None:
-            if self.mode != "P" or edge_attr is not None:
+            if self.mode != "P" or (edge_attr is not None and not factorised):
                 raise ValueError("node-level transitions (line_index=None) exist in P-mode "
-                                 "without edge features only; pass the line graph")
-            source = torch.sigmoid(node_logits[0][src])
-            if edge_mask is not None:
-                source = source * edge_mask.to(source.dtype).unsqueeze(-1)
-            mark = torch.sigmoid(node_logits[1][dst])
+                                 "without edge features or with transition_form='factorised' "
+                                 "only; pass the line graph")
+            source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
+            if mask is not None:
+                source = source * mask
+            mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
             direct = torch.sigmoid(node_logits[2])
-            t = node_logits[3]
-            axis = src if self.normalize_over == "source" else dst
-            degree = torch.bincount(axis, minlength=x.size(0)).to(t.dtype)
-            return source, t / (self.alpha + degree[:, None] * t.abs()), mark, direct
+            if factorised:
+                transition, carry = self._factorised_transitions(node_logits, edge_index,
+                                                                 edge_attr, x.size(0))
+                if mask is not None:
+                    carry = carry * mask
+            else:
+                t = node_logits[3]
+                axis = src if self.normalize_over == "source" else dst
+                degree = torch.bincount(axis, minlength=x.size(0)).to(t.dtype)
+                transition = t / (self.alpha + degree[:, None] * t.abs())
+                if mask is not None:
+                    carry = mask.expand(-1, self.heads)
+            gates = (source, transition, mark, direct)
+            return gates + (carry,) if return_carry else gates
         arc_in, arc_out = line_index[0], line_index[1]
         shared = dst[arc_in]
-        one = (edge_attr,) if edge_attr is not None else ()
         two = (edge_attr, edge_attr) if edge_attr is not None else ()
         source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
         mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
         direct = torch.sigmoid(node_logits[2])
-        logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
-        if self.mode == "D":
+        if factorised:  # the same per-arc transitions, T_n g_b, on a given line graph
+            node_t, factor = self._factorised_transitions(node_logits, edge_index, edge_attr,
+                                                          x.size(0))
+            transition = node_t[shared] * factor[arc_out]
+        elif self.mode == "D":
+            logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
             transition = torch.tanh(logits)
         else:
+            logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
             axis = arc_in if self.normalize_over == "source" else arc_out
             total = scatter(logits.abs(), axis, dim=0, dim_size=edge_index.size(1),
                             reduce="sum")
             transition = logits / (self.alpha + total[axis])
-        if edge_mask is not None:
-            mask = edge_mask.to(source.dtype).unsqueeze(-1)
+        if mask is not None:
             source = source * mask
             transition = transition * mask[arc_out]
-        return source, transition, mark, direct
+        gates = (source, transition, mark, direct)
+        return gates + (carry,) if return_carry else gates
+
+    def _factorised_transitions(self, node_logits, edge_index: Tensor, edge_attr: Tensor,
+                                num_nodes: int) -> Tuple[Tensor, Tensor]:
+        """``(T_n [N, H], g_b [E, H])`` with ``T_{a->b} = T_n g_b`` at ``n = tail(b)``: the
+        per-arc logit ``t_n beta_b`` with the P-mode normalisation split between the two
+        (``transition_form="factorised"``, see the class docstring)."""
+        src = edge_index[0]
+        t = node_logits[3]
+        beta = self.transition_factor_gate(node_logits[4], src, (edge_attr,), (slice(None),))
+        if self.normalize_over == "source":
+            # over the arcs leaving any edge into n: sum_b' |t_n beta_b'|, one value per node
+            total = scatter(beta.abs(), src, dim=0, dim_size=num_nodes, reduce="sum")
+            return t / (self.alpha + t.abs() * total), beta
+        # over the arcs entering b: indeg(n) copies of |t_n beta_b|, one value per edge b
+        indeg = torch.bincount(edge_index[1], minlength=num_nodes).to(t.dtype)
+        scale = (indeg[:, None] * t.abs())[src]
+        return t, beta / (self.alpha + scale * beta.abs())
 
     # -----------------------------------------------------------------------------------------
     # input handling
@@ -555,8 +646,9 @@ class PLSTMConv(MessagePassing):
         if line_index is None and isinstance(schedule, NodeSchedule):  # a prepared DAG
             if not self.node_level_transitions():
                 raise ValueError("a NodeSchedule (DAGPlan.view(..., node_level_transitions="
-                                 "True)) is for P-mode layers without edge features; pass "
-                                 "this layer its line graph (DAGPlan.view(mode))")
+                                 "True)) is for P-mode layers without edge features or with "
+                                 "transition_form='factorised'; pass this layer its line "
+                                 "graph (DAGPlan.view(mode))")
             dag_index = edge_index
         elif line_index is None:
             if node_level is not None or schedule is not None:
@@ -579,16 +671,13 @@ class PLSTMConv(MessagePassing):
                 edge_mask = edge_mask.new_ones(dag_index.size(1)).scatter_reduce(
                     0, prepared.edge_map, edge_mask, "prod")
 
-        # node-level transitions: a mask on edge b = (u -> w) scales S_b (in gates) and the
-        # state T_u H_u carried into b (the op's carry), as T_{a->b} m_b does per arc
-        carry = None
-        if edge_mask is not None and line_index is None:
-            carry = edge_mask.to(x.dtype).unsqueeze(-1).expand(-1, self.heads)
-
         num_nodes, heads = x.size(0), self.heads
         query, key, value, node_logits = self.node_projections(x)
-        source, transition, mark, direct = self.gates(x, dag_index, line_index, edge_attr,
-                                                      node_logits, edge_mask)
+        # node-level transitions: a mask on edge b = (u -> w) scales S_b and the state
+        # T_u H_u carried into b (the op's carry, times the factorised edge factor), as
+        # T_{a->b} m_b does per arc
+        source, transition, mark, direct, carry = self.gates(
+            x, dag_index, line_index, edge_attr, node_logits, edge_mask, return_carry=True)
         out = plstm_dag(query, key, value, source, transition, mark, direct, dag_index,
                         line_index, node_level=node_level, schedule=schedule,
                         backend=self.backend, algorithm=self.algorithm,
