@@ -83,6 +83,16 @@ def random_dag(num_nodes, edge_prob=0.3, seed=0, max_span=None, shuffle=True):
     return torch.tensor(edges, dtype=torch.long).t().contiguous()
 
 
+def disjoint_union(parts):
+    """One graph of several ``(edge_index, num_nodes)`` parts side by side (node ids offset),
+    as a PyG batch lays them out; returns ``(edge_index, num_nodes)``."""
+    offset, shifted = 0, [torch.empty(2, 0, dtype=torch.long)]
+    for edge_index, num_nodes in parts:
+        shifted.append(edge_index + offset)
+        offset += num_nodes
+    return torch.cat(shifted, 1), offset
+
+
 def random_inputs(num_nodes, num_edges, num_arcs, heads=2, kdim=3, vdim=4, seed=0,
                   dtype=torch.float64, requires_grad=False):
     g = torch.Generator().manual_seed(seed)

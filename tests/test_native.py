@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import plstm_graph  # noqa: E402
-from oracle import plstm_oracle, random_dag, random_inputs  # noqa: E402
+from oracle import disjoint_union, plstm_oracle, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import DagSchedule, build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 from plstm_graph.ops.dispatch import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
@@ -41,11 +41,7 @@ def chain(n):
 
 def disjoint(*graphs):
     """Disjoint union of (edge_index, num_nodes) pairs."""
-    parts, off = [], 0
-    for ei, n in graphs:
-        parts.append(ei + off)
-        off += n
-    return torch.cat(parts, 1) if parts else torch.empty(2, 0, dtype=torch.long), off
+    return disjoint_union(graphs)
 
 
 def lines(ei, n, mode):

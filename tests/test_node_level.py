@@ -9,7 +9,7 @@ from plstm_graph import PLSTMConv, line_graph
 from plstm_graph.dag import build_node_schedule
 from plstm_graph.ops import native
 
-from oracle import plstm_oracle, random_dag, random_inputs
+from oracle import disjoint_union, plstm_oracle, random_dag, random_inputs
 from test_plstm_dag import NAMES, _precision_graph, chain, ei, fan_graph
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
@@ -53,13 +53,9 @@ def _isolated():
 
 
 def _union():
-    parts = [(random_dag(7, 0.5, seed=1), 7), (ei([]), 3), (random_dag(11, 0.3, seed=2), 11),
-             (fan_graph(11, 4, seed=3)[0], 16), (random_dag(1, 0.5, seed=0), 1)]
-    off, eis = 0, []
-    for edge_index, n in parts:
-        eis.append(edge_index + off)
-        off += n
-    return torch.cat(eis, 1), off
+    return disjoint_union([(random_dag(7, 0.5, seed=1), 7), (ei([]), 3),
+                           (random_dag(11, 0.3, seed=2), 11), (fan_graph(11, 4, seed=3)[0], 16),
+                           (random_dag(1, 0.5, seed=0), 1)])
 
 
 GRAPHS = {

@@ -10,7 +10,7 @@ import plstm_graph
 from plstm_graph import dag
 from plstm_graph.dag import (_line_graph_torch, _multitree_checked, build_schedule, line_graph,
                              topological_levels)
-from oracle import random_dag
+from oracle import disjoint_union, random_dag
 
 pytestmark = pytest.mark.skipif(not plstm_graph.WITH_NATIVE, reason="needs the native ops")
 
@@ -21,12 +21,9 @@ def ei(pairs):
 
 def _union(graphs, seed):
     """Disjoint union of DAGs with the node ids of the union shuffled (as a shuffled batch)."""
-    parts, offset = [], 0
-    for edge_index, n in graphs:
-        parts.append(edge_index + offset)
-        offset += n
-    perm = torch.randperm(offset, generator=torch.Generator().manual_seed(seed))
-    return perm[torch.cat(parts, 1)], offset
+    edge_index, num_nodes = disjoint_union(graphs)
+    perm = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
+    return perm[edge_index], num_nodes
 
 
 def _cases():

@@ -21,8 +21,25 @@ from .validation import (_check_index_tensor, _check_level_tensor, _num_nodes_ar
                          check_edge_index, check_line_index, check_node_level)
 
 
+class _IndexTensors:
+    """What both schedules share: their index tensors travel to the native ops as one list,
+    in the order the dataclass declares them (:attr:`FIELDS`, set below each class from its
+    own fields, so adding a field is one line in the dataclass)."""
+
+    FIELDS: ClassVar[Tuple[str, ...]] = ()
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_src.numel()
+
+    def tensors(self) -> List[Tensor]:
+        """The index tensors in :attr:`FIELDS` order: the ``schedule`` argument of the native
+        ops (``csrc/checks.h`` lists the same fields)."""
+        return [getattr(self, name) for name in self.FIELDS]
+
+
 @dataclass
-class DagSchedule:
+class DagSchedule(_IndexTensors):
     """Index tensors that drive both algorithms over one (batched) DAG: the level-parallel
     scan and the per-component closed form, plus the sizes the op layer needs to choose
     between them.
@@ -93,10 +110,6 @@ class DagSchedule:
     _ancestor_pairs: Optional[int] = field(default=None, repr=False, compare=False)
 
     @property
-    def num_edges(self) -> int:
-        return self.edge_src.numel()
-
-    @property
     def num_arcs(self) -> int:
         return self.arc_src.numel()
 
@@ -104,14 +117,7 @@ class DagSchedule:
     def num_levels(self) -> int:
         return self.level_ptr.numel() - 1
 
-    FIELDS: ClassVar[Tuple[str, ...]] = ()  # the tensor fields in declaration order (below)
-
-    def tensors(self) -> List[Tensor]:
-        """The index tensors in :attr:`FIELDS` order: the ``schedule`` argument of the native
-        ops."""
-        return [getattr(self, name) for name in self.FIELDS]
-
-    index_tensors = tensors
+    index_tensors = _IndexTensors.tensors  # (the name before the ops took a list)
 
     def check(self) -> None:
         """Check the whole structure (every CSR a permutation under the right owner, arcs that
@@ -279,7 +285,7 @@ def _build_schedule_native(edge_index: Tensor, line_index: Tensor, num_nodes: Op
 # node-level schedule (transitions that depend only on the shared node)
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class NodeSchedule:
+class NodeSchedule(_IndexTensors):
     """Index tensors of the node-level scan (docs/contract.md, "Node-level transitions", transitions ``T_n`` per shared
     node): no line graph, only CSRs of the edges by level, by head and by tail node.
 
@@ -307,20 +313,9 @@ class NodeSchedule:
     out_ptr: Tensor
     out_edge: Tensor
 
-    FIELDS: ClassVar[Tuple[str, ...]] = ()  # the tensor fields in declaration order
-
-    @property
-    def num_edges(self) -> int:
-        return self.edge_src.numel()
-
     @property
     def num_levels(self) -> int:
         return self.node_level_ptr.numel() - 1
-
-    def tensors(self) -> List[Tensor]:
-        """The index tensors in :attr:`FIELDS` order: the ``schedule`` argument of the native
-        node-level ops (``csrc/checks.h`` lists the same fields)."""
-        return [getattr(self, name) for name in self.FIELDS]
 
 
 def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
