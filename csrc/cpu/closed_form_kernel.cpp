@@ -13,6 +13,7 @@
 // order, so results are bitwise reproducible whatever the thread count. The component layout
 // is checked completely before any memory is touched.
 #include "../checks.h"
+#include "float_ptrs.h"
 #include "isa.h"
 
 #include <ATen/Dispatch.h>
@@ -153,12 +154,9 @@ Layout check_layout(const ClosedFormInputs& in) {
 }
 
 template <typename scalar_t, typename acc_t>
-struct CfPtrs {
-  const scalar_t *q, *k, *v, *S, *T, *M, *D, *dy;
+struct CfPtrs : FloatPtrs<scalar_t> {
   const int64_t *edge_src, *edge_dst, *arc_src, *in_ptr, *in_arc, *comp_node_ptr, *comp_node,
       *comp_edge_ptr, *comp_edge, *node_pos, *edge_pos;
-  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
-  int64_t H, K, V;
   int64_t q_stride, k_stride, v_stride;  // elements between consecutive nodes
 };
 
@@ -200,13 +198,7 @@ namespace {
 template <typename scalar_t, typename acc_t>
 CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& lay) {
   CfPtrs<scalar_t, acc_t> p{};
-  p.q = in.f.q.data_ptr<scalar_t>();
-  p.k = in.f.k.data_ptr<scalar_t>();
-  p.v = in.f.v.data_ptr<scalar_t>();
-  p.S = in.f.source.data_ptr<scalar_t>();
-  p.T = in.f.transition.data_ptr<scalar_t>();
-  p.M = in.f.mark.data_ptr<scalar_t>();
-  p.D = in.f.direct.data_ptr<scalar_t>();
+  p.bind_inputs(in.f);
   p.edge_src = iptr(in.s.edge_src);
   p.edge_dst = iptr(in.s.edge_dst);
   p.arc_src = iptr(in.s.arc_src);
@@ -218,9 +210,6 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& l
   p.comp_edge = iptr(in.s.comp_edge);
   p.node_pos = lay.node_pos.data();
   p.edge_pos = lay.edge_pos.data();
-  p.H = in.f.d.H;
-  p.K = in.f.d.K;
-  p.V = in.f.d.V;
   p.q_stride = in.f.q.stride(0);
   p.k_stride = in.f.k.stride(0);
   p.v_stride = in.f.v.stride(0);
@@ -329,27 +318,14 @@ closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const 
                                                  source, transition, mark, direct, schedule);
   const at::Tensor dy = check_grad_out("closed_form_backward", in.f, grad_out);
   const Layout lay = check_layout(in);
-  // (q, k, v may be strided views; their gradients are written contiguous)
-  const auto opts = in.f.q.options();
-  at::Tensor dq = at::empty({in.f.d.N, in.f.d.H, in.f.d.K}, opts),
-             dk = at::empty({in.f.d.N, in.f.d.H, in.f.d.K}, opts),
-             dv = at::empty({in.f.d.N, in.f.d.H, in.f.d.V}, opts);
-  at::Tensor dS = at::empty_like(in.f.source), dT = at::empty_like(in.f.transition),
-             dM = at::empty_like(in.f.mark), dD = at::empty_like(in.f.direct);
+  const InputGrads grads(in.f);
   PLSTM_CF_DISPATCH(in.f.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
-    p.dy = dy.data_ptr<scalar_t>();
-    p.dq = dq.data_ptr<scalar_t>();
-    p.dk = dk.data_ptr<scalar_t>();
-    p.dv = dv.data_ptr<scalar_t>();
-    p.dS = dS.data_ptr<scalar_t>();
-    p.dT = dT.data_ptr<scalar_t>();
-    p.dM = dM.data_ptr<scalar_t>();
-    p.dD = dD.data_ptr<scalar_t>();
+    grads.bind(p, dy);
     run_closed_form<scalar_t, acc_t>(in, p, /*backward=*/true);
   });
-  return {dq, dk, dv, dS, dT, dM, dD};
+  return grads.tuple();
 }
 
 }  // namespace cpu

@@ -24,6 +24,7 @@
 // the CSRs are permutations consistent with edge_src / edge_dst, and that every edge climbs a
 // level, here), so bad input raises a ValueError instead of reading out of bounds or racing.
 #include "index_checks.h"
+#include "float_ptrs.h"
 #include "isa.h"
 
 #include "../checks.h"
@@ -105,17 +106,15 @@ NodeInputs node_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
 }
 
 template <typename scalar_t, typename acc_t>
-struct P {
-  const scalar_t *q, *k, *v, *S, *T, *M, *D, *dy;
+struct P : FloatPtrs<scalar_t> {
   const scalar_t* carry;  // optional [E, H] factor of the carried term T_u H_u of each edge
   scalar_t* dcarry;
   const int64_t *edge_src, *edge_dst, *node_order, *in_ptr, *in_edge, *out_ptr, *out_edge;
   acc_t *Hs, *F;  // node states H and, backward, the F_u (both [N, H, K, V])
-  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
-  int64_t H, K, V, KV;
+  int64_t KV;
 
   acc_t carry_of(int64_t b, int64_t h) const {
-    return carry ? static_cast<acc_t>(carry[b * H + h]) : acc_t(1);
+    return carry ? static_cast<acc_t>(carry[b * this->H + h]) : acc_t(1);
   }
 };
 
@@ -194,13 +193,7 @@ template <typename scalar_t, typename acc_t>
 P<scalar_t, acc_t> make_p(const NodeInputs& in) {
   P<scalar_t, acc_t> p{};
   const Floats& f = in.f;
-  p.q = f.q.data_ptr<scalar_t>();
-  p.k = f.k.data_ptr<scalar_t>();
-  p.v = f.v.data_ptr<scalar_t>();
-  p.S = f.source.data_ptr<scalar_t>();
-  p.T = f.transition.data_ptr<scalar_t>();
-  p.M = f.mark.data_ptr<scalar_t>();
-  p.D = f.direct.data_ptr<scalar_t>();
+  p.bind_inputs(f);
   p.carry = in.carry.defined() ? in.carry.data_ptr<scalar_t>() : nullptr;
   const NodeSchedule& s = in.s;
   p.edge_src = iptr(s.edge_src);
@@ -210,9 +203,6 @@ P<scalar_t, acc_t> make_p(const NodeInputs& in) {
   p.in_edge = iptr(s.in_edge);
   p.out_ptr = iptr(s.out_ptr);
   p.out_edge = iptr(s.out_edge);
-  p.H = f.d.H;
-  p.K = f.d.K;
-  p.V = f.d.V;
   p.KV = f.d.K * f.d.V;
   return p;
 }
@@ -265,9 +255,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
   const at::Tensor dy = check_grad_out("node_scan_backward", f, grad_out);
   const at::Tensor Hs = check_states("node_scan_backward", f, states, d.N, /*required=*/true);
   at::Tensor fbuf = at::empty({d.N, d.H, d.K, d.V}, Hs.options());
-  at::Tensor dq = at::empty_like(f.q), dk = at::empty_like(f.k), dv = at::empty_like(f.v);
-  at::Tensor dS = at::empty_like(f.source), dT = at::empty_like(f.transition),
-             dM = at::empty_like(f.mark), dD = at::empty_like(f.direct);
+  const InputGrads grads(f);
   // (no carry: an empty gradient, which the autograd wrapper drops)
   at::Tensor dcarry =
       in.carry.defined() ? at::empty_like(in.carry) : at::empty({0}, f.q.options());
@@ -275,16 +263,9 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
   PLSTM_NODE_DISPATCH(f.q.scalar_type(), "plstm_graph::node_scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_p<scalar_t, acc_t>(in);
-    p.dy = dy.data_ptr<scalar_t>();
+    grads.bind(p, dy);
     p.Hs = const_cast<acc_t*>(Hs.data_ptr<acc_t>());
     p.F = fbuf.data_ptr<acc_t>();
-    p.dq = dq.data_ptr<scalar_t>();
-    p.dk = dk.data_ptr<scalar_t>();
-    p.dv = dv.data_ptr<scalar_t>();
-    p.dS = dS.data_ptr<scalar_t>();
-    p.dT = dT.data_ptr<scalar_t>();
-    p.dM = dM.data_ptr<scalar_t>();
-    p.dD = dD.data_ptr<scalar_t>();
     p.dcarry = in.carry.defined() ? dcarry.data_ptr<scalar_t>() : nullptr;
     const auto kern = node_kernels<scalar_t, acc_t>();
     // (a) the readout gradients need H only: every node at once
@@ -300,7 +281,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
                 [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
     }
   });
-  return {dq, dk, dv, dS, dT, dM, dD, dcarry};
+  return {grads.dq, grads.dk, grads.dv, grads.dS, grads.dT, grads.dM, grads.dD, dcarry};
 }
 
 }  // namespace cpu

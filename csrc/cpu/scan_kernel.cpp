@@ -21,6 +21,7 @@
 // indices raise a ValueError instead of reading out of bounds, at a cost linear in its size
 // with a tiny constant. Its structure (permutations, arcs that climb levels) is checked where
 // it is built, or by check_dag_schedule (schedule_checks.cpp).
+#include "float_ptrs.h"
 #include "isa.h"
 
 #include "../checks.h"
@@ -65,14 +66,12 @@ const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 // component), which keeps them in cache; `cslot` (for C) and `wslot` (for G, W, Y) map edge
 // ids to rows, null meaning the identity.
 template <typename scalar_t, typename acc_t>
-struct Ptrs {
-  const scalar_t *q, *k, *v, *S, *T, *M, *D, *dy;
+struct Ptrs : FloatPtrs<scalar_t> {
   const int64_t *edge_src, *edge_dst, *arc_src, *arc_dst, *edge_order, *in_ptr, *in_arc,
       *out_ptr, *out_arc, *node_ptr, *node_edge, *src_ptr, *src_edge;
   acc_t *C, *Y, *G, *W;
   const int64_t *cslot, *wslot;
-  scalar_t *out, *dq, *dk, *dv, *dS, *dT, *dM, *dD;
-  int64_t H, K, V, KV;
+  int64_t KV;
 
   int64_t crow(int64_t e) const { return cslot ? cslot[e] : e; }
   int64_t wrow(int64_t e) const { return wslot ? wslot[e] : e; }
@@ -372,13 +371,7 @@ template <typename scalar_t, typename acc_t>
 Ptrs<scalar_t, acc_t> make_ptrs(const Inputs& in) {
   Ptrs<scalar_t, acc_t> p{};
   const Floats& f = in.f;
-  p.q = f.q.data_ptr<scalar_t>();
-  p.k = f.k.data_ptr<scalar_t>();
-  p.v = f.v.data_ptr<scalar_t>();
-  p.S = f.source.data_ptr<scalar_t>();
-  p.T = f.transition.data_ptr<scalar_t>();
-  p.M = f.mark.data_ptr<scalar_t>();
-  p.D = f.direct.data_ptr<scalar_t>();
+  p.bind_inputs(f);
   const DagSchedule& s = in.s;
   p.edge_src = iptr(s.edge_src);
   p.edge_dst = iptr(s.edge_dst);
@@ -393,9 +386,6 @@ Ptrs<scalar_t, acc_t> make_ptrs(const Inputs& in) {
   p.node_edge = iptr(s.node_edge);
   p.src_ptr = iptr(s.src_ptr);
   p.src_edge = iptr(s.src_edge);
-  p.H = f.d.H;
-  p.K = f.d.K;
-  p.V = f.d.V;
   p.KV = f.d.K * f.d.V;
   return p;
 }
@@ -465,24 +455,14 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     G = empty_buffer({d.E, d.H, d.K, d.V}, acc_opts);
     W = empty_buffer({d.E, d.H, 2 * d.K + d.V}, acc_opts);
   }
-  const Floats& f = in.f;
-  at::Tensor dq = at::empty_like(f.q), dk = at::empty_like(f.k), dv = at::empty_like(f.v);
-  at::Tensor dS = at::empty_like(f.source), dT = at::empty_like(f.transition),
-             dM = at::empty_like(f.mark), dD = at::empty_like(f.direct);
-  PLSTM_DISPATCH(f.q.scalar_type(), "plstm_graph::scan_backward", [&] {
+  const InputGrads grads(in.f);
+  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_ptrs<scalar_t, acc_t>(in);
-    p.dy = dy.data_ptr<scalar_t>();
+    grads.bind(p, dy);
     p.C = data_or_null<acc_t>(C);
     p.G = data_or_null<acc_t>(G);
     p.W = data_or_null<acc_t>(W);
-    p.dq = dq.data_ptr<scalar_t>();
-    p.dk = dk.data_ptr<scalar_t>();
-    p.dv = dv.data_ptr<scalar_t>();
-    p.dS = dS.data_ptr<scalar_t>();
-    p.dT = dT.data_ptr<scalar_t>();
-    p.dM = dM.data_ptr<scalar_t>();
-    p.dD = dD.data_ptr<scalar_t>();
     const auto K = kernels<scalar_t, acc_t>();
     if (by_level) {
       if (recompute) forward_by_level(K, p, in, /*readout=*/false, parallel);
@@ -491,7 +471,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
       backward_by_bin(K, p, plan, recompute);
     }
   });
-  return {dq, dk, dv, dS, dT, dM, dD};
+  return grads.tuple();
 }
 
 }  // namespace cpu
