@@ -229,6 +229,21 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
                saved_bytes(call))
 
+    # what a caller without a prebuilt schedule pays: levels, schedule and checks in the call
+    if native_ok and E <= 100_000:
+        def unscheduled():
+            return plstm_graph.plstm_dag(*xs, edge_index, line)
+
+        def fwd_u():
+            with torch.no_grad():
+                unscheduled()
+
+        def fb_u():
+            unscheduled().sum().backward()
+
+        record("plstm_dag native (auto), schedule built in the call", timeit(fwd_u, device, repeat),
+               timeit(fb_u, device, repeat), saved_bytes(unscheduled))
+
     if args.layers and E <= 100_000:
         from torch_geometric.nn import GATConv, GINConv
 

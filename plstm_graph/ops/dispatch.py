@@ -171,8 +171,9 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
         line_index: ``[2, L]`` long arcs of the line graph (:func:`~plstm_graph.line_graph` or
             its :func:`~plstm_graph.multitree` pruning), or ``None`` for node-level
             transitions.
-        node_level: optional ``[N]`` topological levels (from the transform); computed with
-            networkx when absent.
+        node_level: optional ``[N]`` topological levels (from the transform); computed when
+            absent (natively on the CPU, by the torch reference elsewhere:
+            :func:`~plstm_graph.topological_levels` with ``method="auto"``).
         schedule: optional prebuilt :class:`~plstm_graph.dag.DagSchedule`; skips all index
             work and index checks.
         backend: ``"torch"``, ``"native"`` or ``None`` (native when it was built for the
