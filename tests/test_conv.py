@@ -8,7 +8,7 @@ import plstm_graph
 from plstm_graph import PLSTMConv, line_graph, multitree
 from plstm_graph.transforms import DAGData, DAGPlan, PrepareDAG
 
-from oracle import plstm_oracle, random_dag
+from harness import plstm_oracle, random_dag, undirected_graph
 
 
 def _perturb(conv, seed=0):
@@ -18,18 +18,6 @@ def _perturb(conv, seed=0):
         for p in conv.parameters():
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
     return conv
-
-
-def _undirected_graph(num_nodes, seed, edge_dim=None, feat=6):
-    dag = random_dag(num_nodes, 0.25, seed)
-    ei = torch.cat([dag, dag.flip(0)], dim=1)
-    g = torch.Generator().manual_seed(seed)
-    data = Data(x=torch.randn(num_nodes, feat, generator=g, dtype=torch.float64),
-                edge_index=ei, num_nodes=num_nodes)
-    if edge_dim is not None:
-        attr = torch.randn(dag.size(1), edge_dim, generator=g, dtype=torch.float64)
-        data.edge_attr = torch.cat([attr, attr])
-    return data
 
 
 def _conv_reference(conv, x, edge_index, line_index, edge_attr=None):
@@ -193,7 +181,7 @@ def test_permuting_node_ids_permutes_output(mode):
 @pytest.mark.parametrize("edge_dim", [None, 2])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_dataloader_batch_equals_per_graph(mode, edge_dim, reverse):
-    graphs = [_undirected_graph(n, seed, edge_dim) for seed, n in
+    graphs = [undirected_graph(n, seed, edge_dim) for seed, n in
               enumerate([7, 1, 12, 9, 3, 15, 10])]
     graphs.append(Data(x=torch.randn(4, 6, dtype=torch.float64),
                        edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=4))
@@ -222,7 +210,7 @@ def _view(plan, mode, reverse, edge_dim):
 
 
 def test_prepare_dag_stores_consistent_schedule():
-    data = PrepareDAG()(_undirected_graph(11, 3, edge_dim=2))
+    data = PrepareDAG()(undirected_graph(11, 3, edge_dim=2))
     dag = data.dag_edge_index
     assert dag.size(1) * 2 == data.edge_index.size(1)
     assert bool((dag[0] < dag[1]).all())  # oriented by id
@@ -247,7 +235,7 @@ def test_prepare_dag_on_directed_input_keeps_edges():
 
 
 def test_collation_offsets():
-    prepared = [PrepareDAG()(_undirected_graph(n, s)) for s, n in enumerate([6, 8, 5])]
+    prepared = [PrepareDAG()(undirected_graph(n, s)) for s, n in enumerate([6, 8, 5])]
     batch = next(iter(DataLoader(prepared, batch_size=3)))
     e_off = n_off = 0
     for i, p in enumerate(prepared):
@@ -277,7 +265,7 @@ class _PreparedDataset(InMemoryDataset):
         pass
 
     def process(self):
-        data_list = [self.pre_transform(_undirected_graph(n, s)) for s, n in
+        data_list = [self.pre_transform(undirected_graph(n, s)) for s, n in
                      enumerate([5, 9, 7, 4])]
         self.save(data_list, self.processed_paths[0])
 
@@ -293,7 +281,7 @@ def test_pre_transform_in_dataset_keeps_collation(tmp_path):
 
 
 def test_plan_from_graph_orients_and_caches():
-    g = _undirected_graph(10, 5)
+    g = undirected_graph(10, 5)
     plan = DAGPlan.from_graph(g.edge_index, 10)
     v1 = plan.view("D")
     v2 = plan.view("D")
@@ -304,7 +292,7 @@ def test_plan_from_graph_orients_and_caches():
 
 
 def test_gradients_reach_every_parameter():
-    g = PrepareDAG()(_undirected_graph(12, 1, edge_dim=3))
+    g = PrepareDAG()(undirected_graph(12, 1, edge_dim=3))
     for mode in "PD":
         conv = PLSTMConv(6, 4, heads=2, mode=mode, edge_dim=3).double()
         out = conv(g.x, **DAGPlan.from_data(g).view(mode))
@@ -372,7 +360,7 @@ def test_lazy_in_channels():
 
 
 def test_undirected_input_is_oriented_by_node_id():
-    g = _undirected_graph(12, 3, edge_dim=2)
+    g = undirected_graph(12, 3, edge_dim=2)
     conv = _perturb(PLSTMConv(6, 4, heads=2, edge_dim=2).double())
     dag, attr = plstm_graph.to_dag(g.edge_index, g.edge_attr, 12)
     want = conv(g.x, dag, attr)
@@ -474,7 +462,7 @@ def test_explainer_edge_masks_act_on_the_given_edges():
             return self.head(torch.relu(self.conv(x, edge_index)))
 
     torch.manual_seed(0)
-    g = _undirected_graph(12, 2)
+    g = undirected_graph(12, 2)
     model = _perturb(Net().double())
     explainer = Explainer(model, algorithm=GNNExplainer(epochs=20), explanation_type="model",
                           edge_mask_type="object", node_mask_type=None,

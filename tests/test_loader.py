@@ -2,7 +2,7 @@
 import networkx as nx
 import pytest
 import torch
-from oracle import random_dag
+from harness import random_dag
 from torch_geometric.data import Data
 
 from plstm_graph import PLSTMConv, topological_levels
