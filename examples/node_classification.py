@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
-from graph_classification import (  # noqa: E402
+from _common import (  # noqa: E402
     SymmetrizeEdges, check_batch, default_threads, mean_std, prepare_list,
     prepared_root, resolve_device)
 
-import plstm_graph  # noqa: E402  (importable after graph_classification set up the path)
+import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GAT, GCN  # noqa: E402
 from torch_geometric.transforms import Compose  # noqa: E402

@@ -20,7 +20,7 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from graph_classification import MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa
+from _common import MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa: E402
 
 #: column order of the table: the TU sets first, in the paper's order, then anything else
 ORDER = [name.upper() for name in TU_SETS]
