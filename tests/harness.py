@@ -291,6 +291,15 @@ def assert_matches_oracle(inputs, edge_index, line_index, backend="torch", **tol
     return y, grads
 
 
+def perturb(module, seed=0):
+    """Random values for the zero-initialised gate weights, so that every input matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
 def identical(a, b):
     """Two :func:`run` results equal bit for bit."""
     (y1, g1), (y2, g2) = a, b

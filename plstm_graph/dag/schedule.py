@@ -162,6 +162,25 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
     return int(reach.sum())
 
 
+def _nodes_and_levels(edge_index: Tensor, num_nodes: Optional[int],
+                      node_level: Optional[Tensor], validate: bool, level_method: str,
+                      line_index: Optional[Tensor] = None) -> Tuple[int, Tensor]:
+    """The node count and the leveling both schedules start from: ``edge_index`` (and
+    ``line_index``, when given) checked with ``validate``, ``node_level`` computed when absent
+    and, with ``validate``, checked to climb along every edge when given."""
+    if validate:
+        num_nodes = check_edge_index(edge_index, num_nodes)
+        if line_index is not None:
+            check_line_index(edge_index, line_index)
+    elif num_nodes is None:
+        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if node_level is None:
+        node_level = topological_levels(edge_index, num_nodes, method=level_method)
+    elif validate:
+        check_node_level(edge_index, node_level, num_nodes)
+    return num_nodes, node_level
+
+
 def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int] = None,
                    node_level: Optional[Tensor] = None, validate: bool = True,
                    level_method: str = "auto", method: str = "auto") -> DagSchedule:
@@ -180,15 +199,8 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         method = "native" if _common.native_cpu(edge_index, line_index) else "torch"
     if method == "native":
         return _build_schedule_native(edge_index, line_index, num_nodes, node_level, validate)
-    if validate:
-        num_nodes = check_edge_index(edge_index, num_nodes)
-        check_line_index(edge_index, line_index)
-    elif num_nodes is None:
-        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-    if node_level is None:
-        node_level = topological_levels(edge_index, num_nodes, method=level_method)
-    elif validate:
-        check_node_level(edge_index, node_level, num_nodes)
+    num_nodes, node_level = _nodes_and_levels(edge_index, num_nodes, node_level, validate,
+                                              level_method, line_index)
     device = edge_index.device
     num_edges = edge_index.size(1)
     edge_src, edge_dst = edge_index[0].contiguous(), edge_index[1].contiguous()
@@ -294,14 +306,8 @@ def build_node_schedule(edge_index: Tensor, num_nodes: Optional[int] = None,
                         level_method: str = "auto") -> NodeSchedule:
     """Build the :class:`NodeSchedule` of ``edge_index`` (checks as :func:`build_schedule`:
     ids in range, no self-loop, acyclic or a valid ``node_level``)."""
-    if validate:
-        num_nodes = check_edge_index(edge_index, num_nodes)
-    elif num_nodes is None:
-        num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-    if node_level is None:
-        node_level = topological_levels(edge_index, num_nodes, method=level_method)
-    elif validate:
-        check_node_level(edge_index, node_level, num_nodes)
+    num_nodes, node_level = _nodes_and_levels(edge_index, num_nodes, node_level, validate,
+                                              level_method)
     edge_src, edge_dst = edge_index[0].contiguous(), edge_index[1].contiguous()
     num_levels = int(node_level.max()) + 1 if num_nodes > 0 else 0
     level_ptr, edge_order = _csr(node_level[edge_src], num_levels)
