@@ -16,13 +16,14 @@ Graphs (node ids are a random permutation of a hidden topological order, edges s
 * ``butterfly``: the FFT butterfly with ``2**--log-width`` lanes (a multitree whose root sets
   grow to the full width; the dense-bitset case of ``multitree``).
 
-Times are the best of ``--repeat`` runs (the reference multitree runs once).
+Times are the best of ``--repeat`` runs (the reference multitree, the package's Python
+implementation, runs once).
 
 Usage::
 
     python benchmarks/bench_schedule.py                       # the requirement's sizes
     python benchmarks/bench_schedule.py --edges 30000 --nodes 10000 --chain 2000
-    python benchmarks/bench_schedule.py --graphs windowed --reference   # also old multitree
+    python benchmarks/bench_schedule.py --graphs windowed --reference   # also Python multitree
     python benchmarks/bench_schedule.py --threads 1           # torch intra-op threads
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import plstm_graph  # noqa: E402
+from _graphs import butterfly_dag, chain_dag, uniform_dag, windowed_dag  # noqa: E402
 from plstm_graph import dag  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
@@ -52,56 +54,9 @@ GRAPHS = ("chain", "windowed", "uniform", "butterfly")
 # ---------------------------------------------------------------------------------------------
 # graphs
 # ---------------------------------------------------------------------------------------------
-def _finish(key, num_nodes, num_edges, g):
-    key = torch.unique(key)
-    key = key[torch.randperm(key.numel(), generator=g)[:num_edges]]
-    perm = torch.randperm(num_nodes, generator=g)
-    return torch.stack([perm[key // num_nodes], perm[key % num_nodes]]).contiguous()
-
-
-def chain_dag(length, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    nodes = torch.randperm(length + 1, generator=g)
-    edge_index = torch.stack([nodes[:-1], nodes[1:]])
-    return edge_index[:, torch.randperm(length, generator=g)].contiguous()
-
-
-def windowed_dag(num_nodes, num_edges, window=1000, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = int(num_edges * 1.1) + 16
-    child = torch.randint(1, num_nodes, (m,), generator=g)
-    parent = child - torch.randint(1, window + 1, (m,), generator=g)
-    ok = parent >= 0
-    return _finish(parent[ok] * num_nodes + child[ok], num_nodes, num_edges, g)
-
-
-def uniform_dag(num_nodes, num_edges, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    m = int(num_edges * 1.1) + 16
-    a = torch.randint(0, num_nodes, (m,), generator=g)
-    b = torch.randint(0, num_nodes, (m,), generator=g)
-    ok = a != b
-    lo, hi = torch.minimum(a, b)[ok], torch.maximum(a, b)[ok]
-    return _finish(lo * num_nodes + hi, num_nodes, num_edges, g)
-
-
-def butterfly_dag(log_width):
-    width = 1 << log_width
-    lane = torch.arange(width)
-    parts = []
-    for layer in range(log_width):
-        for partner in (lane, lane ^ (1 << layer)):
-            parts.append(torch.stack([layer * width + lane, (layer + 1) * width + partner]))
-    edge_index = torch.cat(parts, 1)
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm((log_width + 1) * width, generator=g)
-    edge_index = perm[edge_index]
-    return edge_index[:, torch.randperm(edge_index.size(1), generator=g)].contiguous()
-
-
 def make_graph(name, args):
     if name == "chain":
-        return chain_dag(args.chain, args.seed)
+        return chain_dag(args.chain, args.seed)[0]
     if name == "windowed":
         return windowed_dag(args.nodes, args.edges, args.window, args.seed)
     if name == "uniform":
@@ -210,15 +165,12 @@ def measure(name, args):
     row["mt_drss_mb"] = mem.delta / 2**20
     row["L_mt"] = pruned.size(1)
     if args.reference:
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from test_scale import _multitree_reference
-
         with RssPeak() as mem:
             t0 = time.perf_counter()  # once: it is the slow one
-            ref = _multitree_reference(edge_index, line_index, level)
+            ref = dag._multitree_checked(edge_index, line_index, level, method="python")
             row["t_mt_ref"] = time.perf_counter() - t0
         row["mt_ref_drss_mb"] = mem.delta / 2**20
-        assert torch.equal(ref, pruned), "multitree differs from the reference"
+        assert torch.equal(ref, pruned), "multitree differs from its Python reference"
     schedule, row["t_sched"] = timed(dag.build_schedule, edge_index, line_index, n,
                                      node_level=level)
     _, row["t_sched_mt"] = timed(dag.build_schedule, edge_index, pruned, n, node_level=level)
@@ -280,8 +232,8 @@ def main(argv=None):
     p.add_argument("--no-scan", dest="scan", action="store_false",
                    help="skip the forward/backward scan")
     p.add_argument("--reference", action="store_true",
-                   help="also time the original bitset multitree (tests/test_scale.py) and "
-                        "check it gives the same arcs; slow (O(E^2/64) worst case)")
+                   help="also time the Python multitree (the reference of the native op) "
+                        "and check it gives the same arcs")
     p.add_argument("--in-process", action="store_true",
                    help="run all graphs in this process (peak RSS is then cumulative)")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)

@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import plstm_graph  # noqa: E402
+from _graphs import chain_dag, disjoint, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
@@ -37,37 +38,14 @@ FAILURES = []
 # ---------------------------------------------------------------------------------------------
 # graphs and inputs
 # ---------------------------------------------------------------------------------------------
-def random_dag(num_nodes, edge_prob, rng, max_span=None):
-    """Random DAG on shuffled node ids (edges in random order)."""
-    perm = list(range(num_nodes))
-    rng.shuffle(perm)
-    edges = []
-    for i in range(num_nodes):
-        hi = num_nodes if max_span is None else min(num_nodes, i + 1 + max_span)
-        for j in range(i + 1, hi):
-            if rng.random() < edge_prob:
-                edges.append((perm[i], perm[j]))
-    rng.shuffle(edges)
-    if not edges:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.tensor(edges, dtype=torch.long).t().contiguous()
-
-
 def mutag_like(rng):
     """17 nodes, about 20 edges: a molecule-sized DAG."""
     return random_dag(17, 0.5, rng, max_span=3), 17
 
 
-def disjoint(graphs):
-    parts, off = [], 0
-    for ei, n in graphs:
-        parts.append(ei + off)
-        off += n
-    return torch.cat(parts, 1), off
-
-
 def chain(n):
-    return torch.stack([torch.arange(n - 1), torch.arange(1, n)]), n
+    """A path through ``n`` shuffled node ids: ``(edge_index, n)``."""
+    return chain_dag(n - 1)[0], n
 
 
 def wide(fan):
@@ -78,15 +56,9 @@ def wide(fan):
 
 
 def make_inputs(n, num_edges, num_arcs, heads, kdim, vdim, seed):
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, lo=-1.0, hi=1.0):
-        return torch.rand(*shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
-
-    return dict(query=r(n, heads, kdim), key=r(n, heads, kdim), value=r(n, heads, vdim),
-                source=r(num_edges, heads, lo=0, hi=1),
-                transition=r(num_arcs, heads, lo=-0.6, hi=0.6) / 2,
-                mark=r(num_edges, heads, lo=0, hi=1), direct=r(n, heads, lo=0, hi=1))
+    x = random_inputs(n, num_edges, num_arcs, heads, kdim, vdim, seed)
+    x["transition"] = x["transition"] / 2  # long chains keep a signal without blowing up
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ Ends with a one-line ``SUMMARY``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import os.path as osp
 import random
@@ -55,6 +54,9 @@ from torch_geometric.utils import from_networkx, to_undirected
 from tqdm.auto import tqdm
 
 from plstm_graph import DAGData, DAGPlan, PLSTMNet, PrepareDAG
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
+from _common import write_json  # noqa: E402
 
 MODELS = ("plstm", "gin")
 
@@ -389,9 +391,7 @@ def main(argv=None) -> dict:
                           f"chance {1 / args.colors:.2f}) test accuracy at best val epoch: "
                           f"{summary} | total {results['seconds']:.0f}s")
     if args.output:
-        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_json(results, args.output)
     print(results["summary"])
     return results
 

@@ -60,7 +60,7 @@ except ImportError:  # running from a source checkout without installing
     import plstm_graph
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from graph_classification import prepared_root, stratified_folds  # noqa: E402
+from _common import prepared_root, stratified_folds  # noqa: E402
 
 from torch_geometric.loader import DataLoader  # noqa: E402
 

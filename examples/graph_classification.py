@@ -54,72 +54,25 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import plstm_graph
 
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
+from _common import (  # noqa: E402
+    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, check_batch, default_threads,
+    mean_std, prepare_list, prepared_root, resolve_device, stratified_folds, write_json)
+
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import global_add_pool
 from torch_geometric.nn.models import GAT, GCN, GIN
 from torch_geometric.transforms import Compose
-from torch_geometric.utils import to_undirected
 from tqdm.auto import tqdm
 
-from plstm_graph import DAGData, DAGPlan, PLSTMNet, PrepareDAG
+from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG
 
-MODELS = ("plstm", "gin", "gcn", "gat")
-#: the paper's table; ``--dataset all`` runs these in this order
-TU_SETS = ("mutag", "nci1", "proteins", "ptc_fm")
 DATASETS = TU_SETS + ("python-ast",)
 
 
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-class SymmetrizeEdges:
-    """Stores ``edge_index`` (and ``edge_attr``) with both directions of every edge, for the
-    message-passing baselines on directed data. Run it after :class:`PrepareDAG`, which keeps
-    the DAG itself in ``dag_edge_index``."""
-
-    def __call__(self, data):
-        if data.edge_index.numel():
-            data.edge_index, data.edge_attr = to_undirected(
-                data.edge_index, data.get("edge_attr"), num_nodes=data.num_nodes)
-        return data
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}()"
-
-
-def is_prepared(data) -> bool:
-    return isinstance(data, DAGData) and "dag_edge_index" in data
-
-
-def prepare_list(dataset, pre_transform) -> list:
-    """The dataset as a list of prepared graphs. ``pre_transform`` already ran when the dataset
-    was processed; if the on-disk cache was built without it (another tool processed the same
-    directory), apply it here, once."""
-    graphs = [dataset[i] for i in range(len(dataset))]
-    if graphs and not is_prepared(graphs[0]):
-        print("note: cached dataset was processed without PrepareDAG; preparing in memory",
-              file=sys.stderr)
-        graphs = [pre_transform(g) for g in graphs]
-    return graphs
-
-
-def prepared_root(root: Optional[str]) -> str:
-    """Cache folder for data sets processed with ``PrepareDAG`` as ``pre_transform``.
-
-    PyG reprocesses a cached data set only when it is missing, so the folder name carries a
-    fingerprint of the code that prepares the DAGs: a changed ``PrepareDAG`` never serves
-    stale schedules."""
-    import hashlib
-    import inspect
-
-    from plstm_graph import dag, transforms
-    from plstm_graph.datasets import default_root
-
-    code = "".join(inspect.getsource(m) for m in (dag, transforms))
-    tag = hashlib.sha1(code.encode()).hexdigest()[:10]
-    return osp.join(root or default_root(), f"prepared-{tag}")
-
-
 def subset_indices(n: int, size: int, seed: int) -> List[int]:
     """A seeded random subset of ``size`` of ``range(n)`` (sorted), for quick trial runs."""
     gen = torch.Generator().manual_seed(seed)
@@ -163,23 +116,6 @@ def load_graphs(name: str, root: Optional[str], max_graphs: Optional[int], seed:
     return graphs, info
 
 
-def stratified_folds(labels: Sequence[int], k: int, seed: int) -> List[List[int]]:
-    """``k`` folds with (almost) equal class proportions: each class is shuffled and dealt
-    round-robin, continuing where the previous class stopped so that fold sizes stay even."""
-    gen = torch.Generator().manual_seed(seed)
-    by_class: Dict[int, List[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(int(y), []).append(i)
-    folds: List[List[int]] = [[] for _ in range(k)]
-    pos = 0
-    for y in sorted(by_class):
-        idx = by_class[y]
-        for j in torch.randperm(len(idx), generator=gen).tolist():
-            folds[pos % k].append(idx[j])
-            pos += 1
-    return [sorted(f) for f in folds]
-
-
 def cv_splits(labels: Sequence[int], k: int, seed: int):
     """``(train, val, test)`` index lists per fold: test = fold i, val = fold i+1."""
     if k < 3:
@@ -191,23 +127,6 @@ def cv_splits(labels: Sequence[int], k: int, seed: int):
         train = sorted(j for f, fold in enumerate(folds) if f not in (i, val_fold)
                        for j in fold)
         yield train, folds[val_fold], folds[i]
-
-
-def check_batch(batch) -> None:
-    """A batch must be a ``DAGData`` batch whose line-graph arcs join edges that meet (this
-    fails if the line indices were offset by node counts instead of edge counts)."""
-    if not is_prepared(batch):
-        raise RuntimeError(f"expected a DAGData batch from PrepareDAG'd graphs, got "
-                           f"{type(batch).__name__}")
-    dag = batch.dag_edge_index
-    lines = [batch.line_index_p, batch.line_index_d]
-    if "line_index_d_rev" in batch:
-        lines.append(batch.line_index_d_rev.flip(0))  # reversed DAG: arcs of the flipped edges
-    for line in lines:
-        if line.numel() and (int(line.min()) < 0 or int(line.max()) >= dag.size(1)):
-            raise RuntimeError("line-graph indices out of range of the batch's DAG edges")
-        if line.numel() and not bool((dag[1, line[0]] == dag[0, line[1]]).all()):
-            raise RuntimeError("line-graph indices do not join meeting edges after batching")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,12 +274,6 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     return best
 
 
-def mean_std(values: Sequence[float]):
-    t = torch.tensor(list(values), dtype=torch.float64)
-    std = float(t.std(unbiased=False)) if t.numel() > 1 else 0.0
-    return float(t.mean()), std
-
-
 def plot_results(results: dict, path: str) -> None:
     import matplotlib
 
@@ -399,19 +312,6 @@ def plot_results(results: dict, path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def default_threads() -> int:
-    # The graphs are small: intra-op threads buy little and oversubscribe a shared machine.
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
-
-
-#: arguments that change the numbers; --resume only reuses folds run with the same values
-PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "pool",
-                 "dropout", "lr", "weight_decay", "warmup_epochs", "clip", "edge_attr",
-                 "max_graphs", "seed", "transition_form", "mlp_ratio", "degree_dim")
-#: protocol arguments added later, with the value that files written before them ran with
-LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None}
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -495,12 +395,6 @@ def parse_args(argv=None):
     return args
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def previous_folds(path: str, args) -> Dict[str, Dict[str, List[dict]]]:
     """``{data set: {model: folds}}`` from an earlier ``--output`` run of the same protocol."""
     if not osp.isfile(path):
@@ -518,15 +412,6 @@ def previous_folds(path: str, args) -> Dict[str, Dict[str, List[dict]]]:
                              f"use another --output or drop --resume")
         out[run["dataset"]] = {m: r["folds"] for m, r in run["models"].items()}
     return out
-
-
-def write_json(obj: dict, path: str) -> None:
-    # Rewritten after every fold of runs that take hours: never leave a truncated file.
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def summarize(results: dict, run_folds: int, args) -> None:

@@ -21,8 +21,6 @@ Ends with a one-line ``SUMMARY``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import os.path as osp
 import sys
 import time
@@ -31,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
-from graph_classification import (  # noqa: E402
+from _common import (  # noqa: E402
     SymmetrizeEdges, check_batch, default_threads, mean_std, prepare_list,
-    prepared_root, resolve_device)
+    prepared_root, resolve_device, write_json)
 
-import plstm_graph  # noqa: E402  (importable after graph_classification set up the path)
+import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GAT, GCN  # noqa: E402
 from torch_geometric.transforms import Compose  # noqa: E402
@@ -277,9 +275,7 @@ def main(argv=None) -> dict:
                           f"accuracy: {summary} | majority {majority:.3f} | total "
                           f"{results['seconds']:.0f}s")
     if args.output:
-        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_json(results, args.output)
     print(results["summary"])
     return results
 

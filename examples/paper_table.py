@@ -20,7 +20,7 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from graph_classification import MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa
+from _common import LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa: E402
 
 #: column order of the table: the TU sets first, in the paper's order, then anything else
 ORDER = [name.upper() for name in TU_SETS]
@@ -43,7 +43,8 @@ def merge(paths: List[str]) -> dict:
             name = run["dataset"]
             if name in merged:
                 old = merged[name]["args"]
-                diff = [k for k in PROTOCOL_ARGS if old.get(k) != run["args"].get(k)]
+                diff = [k for k in PROTOCOL_ARGS
+                        if old.get(k, LATER_ARGS.get(k)) != run["args"].get(k, LATER_ARGS.get(k))]
                 if diff:
                     raise SystemExit(f"{path}: {name} was run with other settings than an "
                                      f"earlier file ({', '.join(diff)}); not merging them")

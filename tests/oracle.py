@@ -1,12 +1,15 @@
-"""The test oracle: the pLSTM recurrence run edge by edge, in float64, straight from
-docs/contract.md.
+"""The test oracles, straight from docs/contract.md: the pLSTM recurrence run edge by edge in
+float64 (:func:`plstm_oracle`, and :func:`chain_oracle` for paths too long for it), the D-mode
+multitree pruning (:func:`multitree_oracle`) and the topological generations it visits in
+(:func:`node_generations`).
 
-It shares no code with the package. Its own topological order comes from a depth-first search,
-states live in a dict, and gradients come from plain autograd through the loop.
+They share no code with the package. The recurrence takes its own topological order from a
+depth-first search, keeps states in a dict, and gets gradients from plain autograd through the
+loop. Graph builders, the implementation matrix and the runners are in ``harness.py``.
 """
-import random
-
 import torch
+
+_NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 
 
 def _topological_edges(edge_index):
@@ -65,44 +68,106 @@ def plstm_oracle(q, k, v, S, T, M, D, edge_index, line_index):
     return torch.stack(rows)
 
 
-def random_dag(num_nodes, edge_prob=0.3, seed=0, max_span=None, shuffle=True):
-    """Random DAG whose node ids are a random permutation of a hidden topological order."""
-    rng = random.Random(seed)
-    perm = list(range(num_nodes))
-    if shuffle:
-        rng.shuffle(perm)
-    edges = []
-    for i in range(num_nodes):
-        hi = num_nodes if max_span is None else min(num_nodes, i + 1 + max_span)
-        for j in range(i + 1, hi):
-            if rng.random() < edge_prob:
-                edges.append((perm[i], perm[j]))
-    rng.shuffle(edges)
-    if not edges:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.tensor(edges, dtype=torch.long).t().contiguous()
 
 
-def disjoint_union(parts):
-    """One graph of several ``(edge_index, num_nodes)`` parts side by side (node ids offset),
-    as a PyG batch lays them out; returns ``(edge_index, num_nodes)``."""
-    offset, shifted = 0, [torch.empty(2, 0, dtype=torch.long)]
-    for edge_index, num_nodes in parts:
-        shifted.append(edge_index + offset)
-        offset += num_nodes
-    return torch.cat(shifted, 1), offset
+def chain_oracle(x, nodes, edge_index, line_index, grad_seed=0):
+    """Float64 forward and autograd backward of the recurrence on a path, step by step along
+    ``nodes``: no schedule, no levels, no oracle readout loop over all node pairs."""
+    length = nodes.numel() - 1
+    eid = torch.empty(length + 1, dtype=torch.long)  # eid[node] = the edge leaving node
+    eid[edge_index[0]] = torch.arange(length)
+    edges = eid[nodes[:-1]].tolist()
+    arc_into = torch.full((length,), -1, dtype=torch.long)
+    arc_into[line_index[1]] = torch.arange(line_index.size(1))
+    arcs = arc_into[eid[nodes[1:-1]]].tolist()  # arc into the i-th edge, i >= 1
+    q, k, v, S, T, M, D = (x[n] for n in _NAMES)
+    # one gather per input, then per-step views (indexing a leaf inside the loop would give
+    # every step a backward that writes a whole zero gradient: quadratic time)
+    edges = torch.tensor(edges)
+    writes = (S[edges][:, :, None, None] * k[nodes[:-1]][:, :, :, None] *
+              v[nodes[:-1]][:, :, None, :]).unbind(0)
+    gates = T[torch.tensor(arcs, dtype=torch.long)][:, :, None, None].unbind(0)
+    marks = M[edges][:, :, None].unbind(0)
+    queries = q[nodes[1:]].unbind(0)
+    reads = []
+    state = None
+    for i in range(length):
+        state = writes[i] if i == 0 else writes[i] + gates[i - 1] * state
+        reads.append(marks[i] * torch.einsum("hkv,hk->hv", state, queries[i]))
+    y = D[..., None] * (q * k).sum(-1, keepdim=True) * v
+    y = y.index_add(0, nodes[1:], torch.stack(reads))
+    g = torch.Generator().manual_seed(grad_seed)
+    wgt = torch.rand(y.shape, generator=g, dtype=torch.float64).to(y.dtype) - 0.5
+    (y * wgt).sum().backward()
+    return y.detach(), {n: x[n].grad for n in _NAMES}
 
 
-def random_inputs(num_nodes, num_edges, num_arcs, heads=2, kdim=3, vdim=4, seed=0,
-                  dtype=torch.float64, requires_grad=False):
-    g = torch.Generator().manual_seed(seed)
+def node_generations(edge_index, num_nodes):
+    """Longest-path level of every node (sources are 0), by a plain Python Kahn loop."""
+    src, dst = edge_index[0].tolist(), edge_index[1].tolist()
+    indeg = [0] * num_nodes
+    succ = [[] for _ in range(num_nodes)]
+    for u, w in zip(src, dst):
+        indeg[w] += 1
+        succ[u].append(w)
+    level = [0] * num_nodes
+    ready = [n for n in range(num_nodes) if indeg[n] == 0]
+    seen = 0
+    while ready:
+        n = ready.pop()
+        seen += 1
+        for w in succ[n]:
+            level[w] = max(level[w], level[n] + 1)
+            indeg[w] -= 1
+            if indeg[w] == 0:
+                ready.append(w)
+    if seen != num_nodes:
+        raise ValueError("node_generations called on a cyclic graph")
+    return level
 
-    def r(*shape, lo=-1.0, hi=1.0):
-        x = torch.rand(*shape, generator=g, dtype=torch.float64) * (hi - lo) + lo
-        return x.to(dtype).requires_grad_(requires_grad)
 
-    return dict(
-        query=r(num_nodes, heads, kdim), key=r(num_nodes, heads, kdim),
-        value=r(num_nodes, heads, vdim), source=r(num_edges, heads, lo=0, hi=1),
-        transition=r(num_arcs, heads, lo=-0.6, hi=0.6), mark=r(num_edges, heads, lo=0, hi=1),
-        direct=r(num_nodes, heads, lo=0, hi=1))
+def multitree_oracle(edge_index, line_index, node_level=None):
+    """The contract's pruning rule (docs/contract.md, "D-mode"), arc by arc.
+
+    Line-graph nodes (edges) are visited in topological order (level of the tail node, then
+    edge id; the levels are :func:`node_generations` unless ``node_level`` is given); the
+    predecessors of each edge earliest-first (same key; copies of one arc by column); the arc
+    ``p -> c`` is dropped when ``c`` is already reachable, through kept arcs, from ``p`` or an
+    ancestor of ``p``. Ancestor sets are Python ``int`` bitsets over the edge positions, freed
+    once every arc leaving an edge was visited, so it also runs on graphs of 3e5 edges.
+    """
+    num_edges, num_arcs = edge_index.size(1), line_index.size(1)
+    if num_arcs == 0:
+        return line_index.clone()
+    if node_level is None:
+        num_nodes = int(edge_index.max()) + 1
+        level = node_generations(edge_index, num_nodes)
+    else:
+        level = node_level.tolist()
+    src = edge_index[0].tolist()
+    order = sorted(range(num_edges), key=lambda e: (level[src[e]], e))
+    pos = [0] * num_edges
+    for i, e in enumerate(order):
+        pos[e] = i
+    tails, heads = line_index[0].tolist(), line_index[1].tolist()
+    arc_order = sorted(range(num_arcs), key=lambda j: (pos[heads[j]], pos[tails[j]], j))
+    pending = [0] * num_edges  # unvisited out-arcs of every edge
+    for p in tails:
+        pending[p] += 1
+    ancestors = {}
+    keep = [False] * num_arcs
+    acc, current = 0, -1
+    for j in arc_order:
+        c, p = heads[j], tails[j]
+        if c != current:
+            if current >= 0:
+                ancestors[current] = acc | (1 << pos[current])
+            current, acc = c, 0
+        anc_p = ancestors.get(p, 1 << pos[p])
+        if not anc_p & acc:
+            keep[j] = True
+            acc |= anc_p
+        pending[p] -= 1
+        if pending[p] == 0:
+            ancestors.pop(p, None)
+    return line_index[:, torch.tensor(keep, dtype=torch.bool, device=line_index.device)]

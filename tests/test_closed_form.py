@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import plstm_graph  # noqa: E402
-from oracle import disjoint_union, plstm_oracle, random_dag, random_inputs  # noqa: E402
+from harness import NAMES, disjoint, plstm_oracle, random_dag, random_inputs  # noqa: E402
 from plstm_graph.dag import DagSchedule, build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
@@ -21,11 +21,10 @@ if not plstm_graph.WITH_NATIVE:
                 allow_module_level=True)
 
 OPS = torch.ops.plstm_graph
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 
 
 def batch(sizes, prob=0.35, seed=0):
-    return disjoint_union((random_dag(n, prob, seed=seed + i), n) for i, n in enumerate(sizes))
+    return disjoint([(random_dag(n, prob, seed=seed + i), n) for i, n in enumerate(sizes)])
 
 
 def inputs(n, ei, li, dtype=torch.float64, **kw):

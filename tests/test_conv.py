@@ -8,28 +8,7 @@ import plstm_graph
 from plstm_graph import PLSTMConv, line_graph, multitree
 from plstm_graph.transforms import DAGData, DAGPlan, PrepareDAG
 
-from oracle import plstm_oracle, random_dag
-
-
-def _perturb(conv, seed=0):
-    """Give the zero-initialised gate weights random values so every input matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return conv
-
-
-def _undirected_graph(num_nodes, seed, edge_dim=None, feat=6):
-    dag = random_dag(num_nodes, 0.25, seed)
-    ei = torch.cat([dag, dag.flip(0)], dim=1)
-    g = torch.Generator().manual_seed(seed)
-    data = Data(x=torch.randn(num_nodes, feat, generator=g, dtype=torch.float64),
-                edge_index=ei, num_nodes=num_nodes)
-    if edge_dim is not None:
-        attr = torch.randn(dag.size(1), edge_dim, generator=g, dtype=torch.float64)
-        data.edge_attr = torch.cat([attr, attr])
-    return data
+from harness import perturb, plstm_oracle, random_dag, undirected_graph
 
 
 def _conv_reference(conv, x, edge_index, line_index, edge_attr=None):
@@ -72,7 +51,7 @@ def test_conv_matches_written_out_math(mode, edge_dim):
     line = line_graph(ei, num_nodes)
     if mode == "D":
         line = multitree(ei, line)
-    conv = _perturb(PLSTMConv(5, 7, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
+    conv = perturb(PLSTMConv(5, 7, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
                               value_dim=4).double())
     x = torch.randn(num_nodes, 5, dtype=torch.float64)
     attr = torch.randn(ei.size(1), 3, dtype=torch.float64) if edge_dim else None
@@ -95,7 +74,7 @@ def test_conv_algorithms_match_written_out_math(algorithm, mode):
     line = line_graph(ei, num_nodes)
     if mode == "D":
         line = multitree(ei, line)
-    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3, value_dim=2,
+    conv = perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3, value_dim=2,
                               backend="native", algorithm=algorithm).double())
     x = torch.randn(num_nodes, 5, dtype=torch.float64, requires_grad=True)
     attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
@@ -113,12 +92,12 @@ def test_conv_algorithms_match_written_out_math(algorithm, mode):
 def test_p_mode_transitions_are_normalised():
     ei = random_dag(20, 0.4, seed=1)
     line = line_graph(ei, 20)
-    conv = _perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2))
+    conv = perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2))
     x = torch.randn(20, 4) * 10
     _, T, _, _ = conv.gates(x, ei, line)
     total = torch.zeros(ei.size(1), 3).index_add_(0, line[0], T.abs())
     assert bool((total < 1).all())
-    conv_t = _perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2,
+    conv_t = perturb(PLSTMConv(4, 4, heads=3, key_dim=2, value_dim=2,
                                 normalize_over="target"))
     _, T, _, _ = conv_t.gates(x, ei, line)
     total = torch.zeros(ei.size(1), 3).index_add_(0, line[1], T.abs())
@@ -148,7 +127,7 @@ def test_init_follows_contract():
 def test_reset_parameters_and_repr():
     conv = PLSTMConv(8, 8, heads=2, mode="D", edge_dim=4)
     before = {k: v.clone() for k, v in conv.state_dict().items()}
-    _perturb(conv)
+    perturb(conv)
     conv.reset_parameters()
     after = conv.state_dict()
     for name in ("source_gate.node.bias", "transition_gate.node.weight", "norm_weight"):
@@ -177,7 +156,7 @@ def test_conv_rejects_bad_arguments():
 def test_permuting_node_ids_permutes_output(mode):
     n = 15
     ei = random_dag(n, 0.3, seed=7)
-    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3,
+    conv = perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2, key_dim=3,
                               value_dim=3).double())
     x = torch.randn(n, 5, dtype=torch.float64)
     attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
@@ -193,7 +172,7 @@ def test_permuting_node_ids_permutes_output(mode):
 @pytest.mark.parametrize("edge_dim", [None, 2])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_dataloader_batch_equals_per_graph(mode, edge_dim, reverse):
-    graphs = [_undirected_graph(n, seed, edge_dim) for seed, n in
+    graphs = [undirected_graph(n, seed, edge_dim) for seed, n in
               enumerate([7, 1, 12, 9, 3, 15, 10])]
     graphs.append(Data(x=torch.randn(4, 6, dtype=torch.float64),
                        edge_index=torch.empty(2, 0, dtype=torch.long), num_nodes=4))
@@ -201,7 +180,7 @@ def test_dataloader_batch_equals_per_graph(mode, edge_dim, reverse):
         graphs[-1].edge_attr = torch.empty(0, edge_dim, dtype=torch.float64)
     prepared = [PrepareDAG()(g) for g in graphs]
     assert all(isinstance(p, DAGData) for p in prepared)
-    conv = _perturb(PLSTMConv(6, 5, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
+    conv = perturb(PLSTMConv(6, 5, heads=2, mode=mode, edge_dim=edge_dim, key_dim=3,
                               value_dim=3).double())
     batch = next(iter(DataLoader(prepared, batch_size=len(prepared))))
     out = conv(batch.x, **_view(DAGPlan.from_data(batch), mode, reverse, edge_dim))
@@ -222,7 +201,7 @@ def _view(plan, mode, reverse, edge_dim):
 
 
 def test_prepare_dag_stores_consistent_schedule():
-    data = PrepareDAG()(_undirected_graph(11, 3, edge_dim=2))
+    data = PrepareDAG()(undirected_graph(11, 3, edge_dim=2))
     dag = data.dag_edge_index
     assert dag.size(1) * 2 == data.edge_index.size(1)
     assert bool((dag[0] < dag[1]).all())  # oriented by id
@@ -247,7 +226,7 @@ def test_prepare_dag_on_directed_input_keeps_edges():
 
 
 def test_collation_offsets():
-    prepared = [PrepareDAG()(_undirected_graph(n, s)) for s, n in enumerate([6, 8, 5])]
+    prepared = [PrepareDAG()(undirected_graph(n, s)) for s, n in enumerate([6, 8, 5])]
     batch = next(iter(DataLoader(prepared, batch_size=3)))
     e_off = n_off = 0
     for i, p in enumerate(prepared):
@@ -277,7 +256,7 @@ class _PreparedDataset(InMemoryDataset):
         pass
 
     def process(self):
-        data_list = [self.pre_transform(_undirected_graph(n, s)) for s, n in
+        data_list = [self.pre_transform(undirected_graph(n, s)) for s, n in
                      enumerate([5, 9, 7, 4])]
         self.save(data_list, self.processed_paths[0])
 
@@ -293,7 +272,7 @@ def test_pre_transform_in_dataset_keeps_collation(tmp_path):
 
 
 def test_plan_from_graph_orients_and_caches():
-    g = _undirected_graph(10, 5)
+    g = undirected_graph(10, 5)
     plan = DAGPlan.from_graph(g.edge_index, 10)
     v1 = plan.view("D")
     v2 = plan.view("D")
@@ -304,7 +283,7 @@ def test_plan_from_graph_orients_and_caches():
 
 
 def test_gradients_reach_every_parameter():
-    g = PrepareDAG()(_undirected_graph(12, 1, edge_dim=3))
+    g = PrepareDAG()(undirected_graph(12, 1, edge_dim=3))
     for mode in "PD":
         conv = PLSTMConv(6, 4, heads=2, mode=mode, edge_dim=3).double()
         out = conv(g.x, **DAGPlan.from_data(g).view(mode))
@@ -342,7 +321,7 @@ def test_node_dim_and_decomposed_layers_are_refused():
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_flow_target_to_source_runs_the_reversed_dag(mode):
     ei = random_dag(14, 0.3, seed=11)
-    conv = _perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2).double())
+    conv = perturb(PLSTMConv(5, 6, heads=2, mode=mode, edge_dim=2).double())
     rev = _same_params(conv, flow="target_to_source")
     x = torch.randn(14, 5, dtype=torch.float64)
     attr = torch.randn(ei.size(1), 2, dtype=torch.float64)
@@ -372,8 +351,8 @@ def test_lazy_in_channels():
 
 
 def test_undirected_input_is_oriented_by_node_id():
-    g = _undirected_graph(12, 3, edge_dim=2)
-    conv = _perturb(PLSTMConv(6, 4, heads=2, edge_dim=2).double())
+    g = undirected_graph(12, 3, edge_dim=2)
+    conv = perturb(PLSTMConv(6, 4, heads=2, edge_dim=2).double())
     dag, attr = plstm_graph.to_dag(g.edge_index, g.edge_attr, 12)
     want = conv(g.x, dag, attr)
     torch.testing.assert_close(conv(g.x, g.edge_index, g.edge_attr), want)
@@ -417,7 +396,7 @@ def test_preparation_is_cached_per_edge_index_tensor(monkeypatch):
     monkeypatch.setattr(conv_module, "build_schedule",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     ei = random_dag(10, 0.3, seed=5)
-    conv = _perturb(PLSTMConv(4, 4, heads=2, mode="D").double())
+    conv = perturb(PLSTMConv(4, 4, heads=2, mode="D").double())
     x = torch.randn(10, 4, dtype=torch.float64)
     first = conv(x, ei)
     assert torch.equal(conv(x, ei), first) and len(calls) == 1
@@ -453,7 +432,7 @@ def _masked_reference(conv, x, edge_index, mask):
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_edge_mask_scales_the_state_an_edge_carries(mode):
     ei = random_dag(12, 0.35, seed=8)
-    conv = _perturb(PLSTMConv(4, 6, heads=2, mode=mode).double())
+    conv = perturb(PLSTMConv(4, 6, heads=2, mode=mode).double())
     x = torch.randn(12, 4, dtype=torch.float64)
     mask = torch.rand(ei.size(1), dtype=torch.float64)
     mask[0] = 0.0
@@ -474,8 +453,8 @@ def test_explainer_edge_masks_act_on_the_given_edges():
             return self.head(torch.relu(self.conv(x, edge_index)))
 
     torch.manual_seed(0)
-    g = _undirected_graph(12, 2)
-    model = _perturb(Net().double())
+    g = undirected_graph(12, 2)
+    model = perturb(Net().double())
     explainer = Explainer(model, algorithm=GNNExplainer(epochs=20), explanation_type="model",
                           edge_mask_type="object", node_mask_type=None,
                           model_config=dict(mode="multiclass_classification",

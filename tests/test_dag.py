@@ -12,7 +12,7 @@ import torch
 
 import plstm_graph
 from plstm_graph.dag import build_schedule, check_node_level
-from oracle import random_dag
+from harness import ei, multitree_oracle, node_generations, random_dag
 
 line_graph = plstm_graph.line_graph
 multitree = plstm_graph.multitree
@@ -24,12 +24,6 @@ reverse_dag = plstm_graph.reverse_dag
 # ---------------------------------------------------------------------------------------------
 # independent helpers
 # ---------------------------------------------------------------------------------------------
-def ei(pairs):
-    if not pairs:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.tensor(pairs, dtype=torch.long).t().contiguous()
-
-
 def brute_line_graph(edge_index):
     """O(E^2): every arc a -> b with dst(a) == src(b), ordered by (a, b)."""
     src, dst = edge_index[0].tolist(), edge_index[1].tolist()
@@ -38,29 +32,6 @@ def brute_line_graph(edge_index):
 
 def arcs_of(line_index):
     return [tuple(x) for x in line_index.t().tolist()]
-
-
-def node_generations(edge_index, num_nodes):
-    """Longest-path level of every node, by a plain Python Kahn loop."""
-    src, dst = edge_index[0].tolist(), edge_index[1].tolist()
-    indeg = [0] * num_nodes
-    succ = [[] for _ in range(num_nodes)]
-    for u, w in zip(src, dst):
-        indeg[w] += 1
-        succ[u].append(w)
-    level = [0] * num_nodes
-    ready = [n for n in range(num_nodes) if indeg[n] == 0]
-    seen = 0
-    while ready:
-        n = ready.pop()
-        seen += 1
-        for w in succ[n]:
-            level[w] = max(level[w], level[n] + 1)
-            indeg[w] -= 1
-            if indeg[w] == 0:
-                ready.append(w)
-    assert seen == num_nodes, "helper called on a cyclic graph"
-    return level
 
 
 def path_counts(num_edges, arcs):
@@ -94,34 +65,6 @@ def path_counts(num_edges, arcs):
 
 def is_multitree(num_edges, arcs):
     return all(n <= 1 for row in path_counts(num_edges, arcs) for n in row)
-
-
-def reference_multitree(edge_index, line_index):
-    """The contract's pruning rule (docs/contract.md, "D-mode") with explicit ancestor sets.
-
-    Line-graph nodes in topological order (tail-node generation, then edge id); predecessors of
-    each node earliest-first (same key; duplicate arcs by arc id); an arc p -> c is dropped when
-    c is already reachable, through kept arcs, from p or an ancestor of p.
-    """
-    src = edge_index[0].tolist()
-    num_edges = len(src)
-    num_nodes = max(edge_index.max().item() + 1, 0) if num_edges else 0
-    level = node_generations(edge_index, num_nodes)
-    pos = {e: (level[src[e]], e) for e in range(num_edges)}
-    incoming = {}
-    for j, (a, b) in enumerate(arcs_of(line_index)):
-        incoming.setdefault(b, []).append((j, a))
-    anc = {}
-    keep = [False] * line_index.size(1)
-    for c in sorted(range(num_edges), key=pos.get):
-        reaches_c = set()  # everything that reaches c through kept arcs
-        for j, p in sorted(incoming.get(c, []), key=lambda jp: (pos[jp[1]], jp[0])):
-            if anc[p] & reaches_c:
-                continue
-            keep[j] = True
-            reaches_c |= anc[p]
-        anc[c] = reaches_c | {c}
-    return line_index[:, torch.tensor(keep, dtype=torch.bool)]
 
 
 def on_cycle(edge_index, node):
@@ -219,7 +162,7 @@ def test_multitree_properties(name):
     # idempotent: a multitree comes back unchanged
     assert torch.equal(multitree(edge_index, mt), mt)
     # matches the rule written out with explicit ancestor sets
-    assert kept == arcs_of(reference_multitree(edge_index, lg))
+    assert kept == arcs_of(multitree_oracle(edge_index, lg))
 
 
 @pytest.mark.parametrize("name", sorted(MT_CASES))
@@ -248,7 +191,7 @@ def test_multitree_diamond_drops_exactly_one_arc():
     assert lg.size(1) - mt.size(1) == 1
     assert (3, 5) not in arcs_of(mt) and (4, 5) in arcs_of(mt) or \
         (4, 5) not in arcs_of(mt) and (3, 5) in arcs_of(mt)
-    assert arcs_of(mt) == arcs_of(reference_multitree(edge_index, lg))
+    assert arcs_of(mt) == arcs_of(multitree_oracle(edge_index, lg))
 
 
 @pytest.mark.parametrize("kind", ["chain", "out_tree", "in_tree", "shuffled_out_tree"])
@@ -286,7 +229,7 @@ def test_multitree_on_shuffled_arcs_keeps_input_order():
     pos = {a: i for i, a in enumerate(arcs_of(shuffled))}
     assert [pos[a] for a in kept] == sorted(pos[a] for a in kept)
     assert set(kept) == set(arcs_of(multitree(edge_index, lg)))
-    assert kept == arcs_of(reference_multitree(edge_index, shuffled))
+    assert kept == arcs_of(multitree_oracle(edge_index, shuffled))
 
 
 def test_multitree_duplicate_arcs():

@@ -9,16 +9,9 @@ import torch
 
 import plstm_graph
 from plstm_graph.ops import native
-from oracle import plstm_oracle, random_dag, random_inputs
+from harness import NAMES, ei, plstm_oracle, random_dag, random_inputs
 
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 GATES = ("source", "transition", "mark", "direct")
-
-
-def ei(pairs):
-    if not pairs:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.tensor(pairs, dtype=torch.long).t().contiguous()
 
 
 def valid_case(n=8, p=0.5, seed=1, dtype=torch.float64, heads=2, kdim=3, vdim=4):

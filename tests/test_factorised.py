@@ -13,7 +13,7 @@ import plstm_graph.nn.conv as conv_module
 from plstm_graph import DAGPlan, PLSTMConv, PLSTMNet, PrepareDAG, line_graph, plstm_dag
 from plstm_graph.nn import PLSTMBlock
 
-from oracle import disjoint_union, plstm_oracle, random_dag
+from harness import disjoint, plstm_oracle, random_dag
 
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 IN, OUT, EDGE_DIM, HEADS = 5, 6, 3, 2
@@ -32,7 +32,7 @@ def _isolated():
 
 
 def _union():
-    return disjoint_union([(random_dag(7, 0.5, seed=1), 7),
+    return disjoint([(random_dag(7, 0.5, seed=1), 7),
                            (torch.empty(2, 0, dtype=torch.long), 3),
                            (random_dag(13, 0.3, seed=2), 13), (random_dag(1, 0.5, seed=0), 1)])
 

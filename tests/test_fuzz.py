@@ -13,14 +13,9 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import plstm_graph
-from plstm_graph.ops import native
-from impls import IMPLS, impl_kwargs
-from oracle import plstm_oracle
+from harness import BACKENDS, IMPLS, NAMES, impl_kwargs, plstm_oracle
 
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 GATES = ("source", "transition", "mark", "direct")
-BACKENDS = ["torch"] + (["native"] if plstm_graph.WITH_NATIVE and
-                        native.available(torch.device("cpu")) else [])
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 

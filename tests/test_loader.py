@@ -2,20 +2,11 @@
 import networkx as nx
 import pytest
 import torch
-from oracle import random_dag
+from harness import perturb, random_dag
 from torch_geometric.data import Data
 
 from plstm_graph import PLSTMConv, topological_levels
 from plstm_graph.loader import DAGNeighborLoader, DAGNeighborSampler
-
-
-def _perturb(module, seed=0):
-    """Random values for the zero-initialised gate weights, so that every input matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-    return module
 
 
 def _graph(num_nodes=40, edge_prob=0.15, seed=0, edge_dim=None, feat=5):
@@ -48,7 +39,7 @@ def _ancestors(edge_index, num_nodes, targets):
 def test_full_depth_minibatch_equals_full_graph(mode, edge_dim):
     data = _graph(edge_dim=edge_dim, seed=1)
     n = data.num_nodes
-    conv = _perturb(PLSTMConv(5, 8, heads=2, mode=mode, edge_dim=edge_dim).double())
+    conv = perturb(PLSTMConv(5, 8, heads=2, mode=mode, edge_dim=edge_dim).double())
     full = conv(data.x, data.edge_index, data.get("edge_attr"))
     depth = _longest_path(data.edge_index, n)
     assert depth >= 4  # deep enough that truncating the cone would matter
@@ -65,7 +56,7 @@ def test_without_stubs_p_mode_differs():
     """The out-degree stubs are what makes P-mode exact: without them the transitions of a
     cone node are normalised over fewer out-edges."""
     data = _graph(seed=1)
-    conv = _perturb(PLSTMConv(5, 8, heads=2, mode="P").double())
+    conv = perturb(PLSTMConv(5, 8, heads=2, mode="P").double())
     full = conv(data.x, data.edge_index)
     depth = _longest_path(data.edge_index, data.num_nodes)
     differs = False
@@ -78,7 +69,7 @@ def test_without_stubs_p_mode_differs():
 
 def test_truncated_depth_is_not_exact():
     data = _graph(seed=1)
-    conv = _perturb(PLSTMConv(5, 8, heads=2, mode="D").double())
+    conv = perturb(PLSTMConv(5, 8, heads=2, mode="D").double())
     full = conv(data.x, data.edge_index)
     level = topological_levels(data.edge_index, data.num_nodes)
     deepest = (level == level.max()).nonzero().view(-1)

@@ -6,78 +6,34 @@ import subprocess
 import sys
 import textwrap
 
-sys.path.insert(0, os.path.dirname(__file__))
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import plstm_graph  # noqa: E402
-from oracle import disjoint_union, plstm_oracle, random_dag, random_inputs  # noqa: E402
-from plstm_graph.dag import DagSchedule, build_schedule  # noqa: E402
-from plstm_graph.ops import native  # noqa: E402
-from plstm_graph.ops.dispatch import (CLOSED_FORM_MAX_NODES, resolve_algorithm,  # noqa: E402
-                                       resolve_backend)
-from plstm_graph.ops.scan_torch import scan_torch  # noqa: E402
+import plstm_graph
+from harness import (DEVICES, NAMES, TOL, assert_close, chain, cotangent_for, disjoint,
+                     lines, random_dag, random_inputs, run, run_oracle)
+from plstm_graph.dag import DagSchedule, build_schedule
+from plstm_graph.ops import native
+from plstm_graph.ops.dispatch import CLOSED_FORM_MAX_NODES, resolve_backend
+from plstm_graph.ops.scan_torch import scan_torch
 
 if not plstm_graph.WITH_NATIVE:
     pytest.skip(f"native ops not built: {native.unavailable_reason('cpu')}",
                 allow_module_level=True)
 
 OPS = torch.ops.plstm_graph
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 SCAN = NAMES[:6]
 ALGORITHMS = ["scan", "closed_form"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and native.WITH_CUDA else [])
-TOL = {torch.float64: dict(atol=1e-10, rtol=1e-9), torch.float32: dict(atol=2e-5, rtol=2e-4),
-       torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers
+# helpers (graphs, inputs, runners and tolerances are in harness.py)
 # ---------------------------------------------------------------------------------------------
-def chain(n):
-    return torch.stack([torch.arange(n - 1), torch.arange(1, n)])
-
-
-def disjoint(*graphs):
-    """Disjoint union of (edge_index, num_nodes) pairs."""
-    return disjoint_union(graphs)
-
-
-def lines(ei, n, mode):
-    li = plstm_graph.line_graph(ei, n)
-    return plstm_graph.multitree(ei, li) if mode == "D" else li
-
-
 def make(num_nodes, ei, li, dtype=torch.float64, heads=2, kdim=3, vdim=4, seed=0,
          device="cpu"):
     x = random_inputs(num_nodes, ei.size(1), li.size(1), heads=heads, kdim=kdim, vdim=vdim,
                       seed=seed, dtype=torch.float64)
     return {k: v.to(device=device, dtype=dtype).requires_grad_() for k, v in x.items()}
-
-
-def run(x, ei, li, backend, grad_out, **kw):
-    y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), ei, li, backend=backend, **kw)
-    grads = torch.autograd.grad(y, [x[k] for k in NAMES], grad_out, allow_unused=True)
-    return y, grads
-
-
-def oracle(x, ei, li, grad_out):
-    x64 = {k: v.detach().double().cpu().requires_grad_() for k, v in x.items()}
-    y = plstm_oracle(*(x64[k] for k in NAMES), ei.cpu(), li.cpu())
-    if not y.requires_grad:  # no nodes: nothing depends on the inputs
-        return y, [torch.zeros_like(x64[k]) for k in NAMES]
-    grads = torch.autograd.grad(y, [x64[k] for k in NAMES], grad_out.double().cpu(),
-                                allow_unused=True)
-    return y, grads
-
-
-def assert_close(a, b, dtype, what=""):
-    if a is None or b is None:
-        assert (a is None or not a.any()) and (b is None or not b.any()), what
-        return
-    torch.testing.assert_close(a.detach().double().cpu(), b.detach().double().cpu(),
-                               msg=lambda m: f"{what}: {m}", **TOL[dtype])
 
 
 def native_algorithms(num_nodes, ei, li, device):
@@ -94,13 +50,12 @@ def check_all(num_nodes, ei, li, dtype=torch.float64, device="cpu", with_oracle=
     """Both native algorithms against the torch backend and (optionally) the float64 oracle."""
     ei, li = ei.to(device), li.to(device)
     x = make(num_nodes, ei, li, dtype=dtype, device=device, **kw)
-    grad_out = torch.randn(num_nodes, x["value"].size(1), x["value"].size(2),
-                           dtype=torch.float64).to(device=device, dtype=dtype)
-    y_t, g_t = run(x, ei, li, "torch", grad_out)
+    grad_out = cotangent_for(x).to(device=device, dtype=dtype)
+    y_t, g_t = run(x, ei, li, grad_out, backend="torch")
     if with_oracle:
-        y_o, g_o = oracle(x, ei, li, grad_out)
+        y_o, g_o = run_oracle(x, ei, li, grad_out)
     for algorithm in native_algorithms(num_nodes, ei, li, device):
-        y_n, g_n = run(x, ei, li, "native", grad_out, algorithm=algorithm)
+        y_n, g_n = run(x, ei, li, grad_out, backend="native/" + algorithm)
         assert y_n.dtype == dtype and y_n.device.type == device
         assert_close(y_n, y_t, dtype, f"{algorithm}: out vs torch")
         for name, a, b in zip(NAMES, g_n, g_t):
@@ -150,10 +105,10 @@ def test_random_dag_matches_torch_and_oracle(device, dtype, mode, seed):
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_batch_of_graphs(device, mode):
     graphs = [(random_dag(9, 0.4, seed=s), 9) for s in range(40)]
-    ei, n = disjoint(*graphs)
+    ei, n = disjoint(graphs)
     check_all(n, ei, lines(ei, n, mode), device=device, with_oracle=False, heads=3, kdim=5,
               vdim=6)
-    small, m = disjoint(*graphs[:4])
+    small, m = disjoint(graphs[:4])
     check_all(m, small, lines(small, m, mode), device=device)
 
 
@@ -186,7 +141,7 @@ def test_wide_fan_in_and_fan_out(device, mode):
 @pytest.mark.parametrize("device", DEVICES)
 def test_deep_chain(device):
     n = 80
-    ei = chain(n)
+    ei = chain(n, shuffle=False)
     check_all(n, ei, plstm_graph.line_graph(ei, n), device=device, with_oracle=True)
     # long chain with skip connections: depth > 50 and more than one in-arc per edge
     skip = torch.stack([torch.arange(0, n - 2, 3), torch.arange(2, n, 3)])
@@ -198,7 +153,7 @@ def test_deep_chain(device):
 def test_one_large_component(device):
     # one big connected DAG (the by-level plan) next to small graphs
     big = random_dag(200, edge_prob=0.03, seed=5)
-    ei, n = disjoint((big, 200), *[(random_dag(6, 0.5, seed=s), 6) for s in range(5)])
+    ei, n = disjoint([(big, 200)] + [(random_dag(6, 0.5, seed=s), 6) for s in range(5)])
     check_all(n, ei, plstm_graph.line_graph(ei, n), device=device, with_oracle=False,
               heads=2, kdim=8, vdim=8)
 
@@ -214,14 +169,14 @@ def test_wider_heads_and_odd_widths():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_recompute(device, dtype):
     graphs = [(random_dag(10, 0.35, seed=s), 10) for s in range(12)]
-    for ei, n in (disjoint(*graphs), (random_dag(40, 0.1, seed=3), 40)):
+    for ei, n in (disjoint(graphs), (random_dag(40, 0.1, seed=3), 40)):
         li = plstm_graph.line_graph(ei, n).to(device)
         ei = ei.to(device)
         x = make(n, ei, li, dtype=dtype, device=device)
         g = torch.randn(n, 2, 4, dtype=dtype, device=device)
-        y0, g0 = run(x, ei, li, "native", g, algorithm="scan")
-        y1, g1 = run(x, ei, li, "native", g, recompute=True, algorithm="scan")
-        yt, gt = run(x, ei, li, "torch", g, recompute=True)
+        y0, g0 = run(x, ei, li, g, backend="native", algorithm="scan")
+        y1, g1 = run(x, ei, li, g, backend="native", recompute=True, algorithm="scan")
+        yt, gt = run(x, ei, li, g, backend="torch", recompute=True)
         assert torch.equal(y0, y1)
         for a, b, c in zip(g0, g1, gt):
             assert torch.equal(a, b)  # same arithmetic, same order
@@ -253,8 +208,8 @@ def test_non_contiguous_inputs(device, algorithm):
              direct=base["direct"].detach().requires_grad_())
     g = torch.randn(V, n, H, dtype=torch.float64, device=device).permute(1, 2, 0)
     assert not g.is_contiguous()
-    y1, g1 = run(x, ei.to(device), li.to(device), "native", g, algorithm=algorithm)
-    y2, g2 = run(base, ei.to(device), li.to(device), "native", g, algorithm=algorithm)
+    y1, g1 = run(x, ei.to(device), li.to(device), g, backend="native", algorithm=algorithm)
+    y2, g2 = run(base, ei.to(device), li.to(device), g, backend="native", algorithm=algorithm)
     assert torch.equal(y1, y2)
     for a, b in zip(g1, g2):
         assert torch.equal(a, b)
@@ -314,7 +269,7 @@ def test_bitwise_deterministic(device, shape, algorithm):
     if algorithm == "closed_form" and device != "cpu":
         pytest.skip("the closed form has CPU kernels only")
     if shape == "batch":
-        ei, n = disjoint(*[(random_dag(17, 0.2, seed=s), 17) for s in range(64)])
+        ei, n = disjoint([(random_dag(17, 0.2, seed=s), 17) for s in range(64)])
     else:
         ei, n = random_dag(300, 0.02, seed=1), 300
     li = plstm_graph.line_graph(ei, n)
@@ -342,7 +297,7 @@ _ISA_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {tests!r})
     import plstm_graph
-    from oracle import random_dag, random_inputs
+    from harness import random_dag, random_inputs
     graphs = [random_dag(12, 0.3, seed=s) + 12 * s for s in range(8)]
     ei = torch.cat(graphs, 1)
     li = plstm_graph.line_graph(ei, 96)
@@ -417,7 +372,7 @@ def test_scan_op_is_differentiable_by_itself(keep):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_torch_compile_fullgraph(algorithm):
     n = 16
-    ei, n = disjoint(*[(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
+    ei, n = disjoint([(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
     li = plstm_graph.line_graph(ei, n)
     sched = build_schedule(ei, li, n)  # prebuilt outside the compiled function
     x = make(n, ei, li, dtype=torch.float32)
@@ -448,7 +403,7 @@ def test_torch_compile_fullgraph_plstmconv(mode):
     from plstm_graph.transforms import DAGPlan
 
     n = 24
-    ei, n = disjoint(*[(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
+    ei, n = disjoint([(random_dag(8, 0.4, seed=s), 8) for s in range(3)])
     plan = DAGPlan.from_graph(ei, n, edge_attr=torch.randn(ei.size(1), 3), orient="none")
     view = plan.view(mode)
     conv = plstm_graph.PLSTMConv(6, 8, heads=2, mode=mode, edge_dim=3, backend="native")
@@ -635,8 +590,8 @@ def test_package_works_without_extension(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("keep", [True, False])
 def test_cuda_ops_match_cpu(dtype, keep):
-    ei, n = disjoint((random_dag(50, 0.1, seed=1), 50),
-                     *[(random_dag(12, 0.3, seed=s), 12) for s in range(20)])
+    ei, n = disjoint([(random_dag(50, 0.1, seed=1), 50)] +
+                     [(random_dag(12, 0.3, seed=s), 12) for s in range(20)])
     li = plstm_graph.line_graph(ei, n)
     s_cpu = build_schedule(ei, li, n)
     s_gpu = build_schedule(ei.cuda(), li.cuda(), n)

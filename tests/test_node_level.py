@@ -9,13 +9,10 @@ from plstm_graph import PLSTMConv, line_graph
 from plstm_graph.dag import build_node_schedule
 from plstm_graph.ops import native
 
-from oracle import disjoint_union, plstm_oracle, random_dag, random_inputs
-from test_plstm_dag import NAMES, _precision_graph, chain, ei, fan_graph
+from harness import (GRAPHS, NAMES, NODE_IMPLS, TIGHT, assert_all_close, cotangent_for, ei,
+                     grads_of, impl_kwargs, isolated_graph, leaf, plstm_oracle,
+                     precision_graph, random_dag, random_inputs, undirected_graph)
 
-TIGHT = dict(rtol=1e-10, atol=1e-10)
-NODE_IMPLS = ["torch/scan", "torch/closed_form"]
-if plstm_graph.WITH_NATIVE and native.node_scan_available("cpu"):
-    NODE_IMPLS.append("native/scan")
 needs_native = pytest.mark.skipif("native/scan" not in NODE_IMPLS,
                                   reason="native extension not built")
 
@@ -41,41 +38,6 @@ def test_layer_picks_node_level_on_dense_graphs(monkeypatch):
     assert conv_module.count_arcs(dense, 40) == line_graph(dense, 40).size(1)
 
 
-def kw(impl):
-    backend, algorithm = impl.split("/")
-    return dict(backend=backend, algorithm=algorithm)
-
-
-def _isolated():
-    edge_index = random_dag(10, 0.4, seed=3)
-    new_id = torch.tensor([1, 2, 4, 5, 7, 8, 10, 11, 12, 14])  # 6 isolated ids, the last too
-    return new_id[edge_index], 16
-
-
-def _union():
-    return disjoint_union([(random_dag(7, 0.5, seed=1), 7), (ei([]), 3),
-                           (random_dag(11, 0.3, seed=2), 11), (fan_graph(11, 4, seed=3)[0], 16),
-                           (random_dag(1, 0.5, seed=0), 1)])
-
-
-GRAPHS = {
-    "single": lambda: (random_dag(1, 0.5, seed=0), 1),
-    "pair": lambda: (random_dag(2, 1.0, seed=1), 2),
-    "random7": lambda: (random_dag(7, 0.5, seed=2), 7),
-    "random12": lambda: (random_dag(12, 0.35, seed=3), 12),
-    "sparse31": lambda: (random_dag(31, 0.12, seed=4), 31),
-    "diamond": lambda: (ei([(3, 1), (3, 0), (1, 2), (0, 2), (2, 4), (1, 4)]), 5),
-    "chain": lambda: (chain(64, seed=2, skips=6), 64),
-    "fan": lambda: fan_graph(12, 13, seed=1),
-    "precision": _precision_graph,
-    "isolated": _isolated,
-    "union": _union,
-    "dense60": lambda: (random_dag(60, 0.3, seed=6), 60),
-    "edgeless": lambda: (ei([]), 5),
-    "empty": lambda: (ei([]), 0),
-}
-
-
 def node_case(edge_index, n, seed=0, dtype=torch.float64, heads=2, kdim=3, vdim=4):
     inputs = random_inputs(n, edge_index.size(1), n, heads, kdim, vdim, seed=seed, dtype=dtype)
     if edge_index.size(1):  # a few multi-predecessor nodes with |T| near 1 (long routes matter)
@@ -83,47 +45,25 @@ def node_case(edge_index, n, seed=0, dtype=torch.float64, heads=2, kdim=3, vdim=
     return inputs
 
 
-def _leaves(inputs, dtype=None):
-    return {k: (v.detach().to(dtype) if dtype else v.detach().clone()).requires_grad_(True)
-            for k, v in inputs.items()}
-
-
-def _grads(y, x, g):
-    xs = [x[n] for n in NAMES]
-    if not y.requires_grad:
-        return [torch.zeros_like(t) for t in xs]
-    out = torch.autograd.grad(y, xs, g, allow_unused=True)
-    return [torch.zeros_like(t) if d is None else d for t, d in zip(xs, out)]
-
-
 def run_node(inputs, edge_index, g, **kwargs):
-    x = _leaves(inputs)
+    x = leaf(inputs)
     y = plstm_graph.plstm_dag(*(x[n] for n in NAMES), edge_index, None, **kwargs)
-    return y.detach(), _grads(y, x, g)
+    return y.detach(), grads_of(y, x, g)
 
 
 def run_arcs(inputs, edge_index, g, fn, dtype=None, **kwargs):
     """The per-arc recurrence on the full line graph with ``transition[shared node]``
     gathered per arc; autograd through the gather sums the arc gradients per node."""
-    x = _leaves(inputs, dtype)
+    x = leaf(inputs, dtype)
     line = line_graph(edge_index, x["query"].size(0))
     args = [x[n] for n in NAMES]
     args[4] = x["transition"][edge_index[1, line[0]]]
     y = fn(*args, edge_index, line, **kwargs)
-    return y.detach(), _grads(y, x, g.to(y.dtype))
+    return y.detach(), grads_of(y, x, g.to(y.dtype))
 
 
 def cotangent(inputs):
-    n, h = inputs["query"].shape[:2]
-    return torch.randn(n, h, inputs["value"].size(-1), generator=torch.Generator().manual_seed(5),
-                       dtype=torch.float64).to(inputs["query"].dtype)
-
-
-def assert_all_close(a, b, **tol):
-    (y1, g1), (y2, g2) = a, b
-    torch.testing.assert_close(y1, y2, **tol)
-    for name, x1, x2 in zip(NAMES, g1, g2):
-        torch.testing.assert_close(x1, x2, **tol, msg=lambda m: f"grad of {name}: {m}")
+    return cotangent_for(inputs).to(inputs["query"].dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +76,7 @@ def test_matches_arc_op_and_oracle(impl, graph):
     inputs = node_case(edge_index, n, seed=len(graph))
     before = {k: v.clone() for k, v in inputs.items()}
     g = cotangent(inputs)
-    got = run_node(inputs, edge_index, g, **kw(impl))
+    got = run_node(inputs, edge_index, g, **impl_kwargs(impl))
     assert got[0].shape == (n, 2, 4) and got[0].dtype == torch.float64
     if graph not in ("dense60",):  # (the oracle is a Python loop over edges)
         assert_all_close(got, run_arcs(inputs, edge_index, g, plstm_oracle), **TIGHT)
@@ -157,14 +97,14 @@ def test_carry_matches_scaled_arc_transitions(impl, graph):
     gen = torch.Generator().manual_seed(11)
     carry = torch.rand(edge_index.size(1), 2, generator=gen, dtype=torch.float64) * 1.5 - 0.25
     g = cotangent(inputs)
-    x = _leaves(dict(inputs, carry=carry))
+    x = leaf(dict(inputs, carry=carry))
     names = NAMES + ("carry",)
     y = plstm_graph.plstm_dag(*(x[k] for k in NAMES), edge_index, None, carry=x["carry"],
-                              **kw(impl))
+                              **impl_kwargs(impl))
     got = [torch.zeros_like(x[k]) if d is None else d for k, d in zip(
         names, torch.autograd.grad(y, [x[k] for k in names], g, allow_unused=True))] \
         if y.requires_grad else None
-    r = _leaves(dict(inputs, carry=carry))
+    r = leaf(dict(inputs, carry=carry))
     line = line_graph(edge_index, n)
     args = [r[k] for k in NAMES]
     args[4] = r["transition"][edge_index[1, line[0]]] * r["carry"][line[1]]
@@ -186,7 +126,7 @@ def test_gradcheck_with_carry(impl):
     xs = tuple(t.clone().requires_grad_(True) for t in [inputs[k] for k in NAMES] + [carry])
 
     def f(*args):
-        return plstm_graph.plstm_dag(*args[:7], edge_index, None, carry=args[7], **kw(impl))
+        return plstm_graph.plstm_dag(*args[:7], edge_index, None, carry=args[7], **impl_kwargs(impl))
 
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -194,16 +134,16 @@ def test_gradcheck_with_carry(impl):
 @pytest.mark.parametrize("impl", NODE_IMPLS)
 def test_edgeless_is_direct_term_only(impl):
     inputs = node_case(ei([]), 4)
-    y, _ = run_node(inputs, ei([]), cotangent(inputs), **kw(impl))
+    y, _ = run_node(inputs, ei([]), cotangent(inputs), **impl_kwargs(impl))
     q, k, v, d = (inputs[x] for x in ("query", "key", "value", "direct"))
     torch.testing.assert_close(y, d[..., None] * (q * k).sum(-1, keepdim=True) * v, **TIGHT)
 
 
 @pytest.mark.parametrize("impl", NODE_IMPLS)
 def test_isolated_nodes_get_direct_term(impl):
-    edge_index, n = _isolated()
+    edge_index, n = isolated_graph()
     inputs = node_case(edge_index, n, seed=2)
-    y, _ = run_node(inputs, edge_index, cotangent(inputs), **kw(impl))
+    y, _ = run_node(inputs, edge_index, cotangent(inputs), **impl_kwargs(impl))
     iso = [0, 3, 6, 9, 13, 15]
     q, k, v, d = (inputs[x][iso] for x in ("query", "key", "value", "direct"))
     torch.testing.assert_close(y[iso], d[..., None] * (q * k).sum(-1, keepdim=True) * v, **TIGHT)
@@ -215,7 +155,7 @@ def test_shapes(impl, heads, kdim, vdim):
     edge_index = random_dag(9, 0.4, seed=heads)
     inputs = node_case(edge_index, 9, seed=1, heads=heads, kdim=kdim, vdim=vdim)
     g = cotangent(inputs)
-    assert_all_close(run_node(inputs, edge_index, g, **kw(impl)),
+    assert_all_close(run_node(inputs, edge_index, g, **impl_kwargs(impl)),
                      run_arcs(inputs, edge_index, g, plstm_oracle), **TIGHT)
 
 
@@ -224,12 +164,12 @@ def test_explicit_levels_and_prebuilt_schedule(impl):
     edge_index = random_dag(20, 0.3, seed=12)
     inputs = node_case(edge_index, 20, seed=12)
     g = cotangent(inputs)
-    ref = run_node(inputs, edge_index, g, **kw(impl))
+    ref = run_node(inputs, edge_index, g, **impl_kwargs(impl))
     level = plstm_graph.topological_levels(edge_index, 20)
-    assert_all_close(ref, run_node(inputs, edge_index, g, node_level=level * 3 + 1, **kw(impl)),
+    assert_all_close(ref, run_node(inputs, edge_index, g, node_level=level * 3 + 1, **impl_kwargs(impl)),
                      **TIGHT)
     sched = build_node_schedule(edge_index, 20)
-    assert_all_close(ref, run_node(inputs, edge_index, g, schedule=sched, **kw(impl)), **TIGHT)
+    assert_all_close(ref, run_node(inputs, edge_index, g, schedule=sched, **impl_kwargs(impl)), **TIGHT)
 
 
 def test_backend_none_is_native_on_cpu_and_matches():
@@ -258,7 +198,7 @@ def test_gradcheck(impl, graph):
     xs = tuple(inputs[name].clone().requires_grad_(True) for name in NAMES)
 
     def f(*args):
-        return plstm_graph.plstm_dag(*args, edge_index, None, **kw(impl))
+        return plstm_graph.plstm_dag(*args, edge_index, None, **impl_kwargs(impl))
 
     assert torch.autograd.gradcheck(f, xs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -270,10 +210,10 @@ def test_gradcheck(impl, graph):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2),
                                        (torch.float16, 2e-2)])
 def test_low_precision_vs_float64(impl, dtype, tol):
-    edge_index, n = _precision_graph()
+    edge_index, n = precision_graph()
     inputs = node_case(edge_index, n, seed=3, dtype=dtype)
     g = cotangent(inputs)
-    y, grads = run_node(inputs, edge_index, g, **kw(impl))
+    y, grads = run_node(inputs, edge_index, g, **impl_kwargs(impl))
     assert y.dtype == dtype and all(d.dtype == dtype for d in grads)
     # the float64 oracle on the same (rounded) inputs
     y_ref, grads_ref = run_arcs(inputs, edge_index, g.double(), plstm_oracle, torch.float64)
@@ -284,7 +224,7 @@ def test_low_precision_vs_float64(impl, dtype, tol):
                                    msg=lambda m: f"grad of {name}: {m}")
     if dtype != torch.float32:  # float32 states: the result is the float32 one rounded once
         y32, _ = run_node({k: v.float() for k, v in inputs.items()}, edge_index, g.float(),
-                          **kw(impl))
+                          **impl_kwargs(impl))
         err = (y.float() - y32).abs()
         assert bool((err <= y32.abs() * torch.finfo(dtype).eps + torch.finfo(dtype).tiny).all())
 
@@ -362,7 +302,7 @@ def test_transition_shape_must_be_per_node(impl):
     inputs, edge_index = _bad_case()
     line = line_graph(edge_index, 8)
     inputs["transition"] = torch.rand(line.size(1), 2, dtype=torch.float64)
-    extra = kw(impl) if impl else {}
+    extra = impl_kwargs(impl) if impl else {}
     with pytest.raises(ValueError, match=r"transition must have shape \[N.*line_index"):
         _call(inputs, edge_index, **extra)
     # and the converse: [N, H] with a line_index says how to ask for node-level transitions
@@ -384,7 +324,7 @@ def test_bad_graph(impl, how):
     match = {"cycle": "cycle", "self_loop": "self-loop", "out_of_range": "out of range",
              "negative": "negative"}[how]
     with pytest.raises(ValueError, match=match):
-        _call(inputs, edge_index, **kw(impl))
+        _call(inputs, edge_index, **impl_kwargs(impl))
 
 
 @pytest.mark.parametrize("which", ["source", "transition", "mark", "direct"])
@@ -526,9 +466,8 @@ def test_conv_node_path_equals_arc_path(normalize_over, graph, backend):
 
 
 def test_conv_node_path_on_undirected_input_and_reversed_flow():
-    from test_conv import _undirected_graph
 
-    data = _undirected_graph(14, 3)
+    data = undirected_graph(14, 3)
     for flow in ("source_to_target", "target_to_source"):
         conv = _perturbed_conv(seed=2, flow=flow)
         twin = _arc_twin(conv)

@@ -1,119 +1,14 @@
 """``plstm_graph.plstm_dag``: forward and all seven gradients against the float64 oracle."""
-import random
-
 import pytest
 import torch
 
 import plstm_graph
 from plstm_graph.dag import build_schedule
-from plstm_graph.ops import native
-from impls import IMPLS, impl_kwargs
-from oracle import plstm_oracle, random_dag, random_inputs
+from harness import (IMPLS, ISOLATED, NAMES, TIGHT, assert_matches_oracle, case, chain,
+                     cotangent_for, ei, fan_graph, identical, impl_kwargs, isolated_graph,
+                     leaf, lines, precision_graph, random_dag, run, run_oracle, union_parts)
 
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 BACKENDS = IMPLS  # "backend/algorithm": every implementation
-TIGHT = dict(rtol=1e-10, atol=1e-10)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-def ei(pairs):
-    if not pairs:
-        return torch.empty(2, 0, dtype=torch.long)
-    return torch.tensor(pairs, dtype=torch.long).t().contiguous()
-
-
-def make_line(edge_index, mode, num_nodes=None):
-    lg = plstm_graph.line_graph(edge_index, num_nodes=num_nodes)
-    if mode == "D":
-        lg = plstm_graph.multitree(edge_index, lg)
-    return lg
-
-
-def leaf(inputs, dtype=None):
-    return {n: (t.detach().to(dtype) if dtype else t.detach().clone()).requires_grad_(True)
-            for n, t in inputs.items()}
-
-
-def grads_of(y, inputs, cotangent):
-    xs = [inputs[n] for n in NAMES]
-    if not y.requires_grad:
-        return [torch.zeros_like(x) for x in xs]
-    gs = torch.autograd.grad(y, xs, cotangent, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs)]
-
-
-def run_pkg(inputs, edge_index, line_index, cotangent=None, **kw):
-    x = leaf(inputs)
-    if "backend" in kw:
-        kw.update(impl_kwargs(kw.pop("backend")))
-    y = plstm_graph.plstm_dag(*(x[n] for n in NAMES), edge_index, line_index, **kw)
-    if cotangent is None:
-        cotangent = torch.randn(y.shape, generator=torch.Generator().manual_seed(5),
-                                dtype=torch.float64).to(y.dtype)
-    return y.detach(), grads_of(y, x, cotangent)
-
-
-def run_oracle(inputs, edge_index, line_index, cotangent):
-    x = leaf(inputs, torch.float64)
-    y = plstm_oracle(*(x[n] for n in NAMES), edge_index, line_index)
-    return y.detach(), grads_of(y, x, cotangent.to(torch.float64))
-
-
-def cotangent_for(inputs):
-    n, h = inputs["query"].shape[:2]
-    vdim = inputs["value"].shape[-1]
-    return torch.randn(n, h, vdim, generator=torch.Generator().manual_seed(5),
-                       dtype=torch.float64)
-
-
-def assert_matches_oracle(inputs, edge_index, line_index, backend="torch", **tol):
-    tol = tol or TIGHT
-    g = cotangent_for(inputs)
-    y, grads = run_pkg(inputs, edge_index, line_index, g, backend=backend)
-    y_ref, grads_ref = run_oracle(inputs, edge_index, line_index, g)
-    assert y.dtype == inputs["query"].dtype and y.shape == y_ref.shape
-    torch.testing.assert_close(y, y_ref, **tol)
-    for name, got, ref, x in zip(NAMES, grads, grads_ref, (inputs[n] for n in NAMES)):
-        assert got.shape == x.shape, name
-        torch.testing.assert_close(got, ref, **tol, msg=lambda m: f"grad of {name}: {m}")
-    return y, grads
-
-
-def case(edge_index, num_nodes, mode="P", heads=2, kdim=3, vdim=4, seed=0,
-         dtype=torch.float64):
-    lg = make_line(edge_index, mode, num_nodes)
-    inputs = random_inputs(num_nodes, edge_index.size(1), lg.size(1), heads, kdim, vdim,
-                           seed=seed, dtype=dtype)
-    return inputs, lg
-
-
-def chain(n, seed=0, skips=0):
-    rng = random.Random(seed)
-    perm = list(range(n))
-    rng.shuffle(perm)
-    pairs = [(perm[i], perm[i + 1]) for i in range(n - 1)]
-    for _ in range(skips):
-        i = rng.randrange(n - 2)
-        pairs.append((perm[i], perm[rng.randrange(i + 2, n)]))
-    rng.shuffle(pairs)
-    return ei(pairs)
-
-
-def fan_graph(fan_in=12, fan_out=13, seed=0):
-    """fan_in sources -> hub -> fan_out sinks, behind a shuffled id permutation, plus a few
-    edges from sources straight to sinks."""
-    n = fan_in + fan_out + 1
-    rng = random.Random(seed)
-    perm = list(range(n))
-    rng.shuffle(perm)
-    hub = perm[0]
-    srcs, sinks = perm[1:fan_in + 1], perm[fan_in + 1:]
-    pairs = [(s, hub) for s in srcs] + [(hub, t) for t in sinks]
-    pairs += [(srcs[i], sinks[i]) for i in range(3)]
-    rng.shuffle(pairs)
-    return ei(pairs), n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +22,7 @@ def test_random_dag_vs_oracle(backend, mode, n, p, seed):
     edge_index = random_dag(n, p, seed=seed)
     inputs, lg = case(edge_index, n, mode, seed=seed)
     if mode == "D" and n >= 12:
-        assert lg.size(1) < make_line(edge_index, "P", n).size(1)  # pruning did something
+        assert lg.size(1) < lines(edge_index, n, "P").size(1)  # pruning did something
     ei_before, lg_before = edge_index.clone(), lg.clone()
     in_before = {k: v.clone() for k, v in inputs.items()}
     assert_matches_oracle(inputs, edge_index, lg, backend)
@@ -161,13 +56,10 @@ def test_edgeless_graph_is_direct_term_only(backend, n):
 
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_isolated_nodes(mode):
-    edge_index = random_dag(10, 0.4, seed=3)
-    # relabel into a graph of 16 nodes, with isolated nodes interleaved (including the last id)
-    new_id = torch.tensor([1, 2, 4, 5, 7, 8, 10, 11, 12, 14])
-    edge_index = new_id[edge_index]
-    inputs, lg = case(edge_index, 16, mode, seed=2)
+    edge_index, n = isolated_graph()  # isolated nodes interleaved (including the last id)
+    inputs, lg = case(edge_index, n, mode, seed=2)
     y, _ = assert_matches_oracle(inputs, edge_index, lg)
-    iso = [0, 3, 6, 9, 13, 15]
+    iso = ISOLATED
     q, k, v, d = (inputs[x][iso] for x in ("query", "key", "value", "direct"))
     torch.testing.assert_close(y[iso], d[..., None] * (q * k).sum(-1, keepdim=True) * v, **TIGHT)
 
@@ -199,8 +91,7 @@ def test_deep_chain(mode):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_disjoint_union_equals_per_graph(backend, mode):
-    graphs = [(random_dag(7, 0.5, seed=1), 7), (ei([]), 3), (random_dag(11, 0.3, seed=2), 11),
-              (fan_graph(11, 4, seed=3)[0], 16), (random_dag(1, 0.5, seed=0), 1)]
+    graphs = union_parts()
     parts, outs, grads = [], [], []
     node_off = edge_off = 0
     cat = {n: [] for n in NAMES}
@@ -208,7 +99,7 @@ def test_disjoint_union_equals_per_graph(backend, mode):
     for i, (edge_index, n) in enumerate(graphs):
         inputs, lg = case(edge_index, n, mode, seed=10 + i)
         g = cotangent_for(inputs)
-        y, gr = run_pkg(inputs, edge_index, lg, g, backend=backend)
+        y, gr = run(inputs, edge_index, lg, g, backend=backend)
         outs.append(y)
         grads.append(gr)
         parts.append(g)
@@ -220,7 +111,7 @@ def test_disjoint_union_equals_per_graph(backend, mode):
         edge_off += edge_index.size(1)
     inputs = {name: torch.cat(v) for name, v in cat.items()}
     edge_index, lg = torch.cat(eis, 1), torch.cat(lgs, 1)
-    y, gr = run_pkg(inputs, edge_index, lg, torch.cat(parts), backend=backend)
+    y, gr = run(inputs, edge_index, lg, torch.cat(parts), backend=backend)
     torch.testing.assert_close(y, torch.cat(outs), **TIGHT)
     for j, name in enumerate(NAMES):
         torch.testing.assert_close(gr[j], torch.cat([g[j] for g in grads]), **TIGHT,
@@ -266,25 +157,13 @@ def test_gradcheck(graph, mode, recompute, backend):
 # ---------------------------------------------------------------------------------------------
 # precision
 # ---------------------------------------------------------------------------------------------
-def _precision_graph():
-    """12 sources -> hub -> 20-long chain, with skip edges, behind shuffled ids: many
-    accumulations into every state."""
-    n = 33
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(4)).tolist()
-    pairs = [(i, 12) for i in range(12)] + [(12 + i, 13 + i) for i in range(20)]
-    pairs += [(i, 14 + i) for i in range(0, 12, 2)]
-    edge_index = torch.tensor([[perm[u] for u, _ in pairs], [perm[w] for _, w in pairs]])
-    plstm_graph.topological_levels(edge_index, n)  # is a DAG
-    return edge_index, n
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_float32_vs_oracle(backend, mode):
-    edge_index, n = _precision_graph()
+    edge_index, n = precision_graph()
     inputs, lg = case(edge_index, n, mode, seed=3, dtype=torch.float32)
     g = cotangent_for(inputs)
-    y, grads = run_pkg(inputs, edge_index, lg, g.float(), backend=backend)
+    y, grads = run(inputs, edge_index, lg, g.float(), backend=backend)
     y_ref, grads_ref = run_oracle(inputs, edge_index, lg, g)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
@@ -305,17 +184,17 @@ def _within_one_rounding(low, ref32, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_half_precision_accumulates_in_float32(backend, dtype, mode):
-    edge_index, n = _precision_graph()
+    edge_index, n = precision_graph()
     inputs, lg = case(edge_index, n, mode, seed=4, dtype=dtype)
     g = cotangent_for(inputs).to(dtype)
-    y, grads = run_pkg(inputs, edge_index, lg, g, backend=backend)
+    y, grads = run(inputs, edge_index, lg, g, backend=backend)
     assert y.dtype == dtype
     for name, gr in zip(NAMES, grads):
         assert gr.dtype == dtype, name
     # the same (already rounded) values in float32: the low-precision result may differ by
     # the final rounding only, which it would not if states were accumulated in low precision
     inputs32 = {k: v.float() for k, v in inputs.items()}
-    y32, grads32 = run_pkg(inputs32, edge_index, lg, g.float(), backend=backend)
+    y32, grads32 = run(inputs32, edge_index, lg, g.float(), backend=backend)
     _within_one_rounding(y, y32, dtype)
     for gr, gr32 in zip(grads, grads32):
         _within_one_rounding(gr, gr32, dtype)
@@ -337,38 +216,31 @@ def _opt_case(mode="P", dtype=torch.float64):
     return inputs, edge_index, lg
 
 
-def _assert_identical(a, b):
-    (y1, g1), (y2, g2) = a, b
-    assert torch.equal(y1, y2)
-    for name, x1, x2 in zip(NAMES, g1, g2):
-        assert torch.equal(x1, x2), name
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_recompute_identical(backend, dtype, mode):
     inputs, edge_index, lg = _opt_case(mode, dtype)
-    _assert_identical(run_pkg(inputs, edge_index, lg, backend=backend),
-                      run_pkg(inputs, edge_index, lg, backend=backend, recompute=True))
+    identical(run(inputs, edge_index, lg, backend=backend),
+                      run(inputs, edge_index, lg, backend=backend, recompute=True))
 
 
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_explicit_node_level(mode):
     inputs, edge_index, lg = _opt_case(mode)
-    ref = run_pkg(inputs, edge_index, lg)
+    ref = run(inputs, edge_index, lg)
     level = plstm_graph.topological_levels(edge_index, 20)
-    _assert_identical(ref, run_pkg(inputs, edge_index, lg, node_level=level))
+    identical(ref, run(inputs, edge_index, lg, node_level=level))
     # any valid leveling (gaps, non-generation levels) gives the same numbers
     stretched = level * 3 + 1
-    y, grads = run_pkg(inputs, edge_index, lg, node_level=stretched)
+    y, grads = run(inputs, edge_index, lg, node_level=stretched)
     torch.testing.assert_close(y, ref[0], **TIGHT)
     for a, b in zip(grads, ref[1]):
         torch.testing.assert_close(a, b, **TIGHT)
     # levels counted from the sinks (as late as possible)
     rev = plstm_graph.topological_levels(plstm_graph.reverse_dag(edge_index), 20)
     late = int(rev.max()) - rev
-    y, grads = run_pkg(inputs, edge_index, lg, node_level=late)
+    y, grads = run(inputs, edge_index, lg, node_level=late)
     torch.testing.assert_close(y, ref[0], **TIGHT)
     for a, b in zip(grads, ref[1]):
         torch.testing.assert_close(a, b, **TIGHT)
@@ -377,22 +249,22 @@ def test_explicit_node_level(mode):
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_prebuilt_schedule(mode):
     inputs, edge_index, lg = _opt_case(mode)
-    ref = run_pkg(inputs, edge_index, lg)
+    ref = run(inputs, edge_index, lg)
     sched = build_schedule(edge_index, lg, num_nodes=20)
-    _assert_identical(ref, run_pkg(inputs, edge_index, lg, schedule=sched))
+    identical(ref, run(inputs, edge_index, lg, schedule=sched))
     # reusable: a second call with the same schedule gives the same again
-    _assert_identical(ref, run_pkg(inputs, edge_index, lg, schedule=sched, recompute=True))
+    identical(ref, run(inputs, edge_index, lg, schedule=sched, recompute=True))
     # a schedule for another graph is refused
     other = build_schedule(edge_index[:, :-1], lg[:, (lg != edge_index.size(1) - 1).all(0)],
                            num_nodes=20)
     with pytest.raises(ValueError, match="schedule"):
-        run_pkg(inputs, edge_index, lg, schedule=other)
+        run(inputs, edge_index, lg, schedule=other)
 
 
 def test_backend_none():
     inputs, edge_index, lg = _opt_case()
-    y, grads = run_pkg(inputs, edge_index, lg, backend=None)
-    y_ref, grads_ref = run_pkg(inputs, edge_index, lg, backend=BACKENDS[-1])
+    y, grads = run(inputs, edge_index, lg, backend=None)
+    y_ref, grads_ref = run(inputs, edge_index, lg, backend=BACKENDS[-1])
     torch.testing.assert_close(y, y_ref, **TIGHT)
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, **TIGHT)
@@ -405,10 +277,10 @@ def test_backend_none():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_deterministic(backend, dtype):
-    edge_index, n = _precision_graph()
+    edge_index, n = precision_graph()
     inputs, lg = case(edge_index, n, "P", seed=9, dtype=dtype)
-    _assert_identical(run_pkg(inputs, edge_index, lg, backend=backend),
-                      run_pkg(inputs, edge_index, lg, backend=backend))
+    identical(run(inputs, edge_index, lg, backend=backend),
+                      run(inputs, edge_index, lg, backend=backend))
 
 
 def test_unused_output_part_gives_zero_grads():
@@ -417,7 +289,7 @@ def test_unused_output_part_gives_zero_grads():
     inputs, lg = case(edge_index, 5, "P", seed=1)
     g = torch.zeros(5, 2, 4, dtype=torch.float64)
     g[2] = 1.0
-    _, grads = run_pkg(inputs, edge_index, lg, g)
+    _, grads = run(inputs, edge_index, lg, g)
     gq, gk, gv, gs, gt, gm, gd = grads
     assert bool((gk[3:] == 0).all()) and bool((gv[3:] == 0).all())
     assert bool((gs[2] == 0).all()) and bool((gm[[0, 2]] == 0).all())

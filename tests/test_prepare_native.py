@@ -10,20 +10,9 @@ import plstm_graph
 from plstm_graph import dag
 from plstm_graph.dag import (_line_graph_torch, _multitree_checked, build_schedule, line_graph,
                              topological_levels)
-from oracle import disjoint_union, random_dag
+from harness import ei, random_dag, shuffled_union
 
 pytestmark = pytest.mark.skipif(not plstm_graph.WITH_NATIVE, reason="needs the native ops")
-
-
-def ei(pairs):
-    return torch.tensor(pairs, dtype=torch.long).t().contiguous().view(2, -1)
-
-
-def _union(graphs, seed):
-    """Disjoint union of DAGs with the node ids of the union shuffled (as a shuffled batch)."""
-    edge_index, num_nodes = disjoint_union(graphs)
-    perm = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(seed))
-    return perm[edge_index], num_nodes
 
 
 def _cases():
@@ -41,7 +30,7 @@ def _cases():
     cases["star_in_out"] = (ei([(i, 20) for i in range(20)] + [(20, 21 + i) for i in range(7)]),
                             28)
     mols = [(random_dag(n, 0.25, seed=10 + n, max_span=3), n) for n in (9, 17, 23, 12, 30, 5)]
-    cases["batch"] = _union(mols, seed=3)
+    cases["batch"] = shuffled_union(mols, seed=3)
     return cases
 
 

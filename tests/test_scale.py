@@ -5,9 +5,8 @@ the full sizes of the requirement: a 20,000-level chain against a float64 chain 
 random DAGs with 300,000 edges through levels, line graph, multitree, schedule and a float32
 forward/backward on every backend.
 
-``_multitree_reference`` is the original Python-int-bitset implementation of
-:func:`plstm_graph.multitree`, kept verbatim as the executable statement of the contract's
-pruning rule; the fast implementation must give the same arcs.
+The pruning is checked against ``multitree_oracle`` (``oracle.py``), the executable
+statement of the contract's rule; the fast implementation must give the same arcs.
 """
 import contextlib
 import inspect
@@ -22,110 +21,9 @@ import plstm_graph
 from plstm_graph import dag
 from plstm_graph.ops import native
 
-from oracle import plstm_oracle, random_dag
+from harness import (BACKENDS, NAMES, butterfly_dag, chain_dag, chain_oracle, multitree_oracle,
+                     plstm_oracle, random_dag, uniform_dag, windowed_dag)
 
-BACKENDS = ["torch"] + (["native"] if plstm_graph.WITH_NATIVE else [])
-
-
-# ---------------------------------------------------------------------------------------------
-# the reference pruning (the original implementation, unchanged except for its name)
-# ---------------------------------------------------------------------------------------------
-def _multitree_reference(edge_index, line_index, node_level=None):
-    num_nodes = dag.check_edge_index(edge_index)
-    if node_level is None:
-        node_level = dag.topological_levels(edge_index, num_nodes)
-    dag.check_line_index(edge_index, line_index)
-    num_edges, num_arcs = edge_index.size(1), line_index.size(1)
-    if num_arcs == 0:
-        return line_index.clone()
-    device = line_index.device
-    edge_level = node_level[edge_index[0]].cpu()
-    # topological position of every edge: by tail level, then id
-    order = torch.sort(edge_level, stable=True).indices
-    pos = torch.empty(num_edges, dtype=torch.long)
-    pos[order] = torch.arange(num_edges)
-    arcs = line_index.cpu()
-    # visit arcs grouped by head edge in topological order, tails earliest-first
-    key = pos[arcs[1]] * num_edges + pos[arcs[0]]
-    arc_order = torch.sort(key).indices.tolist()
-    tails = arcs[0].tolist()
-    heads = arcs[1].tolist()
-    pos_list = pos.tolist()
-    pending = torch.bincount(arcs[0], minlength=num_edges).tolist()  # unvisited out-arcs
-    ancestors: dict = {}
-    keep = [False] * num_arcs
-    acc = 0
-    current = -1
-    for j in arc_order:
-        c, p = heads[j], tails[j]
-        if c != current:
-            if current >= 0:
-                ancestors[current] = acc | (1 << pos_list[current])
-            current, acc = c, 0
-        anc_p = ancestors.get(p, 1 << pos_list[p])
-        if not anc_p & acc:
-            keep[j] = True
-            acc |= anc_p
-        pending[p] -= 1
-        if pending[p] == 0:
-            ancestors.pop(p, None)
-    mask = torch.tensor(keep, dtype=torch.bool, device=device)
-    return line_index[:, mask]
-
-
-# ---------------------------------------------------------------------------------------------
-# graph generators (vectorised; node ids are a random permutation of a hidden topological order)
-# ---------------------------------------------------------------------------------------------
-def chain_dag(length, seed=0):
-    """A path of ``length`` edges over ``length + 1`` shuffled node ids, edges in shuffled
-    order. Returns ``(edge_index, nodes)`` with ``nodes`` the node ids along the path."""
-    g = torch.Generator().manual_seed(seed)
-    nodes = torch.randperm(length + 1, generator=g)
-    edge_index = torch.stack([nodes[:-1], nodes[1:]])
-    return edge_index[:, torch.randperm(length, generator=g)].contiguous(), nodes
-
-
-def _finish(key, num_nodes, num_edges, g):
-    key = torch.unique(key)
-    key = key[torch.randperm(key.numel(), generator=g)[:num_edges]]
-    perm = torch.randperm(num_nodes, generator=g)
-    return torch.stack([perm[key // num_nodes], perm[key % num_nodes]]).contiguous()
-
-
-def windowed_dag(num_nodes, num_edges, window=1000, seed=0):
-    """Every edge joins a node to a uniformly random one among the ``window`` nodes before it
-    (in the hidden order): a few in-edges per node, long paths, about ``N / window`` wide."""
-    g = torch.Generator().manual_seed(seed)
-    m = int(num_edges * 1.1) + 16
-    child = torch.randint(1, num_nodes, (m,), generator=g)
-    parent = child - torch.randint(1, window + 1, (m,), generator=g)
-    ok = parent >= 0
-    return _finish(parent[ok] * num_nodes + child[ok], num_nodes, num_edges, g)
-
-
-def uniform_dag(num_nodes, num_edges, seed=0):
-    """Edges between uniformly random pairs, oriented along the hidden order: shallow, with
-    many source nodes and hence many roots in the line graph."""
-    g = torch.Generator().manual_seed(seed)
-    m = int(num_edges * 1.1) + 16
-    a = torch.randint(0, num_nodes, (m,), generator=g)
-    b = torch.randint(0, num_nodes, (m,), generator=g)
-    ok = a != b
-    lo, hi = torch.minimum(a, b)[ok], torch.maximum(a, b)[ok]
-    return _finish(lo * num_nodes + hi, num_nodes, num_edges, g)
-
-
-def butterfly_dag(log_width):
-    """The FFT butterfly: a multitree whose line-graph root sets grow to the full width (the
-    case where sparse root sets must turn into bitsets)."""
-    width = 1 << log_width
-    src, dst = [], []
-    for layer in range(log_width):
-        for i in range(width):
-            for j in (i, i ^ (1 << layer)):
-                src.append(layer * width + i)
-                dst.append((layer + 1) * width + j)
-    return torch.tensor([src, dst])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,9 +75,6 @@ def leaf(d, dtype=None):
     return {k: v.detach().to(dtype or v.dtype).requires_grad_(True) for k, v in d.items()}
 
 
-NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
-
-
 def run_package(x, edge_index, line_index, backend, grad_seed=0, **kw):
     """Forward and backward through ``plstm_dag`` with a fixed random upstream gradient."""
     y = plstm_graph.plstm_dag(*(x[n] for n in NAMES), edge_index, line_index, backend=backend,
@@ -187,38 +82,6 @@ def run_package(x, edge_index, line_index, backend, grad_seed=0, **kw):
     g = torch.Generator().manual_seed(grad_seed)
     w = torch.rand(y.shape, generator=g, dtype=torch.float64).to(y.dtype) - 0.5
     (y * w).sum().backward()
-    return y.detach(), {n: x[n].grad for n in NAMES}
-
-
-def chain_oracle(x, nodes, edge_index, line_index, grad_seed=0):
-    """Float64 forward and autograd backward of the recurrence on a path, step by step along
-    ``nodes``: no schedule, no levels, no oracle readout loop over all node pairs."""
-    length = nodes.numel() - 1
-    eid = torch.empty(length + 1, dtype=torch.long)  # eid[node] = the edge leaving node
-    eid[edge_index[0]] = torch.arange(length)
-    edges = eid[nodes[:-1]].tolist()
-    arc_into = torch.full((length,), -1, dtype=torch.long)
-    arc_into[line_index[1]] = torch.arange(line_index.size(1))
-    arcs = arc_into[eid[nodes[1:-1]]].tolist()  # arc into the i-th edge, i >= 1
-    q, k, v, S, T, M, D = (x[n] for n in NAMES)
-    # one gather per input, then per-step views (indexing a leaf inside the loop would give
-    # every step a backward that writes a whole zero gradient: quadratic time)
-    edges = torch.tensor(edges)
-    writes = (S[edges][:, :, None, None] * k[nodes[:-1]][:, :, :, None] *
-              v[nodes[:-1]][:, :, None, :]).unbind(0)
-    gates = T[torch.tensor(arcs, dtype=torch.long)][:, :, None, None].unbind(0)
-    marks = M[edges][:, :, None].unbind(0)
-    queries = q[nodes[1:]].unbind(0)
-    reads = []
-    state = None
-    for i in range(length):
-        state = writes[i] if i == 0 else writes[i] + gates[i - 1] * state
-        reads.append(marks[i] * torch.einsum("hkv,hk->hv", state, queries[i]))
-    y = D[..., None] * (q * k).sum(-1, keepdim=True) * v
-    y = y.index_add(0, nodes[1:], torch.stack(reads))
-    g = torch.Generator().manual_seed(grad_seed)
-    wgt = torch.rand(y.shape, generator=g, dtype=torch.float64).to(y.dtype) - 0.5
-    (y * wgt).sum().backward()
     return y.detach(), {n: x[n].grad for n in NAMES}
 
 
@@ -232,20 +95,11 @@ def assert_close_all(got, want, rtol, atol):
                                    msg=lambda m, n=n: f"grad {n}: {m}")
 
 
-def kept_pairs(line_index):
-    return sorted(map(tuple, line_index.t().tolist()))
-
-
 def assert_same_pruning(edge_index, line_index, node_level=None):
+    """The fast pruning keeps exactly the oracle's arcs, in input order (of several copies of
+    one arc, the first)."""
     got = dag.multitree(edge_index, line_index, node_level)
-    want = _multitree_reference(edge_index, line_index, node_level)
-    pairs = line_index.t().tolist()
-    if len(set(map(tuple, pairs))) == len(pairs):
-        assert torch.equal(got, want)
-    else:
-        # the reference's choice among copies of one arc follows an unstable sort; only the
-        # arcs kept (as pairs) are defined; the fast version keeps the first copy
-        assert kept_pairs(got) == kept_pairs(want)
+    assert torch.equal(got, multitree_oracle(edge_index, line_index, node_level))
     return got
 
 
@@ -342,7 +196,7 @@ def test_multitree_equals_reference_medium(maker):
     elif maker == "uniform":
         edge_index = uniform_dag(2000, 6000, seed=2)
     elif maker == "butterfly":
-        edge_index = butterfly_dag(6)  # 768 edges, root sets up to 128 roots: dense bitsets
+        edge_index = butterfly_dag(6, shuffle=False)  # 768 edges, root sets up to 128 roots: dense bitsets
     else:
         edge_index = chain_dag(3000, seed=4)[0]
     line_index = dag.line_graph(edge_index)
@@ -354,7 +208,7 @@ def test_multitree_of_multitree_is_identity():
     edge_index = uniform_dag(500, 1500, seed=5)
     once = dag.multitree(edge_index, dag.line_graph(edge_index))
     assert torch.equal(dag.multitree(edge_index, once), once)
-    tree = butterfly_dag(5)
+    tree = butterfly_dag(5, shuffle=False)
     full = dag.line_graph(tree)
     assert torch.equal(dag.multitree(tree, full), full)
 
@@ -537,7 +391,7 @@ def test_300k_edges_schedule_construction(name):
     # an O(E^2) step would take hours here; generous enough for a loaded 2-core machine
     assert elapsed < 120, elapsed
     if name == "windowed":  # the reference takes ~10 s here (~40 s on the uniform DAG)
-        want = _multitree_reference(edge_index, line_index, level)
+        want = multitree_oracle(edge_index, line_index, level)
         assert torch.equal(pruned, want)
 
 
