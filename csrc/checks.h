@@ -7,7 +7,7 @@
 // below, into a struct with one named member per field. Each field is declared once, in the
 // X-macro lists PLSTM_DAG_SCHEDULE_FIELDS / PLSTM_NODE_SCHEDULE_FIELDS: name, where it lives
 // (device or host), its length and the range of its values. Adding an index field means adding
-// it to the dataclass in plstm_graph/dag.py and one line here.
+// it to the dataclass in plstm_graph/dag/schedule.py and one line here.
 //
 // What the unpacking checks, before any kernel reads an index: the count of tensors, and of
 // each its dtype (int64), device, shape and, with `check_values`, that every value lies in its
@@ -24,8 +24,25 @@
 
 #include <cstdint>
 #include <string>
+#include <tuple>
+
+// The seven float inputs as every kernel entry point takes them (in schema order), their
+// names to pass them on, and the seven gradients a backward kernel returns.
+#define PLSTM_KERNEL_INPUTS                                                               \
+  const at::Tensor &query, const at::Tensor &key, const at::Tensor &value,               \
+      const at::Tensor &source, const at::Tensor &transition, const at::Tensor &mark,    \
+      const at::Tensor &direct
+#define PLSTM_KERNEL_INPUT_NAMES query, key, value, source, transition, mark, direct
+
+// The float types every kernel is compiled for (check_floats accepts exactly these); the
+// including file provides ATen/Dispatch.h.
+#define PLSTM_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 namespace plstm_graph {
+
+using InputGradTuple =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 struct Dims {
   int64_t N = 0, H = 0, K = 0, V = 0, E = 0, L = 0, levels = 0;

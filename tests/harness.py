@@ -306,3 +306,13 @@ def identical(a, b):
     assert torch.equal(y1, y2)
     for name, x1, x2 in zip(NAMES, g1, g2):
         assert torch.equal(x1, x2), name
+
+
+def forbid_line_graphs(monkeypatch, module, names=("line_graph", "build_schedule")):
+    """Make ``module``'s line-graph builders (by default the line graph and the arc schedule)
+    fail the test when called: for the paths that must not build one."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("line_graph was built")
+
+    for name in names:
+        monkeypatch.setattr(module, name, refuse)

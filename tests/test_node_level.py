@@ -10,8 +10,8 @@ from plstm_graph.dag import build_node_schedule
 from plstm_graph.ops import native
 
 from harness import (GRAPHS, NAMES, NODE_IMPLS, TIGHT, assert_all_close, cotangent_for, ei,
-                     grads_of, impl_kwargs, isolated_graph, leaf, plstm_oracle,
-                     precision_graph, random_dag, random_inputs, undirected_graph)
+                     forbid_line_graphs, grads_of, impl_kwargs, isolated_graph, leaf,
+                     plstm_oracle, precision_graph, random_dag, random_inputs, undirected_graph)
 
 needs_native = pytest.mark.skipif("native/scan" not in NODE_IMPLS,
                                   reason="native extension not built")
@@ -479,11 +479,7 @@ def test_conv_node_path_on_undirected_input_and_reversed_flow():
 def test_conv_node_path_builds_no_line_graph(monkeypatch):
     import plstm_graph.nn.conv as conv_module
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("line_graph was built")
-
-    monkeypatch.setattr(conv_module, "line_graph", refuse)
-    monkeypatch.setattr(conv_module, "build_schedule", refuse)
+    forbid_line_graphs(monkeypatch, conv_module)
     edge_index, n = GRAPHS["dense60"]()
     conv = _perturbed_conv()
     prepared = conv.prepare(edge_index, n)
@@ -522,9 +518,6 @@ def test_conv_edge_mask_on_node_path_builds_no_line_graph(monkeypatch):
     mask = torch.rand(edge_index.size(1), dtype=torch.float64)
     ref = twin(x, edge_index, edge_mask=mask)
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("line_graph was built")
-
-    monkeypatch.setattr(conv_module, "line_graph", refuse)
+    forbid_line_graphs(monkeypatch, conv_module, ("line_graph",))
     torch.testing.assert_close(conv(x, edge_index, edge_mask=mask), ref, rtol=1e-10,
                                atol=1e-10)

@@ -96,25 +96,25 @@ Layout check_layout(const ClosedFormInputs& in) {
   };
   check_ptr("comp_node_ptr", cnp, d.N);
   check_ptr("comp_edge_ptr", cep, d.E);
+  // the members of component c (nodes or edges): in range, listed once; returns their count
+  auto place = [&](int64_t c, const char* list, const char* what, const int64_t* ptr,
+                   const int64_t* member, int64_t count, std::vector<int64_t>& comp,
+                   std::vector<int64_t>& pos) {
+    for (int64_t j = ptr[c]; j < ptr[c + 1]; ++j) {
+      const int64_t x = member[j];
+      TORCH_CHECK_VALUE(x >= 0 && x < count, list, "[", j, "] = ", x, " is out of range for ",
+                        count, " ", what, "s");
+      TORCH_CHECK_VALUE(comp[x] < 0, list, " lists ", what, " ", x, " twice");
+      comp[x] = c;
+      pos[x] = j - ptr[c];
+    }
+    return ptr[c + 1] - ptr[c];
+  };
   for (int64_t c = 0; c < C; ++c) {
-    lay.max_nodes = std::max(lay.max_nodes, cnp[c + 1] - cnp[c]);
-    lay.max_edges = std::max(lay.max_edges, cep[c + 1] - cep[c]);
-    for (int64_t j = cnp[c]; j < cnp[c + 1]; ++j) {
-      const int64_t n = cn[j];
-      TORCH_CHECK_VALUE(n >= 0 && n < d.N, "comp_node[", j, "] = ", n, " is out of range for ",
-                        d.N, " nodes");
-      TORCH_CHECK_VALUE(node_comp[n] < 0, "comp_node lists node ", n, " twice");
-      node_comp[n] = c;
-      lay.node_pos[n] = j - cnp[c];
-    }
-    for (int64_t j = cep[c]; j < cep[c + 1]; ++j) {
-      const int64_t e = ce[j];
-      TORCH_CHECK_VALUE(e >= 0 && e < d.E, "comp_edge[", j, "] = ", e, " is out of range for ",
-                        d.E, " edges");
-      TORCH_CHECK_VALUE(edge_comp[e] < 0, "comp_edge lists edge ", e, " twice");
-      edge_comp[e] = c;
-      lay.edge_pos[e] = j - cep[c];
-    }
+    lay.max_nodes = std::max(lay.max_nodes,
+                             place(c, "comp_node", "node", cnp, cn, d.N, node_comp, lay.node_pos));
+    lay.max_edges = std::max(lay.max_edges,
+                             place(c, "comp_edge", "edge", cep, ce, d.E, edge_comp, lay.edge_pos));
   }
   for (int64_t e = 0; e < d.E; ++e) {
     const int64_t u = es[e], w = ed[e];
@@ -179,19 +179,10 @@ T* task_scratch(int64_t n, std::vector<T>& own) {
 
 }  // namespace
 
-#define PLSTM_ISA cf_base
-#define PLSTM_TARGET
-#include "closed_form_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-
-#ifdef PLSTM_HAVE_AVX2
-#define PLSTM_ISA cf_avx2
-#define PLSTM_TARGET __attribute__((target("avx2,fma")))
-#include "closed_form_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-#endif
+#define PLSTM_ISA_HEADER "closed_form_impl.h"
+#define PLSTM_ISA_BASE cf_base
+#define PLSTM_ISA_AVX2 cf_avx2
+#include "isa_variants.h"
 
 namespace {
 
@@ -287,20 +278,14 @@ void run_closed_form(const ClosedFormInputs& in, const CfPtrs<scalar_t, acc_t>& 
       });
 }
 
-#define PLSTM_CF_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
-
 }  // namespace
 
-at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
-                               const at::Tensor& value, const at::Tensor& source,
-                               const at::Tensor& transition, const at::Tensor& mark,
-                               const at::Tensor& direct, at::TensorList schedule) {
-  const ClosedFormInputs in = closed_form_inputs("closed_form_forward", query, key, value,
-                                                 source, transition, mark, direct, schedule);
+at::Tensor closed_form_forward(PLSTM_KERNEL_INPUTS, at::TensorList schedule) {
+  const ClosedFormInputs in =
+      closed_form_inputs("closed_form_forward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const Layout lay = check_layout(in);
   at::Tensor out = at::empty({in.f.d.N, in.f.d.H, in.f.d.V}, in.f.q.options());
-  PLSTM_CF_DISPATCH(in.f.q.scalar_type(), "plstm_graph::closed_form_forward", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::closed_form_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
     p.out = out.data_ptr<scalar_t>();
@@ -309,17 +294,14 @@ at::Tensor closed_form_forward(const at::Tensor& query, const at::Tensor& key,
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-closed_form_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
-                     const at::Tensor& value, const at::Tensor& source,
-                     const at::Tensor& transition, const at::Tensor& mark,
-                     const at::Tensor& direct, at::TensorList schedule) {
-  const ClosedFormInputs in = closed_form_inputs("closed_form_backward", query, key, value,
-                                                 source, transition, mark, direct, schedule);
+InputGradTuple closed_form_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
+                                    at::TensorList schedule) {
+  const ClosedFormInputs in =
+      closed_form_inputs("closed_form_backward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const at::Tensor dy = check_grad_out("closed_form_backward", in.f, grad_out);
   const Layout lay = check_layout(in);
   const InputGrads grads(in.f);
-  PLSTM_CF_DISPATCH(in.f.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::closed_form_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_cf_ptrs<scalar_t, acc_t>(in, lay);
     grads.bind(p, dy);

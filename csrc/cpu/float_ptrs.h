@@ -60,8 +60,7 @@ struct InputGrads {
     p.dD = dD.data_ptr<scalar_t>();
   }
 
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-  tuple() const {
+  InputGradTuple tuple() const {
     return {dq, dk, dv, dS, dT, dM, dD};
   }
 };

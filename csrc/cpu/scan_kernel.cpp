@@ -229,19 +229,10 @@ constexpr int kRowLanes = 8;  // partial sums of the short (V) row reductions
 
 // The work items, once for the baseline instruction set and once for AVX2+FMA (x86-64 with
 // GCC or Clang), chosen at run time (here AVX2 made the scan some 20% faster).
-#define PLSTM_ISA base
-#define PLSTM_TARGET
-#include "scan_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-
-#ifdef PLSTM_HAVE_AVX2
-#define PLSTM_ISA avx2
-#define PLSTM_TARGET __attribute__((target("avx2,fma")))
-#include "scan_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-#endif
+#define PLSTM_ISA_HEADER "scan_impl.h"
+#define PLSTM_ISA_BASE base
+#define PLSTM_ISA_AVX2 avx2
+#include "isa_variants.h"
 
 namespace {
 
@@ -397,17 +388,11 @@ T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-#define PLSTM_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
-
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> scan_forward(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& direct, at::TensorList schedule, bool keep_states) {
-  const Inputs in = scan_inputs("scan_forward", query, key, value, source, transition, mark,
-                                direct, schedule);
+std::tuple<at::Tensor, at::Tensor> scan_forward(PLSTM_KERNEL_INPUTS, at::TensorList schedule,
+                                                bool keep_states) {
+  const Inputs in = scan_inputs("scan_forward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const Dims& d = in.d();
   const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   const bool parallel = use_threads();
@@ -417,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
                                                 : at::Tensor();
   at::Tensor ybuf = by_level ? empty_buffer({d.E, d.H, d.V}, acc_opts) : at::Tensor();
   at::Tensor out = at::empty({d.N, d.H, d.V}, in.f.q.options());
-  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_forward", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::scan_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_ptrs<scalar_t, acc_t>(in);
     p.C = data_or_null<acc_t>(states);
@@ -434,13 +419,9 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
-              const at::Tensor& value, const at::Tensor& source, const at::Tensor& transition,
-              const at::Tensor& mark, const at::Tensor& direct,
-              const c10::optional<at::Tensor>& states, at::TensorList schedule) {
-  const Inputs in = scan_inputs("scan_backward", query, key, value, source, transition, mark,
-                                direct, schedule);
+InputGradTuple scan_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
+                             const c10::optional<at::Tensor>& states, at::TensorList schedule) {
+  const Inputs in = scan_inputs("scan_backward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const Dims& d = in.d();
   const at::Tensor dy = check_grad_out("scan_backward", in.f, grad_out);
   at::Tensor C = check_states("scan_backward", in.f, states, d.E, /*required=*/false);
@@ -456,7 +437,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     W = empty_buffer({d.E, d.H, 2 * d.K + d.V}, acc_opts);
   }
   const InputGrads grads(in.f);
-  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_backward", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_ptrs<scalar_t, acc_t>(in);
     grads.bind(p, dy);

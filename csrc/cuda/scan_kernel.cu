@@ -67,33 +67,36 @@ __device__ acc_t block_sum(acc_t v, acc_t* sh) {
   return r;
 }
 
-// C_e = S_e k_u v_u^T + sum_{a -> e} T_a C_{src a}, for the edges of one level.
+// One level of either line-graph recurrence, per (edge e, head):
+//   X_e = g_e a_n b_n^T + sum_{arcs r of e} T_r X_{other(r)}.
+// Forward:  X = C, g = S, (a, b) = (k, v) at n = src e, the arcs into e, other = arc_src.
+// Backward: X = G, g = M, (a, b) = (q, dy) at n = dst e, the arcs out of e, other = arc_dst.
 template <typename scalar_t, typename acc_t>
-__global__ void state_level_kernel(const scalar_t* __restrict__ k, const scalar_t* __restrict__ v,
-                                   const scalar_t* __restrict__ S, const scalar_t* __restrict__ T,
-                                   const int64_t* __restrict__ edge_src,
-                                   const int64_t* __restrict__ edge_order,
-                                   const int64_t* __restrict__ in_ptr,
-                                   const int64_t* __restrict__ in_arc,
-                                   const int64_t* __restrict__ arc_src, acc_t* C, int64_t lo,
-                                   int64_t items, int64_t H, int K, int V) {
+__global__ void level_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                             const scalar_t* __restrict__ g, const scalar_t* __restrict__ T,
+                             const int64_t* __restrict__ edge_node,
+                             const int64_t* __restrict__ edge_order,
+                             const int64_t* __restrict__ arc_ptr,
+                             const int64_t* __restrict__ arc_list,
+                             const int64_t* __restrict__ arc_other, acc_t* X, int64_t lo,
+                             int64_t items, int64_t H, int K, int V) {
   const int KV = K * V;
   for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
     const int64_t e = edge_order[lo + it / H], h = it % H;
-    const int64_t eh = e * H + h, u = edge_src[e];
-    const acc_t s = static_cast<acc_t>(S[eh]);
-    const scalar_t* ku = k + (u * H + h) * K;
-    const scalar_t* vu = v + (u * H + h) * V;
-    const int64_t j0 = in_ptr[e], j1 = in_ptr[e + 1];
-    acc_t* Ce = C + eh * KV;
+    const int64_t eh = e * H + h, n = edge_node[e];
+    const acc_t ge = static_cast<acc_t>(g[eh]);
+    const scalar_t* an = a + (n * H + h) * K;
+    const scalar_t* bn = b + (n * H + h) * V;
+    const int64_t j0 = arc_ptr[e], j1 = arc_ptr[e + 1];
+    acc_t* Xe = X + eh * KV;
     for (int x = threadIdx.x; x < KV; x += blockDim.x) {
       const int i = x / V, j = x - i * V;
-      acc_t c = (s * static_cast<acc_t>(ku[i])) * static_cast<acc_t>(vu[j]);
+      acc_t c = (ge * static_cast<acc_t>(an[i])) * static_cast<acc_t>(bn[j]);
       for (int64_t jj = j0; jj < j1; ++jj) {
-        const int64_t a = in_arc[jj];
-        c += static_cast<acc_t>(T[a * H + h]) * C[(arc_src[a] * H + h) * KV + x];
+        const int64_t r = arc_list[jj];
+        c += static_cast<acc_t>(T[r * H + h]) * X[(arc_other[r] * H + h) * KV + x];
       }
-      Ce[x] = c;
+      Xe[x] = c;
     }
   }
 }
@@ -127,37 +130,6 @@ __global__ void readout_kernel(const scalar_t* __restrict__ q, const scalar_t* _
         acc += y;
       }
       out[it * V + j] = static_cast<scalar_t>(acc + dqk * static_cast<acc_t>(v[it * V + j]));
-    }
-  }
-}
-
-// G_e = M_e q_w dy_w^T + sum_{e -> b} T_b G_b, for the edges of one level.
-template <typename scalar_t, typename acc_t>
-__global__ void grad_level_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ dy,
-                                  const scalar_t* __restrict__ M, const scalar_t* __restrict__ T,
-                                  const int64_t* __restrict__ edge_dst,
-                                  const int64_t* __restrict__ edge_order,
-                                  const int64_t* __restrict__ out_ptr,
-                                  const int64_t* __restrict__ out_arc,
-                                  const int64_t* __restrict__ arc_dst, acc_t* G, int64_t lo,
-                                  int64_t items, int64_t H, int K, int V) {
-  const int KV = K * V;
-  for (int64_t it = blockIdx.x; it < items; it += gridDim.x) {
-    const int64_t e = edge_order[lo + it / H], h = it % H;
-    const int64_t eh = e * H + h, w = edge_dst[e];
-    const acc_t m = static_cast<acc_t>(M[eh]);
-    const scalar_t* qw = q + (w * H + h) * K;
-    const scalar_t* dyw = dy + (w * H + h) * V;
-    const int64_t j0 = out_ptr[e], j1 = out_ptr[e + 1];
-    acc_t* Ge = G + eh * KV;
-    for (int x = threadIdx.x; x < KV; x += blockDim.x) {
-      const int i = x / V, j = x - i * V;
-      acc_t g = (m * static_cast<acc_t>(qw[i])) * static_cast<acc_t>(dyw[j]);
-      for (int64_t jj = j0; jj < j1; ++jj) {
-        const int64_t a = out_arc[jj];
-        g += static_cast<acc_t>(T[a * H + h]) * G[(arc_dst[a] * H + h) * KV + x];
-      }
-      Ge[x] = g;
     }
   }
 }
@@ -281,8 +253,6 @@ const T* cptr(const at::Tensor& t) {
 }
 const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
-#define PLSTM_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 // The op's arguments after the checks (checks.h): contiguous inputs, the unpacked schedule
 // with every index value range-checked on the device.
@@ -313,7 +283,7 @@ void run_states(const Inputs& in, acc_t* C, cudaStream_t stream) {
   for (int64_t l = 0; l < in.s.levels; ++l) {
     const int64_t items = (lp[l + 1] - lp[l]) * d.H;
     if (items == 0) continue;
-    state_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
+    level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
         cptr<scalar_t>(in.f.k), cptr<scalar_t>(in.f.v), cptr<scalar_t>(in.f.source),
         cptr<scalar_t>(in.f.transition), iptr(in.s.edge_src), iptr(in.s.edge_order),
         iptr(in.s.in_ptr), iptr(in.s.in_arc), iptr(in.s.arc_src), C, lp[l], items, d.H,
@@ -324,19 +294,16 @@ void run_states(const Inputs& in, acc_t* C, cudaStream_t stream) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> scan_forward(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& direct, at::TensorList schedule, bool keep_states) {
-  const Inputs in = scan_inputs("scan_forward", query, key, value, source, transition, mark,
-                                direct, schedule);
+std::tuple<at::Tensor, at::Tensor> scan_forward(PLSTM_KERNEL_INPUTS, at::TensorList schedule,
+                                                bool keep_states) {
+  const Inputs in = scan_inputs("scan_forward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const c10::cuda::CUDAGuard guard(in.f.q.device());
   const Dims& d = in.f.d;
   const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   at::Tensor states = at::empty({d.E, d.H, d.K, d.V}, acc_opts);
   at::Tensor out = at::empty({d.N, d.H, d.V}, in.f.q.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  PLSTM_DISPATCH(in.f.q.scalar_type(), "plstm_graph::scan_forward_cuda", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::scan_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     run_states<scalar_t, acc_t>(in, states.data_ptr<acc_t>(), stream);
     const int64_t items = d.N * d.H;
@@ -358,13 +325,9 @@ std::tuple<at::Tensor, at::Tensor> scan_forward(
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
-              const at::Tensor& value, const at::Tensor& source, const at::Tensor& transition,
-              const at::Tensor& mark, const at::Tensor& direct,
-              const c10::optional<at::Tensor>& states, at::TensorList schedule) {
-  const Inputs in = scan_inputs("scan_backward", query, key, value, source, transition, mark,
-                                direct, schedule);
+InputGradTuple scan_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
+                             const c10::optional<at::Tensor>& states, at::TensorList schedule) {
+  const Inputs in = scan_inputs("scan_backward", PLSTM_KERNEL_INPUT_NAMES, schedule);
   const c10::cuda::CUDAGuard guard(in.f.q.device());
   const Floats& f = in.f;
   const Dims& d = f.d;
@@ -380,7 +343,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
              dM = at::empty_like(f.mark), dD = at::empty_like(f.direct);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int K = static_cast<int>(d.K), V = static_cast<int>(d.V);
-  PLSTM_DISPATCH(f.q.scalar_type(), "plstm_graph::scan_backward_cuda", [&] {
+  PLSTM_DISPATCH_FLOATS(f.q.scalar_type(), "plstm_graph::scan_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     acc_t* Cp = C.data_ptr<acc_t>();
     acc_t* Gp = G.data_ptr<acc_t>();
@@ -390,7 +353,7 @@ scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Ten
     for (int64_t l = in.s.levels - 1; l >= 0; --l) {
       const int64_t items = (lp[l + 1] - lp[l]) * d.H;
       if (items == 0) continue;
-      grad_level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
+      level_kernel<scalar_t, acc_t><<<grid_for(items), threads, 0, stream>>>(
           cptr<scalar_t>(f.q), cptr<scalar_t>(dy), cptr<scalar_t>(f.mark),
           cptr<scalar_t>(f.transition), iptr(in.s.edge_dst), iptr(in.s.edge_order),
           iptr(in.s.out_ptr), iptr(in.s.out_arc), iptr(in.s.arc_dst), Gp, lp[l], items, d.H, K,

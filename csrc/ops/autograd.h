@@ -31,7 +31,7 @@ namespace plstm_graph {
 
 constexpr size_t kNumInputs = 7;  // query, key, value, source, transition, mark, direct
 
-// Family: a struct with
+// Family: a struct (PLSTM_OP_FAMILY below writes it) with
 //   static constexpr const char* forward, *backward;  // "plstm_graph::scan_forward", ...
 //   static constexpr bool has_carry;   // a `Tensor? carry` follows the inputs
 //   static constexpr bool has_states;  // forward returns (out, states); backward takes them
@@ -128,3 +128,27 @@ torch::CppFunction autograd_function() {
 }
 
 }  // namespace plstm_graph
+
+// One op family, declared once: its trait struct FAMILY (the name autograd nodes show, e.g.
+// PlstmFunction<ScanOp>), the two schemas of the ops NAME_forward / NAME_backward (FORWARD and
+// BACKWARD are what follows the op name: "(arguments) -> returns") and the Autograd kernel of
+// the forward op.
+#define PLSTM_OP_FAMILY(FAMILY, NAME, HAS_CARRY, HAS_STATES, FORWARD, BACKWARD)      \
+  namespace plstm_graph {                                                            \
+  namespace {                                                                        \
+  struct FAMILY {                                                                    \
+    static constexpr const char* forward = "plstm_graph::" #NAME "_forward";         \
+    static constexpr const char* backward = "plstm_graph::" #NAME "_backward";       \
+    static constexpr bool has_carry = HAS_CARRY;                                     \
+    static constexpr bool has_states = HAS_STATES;                                   \
+  };                                                                                 \
+  }                                                                                  \
+  }                                                                                  \
+  TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {                                           \
+    m.def(#NAME "_forward" FORWARD);                                                 \
+    m.def(#NAME "_backward" BACKWARD);                                               \
+  }                                                                                  \
+  TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {                                     \
+    m.impl(#NAME "_forward",                                                         \
+           plstm_graph::autograd_function<plstm_graph::FAMILY>());                   \
+  }

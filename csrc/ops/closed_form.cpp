@@ -11,25 +11,6 @@
 // backward but the inputs: the backward op recomputes the path weights.
 #include "autograd.h"
 
-namespace plstm_graph {
-namespace {
-
-struct ClosedFormOp {
-  static constexpr const char* forward = "plstm_graph::closed_form_forward";
-  static constexpr const char* backward = "plstm_graph::closed_form_backward";
-  static constexpr bool has_carry = false;
-  static constexpr bool has_states = false;
-};
-
-}  // namespace
-}  // namespace plstm_graph
-
-TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
-  m.def("closed_form_forward(" PLSTM_INPUTS ", Tensor[] schedule) -> Tensor");
-  m.def("closed_form_backward(Tensor grad_out, " PLSTM_INPUTS ", Tensor[] schedule) "
-        "-> (" PLSTM_GRADS ")");
-}
-
-TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {
-  m.impl("closed_form_forward", plstm_graph::autograd_function<plstm_graph::ClosedFormOp>());
-}
+PLSTM_OP_FAMILY(ClosedFormOp, closed_form, /*has_carry=*/false, /*has_states=*/false,
+                "(" PLSTM_INPUTS ", Tensor[] schedule) -> Tensor",
+                "(Tensor grad_out, " PLSTM_INPUTS ", Tensor[] schedule) -> (" PLSTM_GRADS ")")

@@ -16,26 +16,8 @@
 // (node states H in the accumulation dtype) is kept for backward and carries no gradient.
 #include "autograd.h"
 
-namespace plstm_graph {
-namespace {
-
-struct NodeScanOp {
-  static constexpr const char* forward = "plstm_graph::node_scan_forward";
-  static constexpr const char* backward = "plstm_graph::node_scan_backward";
-  static constexpr bool has_carry = true;
-  static constexpr bool has_states = true;
-};
-
-}  // namespace
-}  // namespace plstm_graph
-
-TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
-  m.def("node_scan_forward(" PLSTM_INPUTS ", Tensor? carry, Tensor[] schedule) "
-        "-> (Tensor out, Tensor states)");
-  m.def("node_scan_backward(Tensor grad_out, " PLSTM_INPUTS ", Tensor? carry, Tensor? states, "
-        "Tensor[] schedule) -> (" PLSTM_GRADS ", Tensor grad_carry)");
-}
-
-TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {
-  m.impl("node_scan_forward", plstm_graph::autograd_function<plstm_graph::NodeScanOp>());
-}
+PLSTM_OP_FAMILY(NodeScanOp, node_scan, /*has_carry=*/true, /*has_states=*/true,
+                "(" PLSTM_INPUTS ", Tensor? carry, Tensor[] schedule) "
+                "-> (Tensor out, Tensor states)",
+                "(Tensor grad_out, " PLSTM_INPUTS ", Tensor? carry, Tensor? states, "
+                "Tensor[] schedule) -> (" PLSTM_GRADS ", Tensor grad_carry)")

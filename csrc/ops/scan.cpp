@@ -14,26 +14,8 @@
 // recomputes them.
 #include "autograd.h"
 
-namespace plstm_graph {
-namespace {
-
-struct ScanOp {
-  static constexpr const char* forward = "plstm_graph::scan_forward";
-  static constexpr const char* backward = "plstm_graph::scan_backward";
-  static constexpr bool has_carry = false;
-  static constexpr bool has_states = true;
-};
-
-}  // namespace
-}  // namespace plstm_graph
-
-TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
-  m.def("scan_forward(" PLSTM_INPUTS ", Tensor[] schedule, bool keep_states) "
-        "-> (Tensor out, Tensor states)");
-  m.def("scan_backward(Tensor grad_out, " PLSTM_INPUTS ", Tensor? states, Tensor[] schedule) "
-        "-> (" PLSTM_GRADS ")");
-}
-
-TORCH_LIBRARY_IMPL(plstm_graph, Autograd, m) {
-  m.impl("scan_forward", plstm_graph::autograd_function<plstm_graph::ScanOp>());
-}
+PLSTM_OP_FAMILY(ScanOp, scan, /*has_carry=*/false, /*has_states=*/true,
+                "(" PLSTM_INPUTS ", Tensor[] schedule, bool keep_states) "
+                "-> (Tensor out, Tensor states)",
+                "(Tensor grad_out, " PLSTM_INPUTS ", Tensor? states, Tensor[] schedule) "
+                "-> (" PLSTM_GRADS ")")

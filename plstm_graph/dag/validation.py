@@ -54,9 +54,8 @@ def check_edge_index(edge_index: Tensor, num_nodes: Optional[int] = None,
         raise ValueError(f"edge_index contains node id {hi}, out of range for "
                          f"{num_nodes} nodes")
     if not allow_self_loops:
-        loops = (edge_index[0] == edge_index[1]).nonzero()
-        if loops.numel() > 0:
-            e = int(loops[0, 0])
+        e = _first(edge_index[0] == edge_index[1])
+        if e is not None:
             raise ValueError(f"edge_index contains a self-loop at node {int(edge_index[0, e])} "
                              f"(edge {e}); a DAG has none")
     return num_nodes
@@ -77,9 +76,8 @@ def check_line_index(edge_index: Tensor, line_index: Tensor) -> None:
     if hi >= num_edges:
         raise ValueError(f"line_index contains edge id {hi}, out of range for "
                          f"{num_edges} edges")
-    bad = (edge_index[1, line_index[0]] != edge_index[0, line_index[1]]).nonzero()
-    if bad.numel() > 0:
-        j = int(bad[0, 0])
+    j = _first(edge_index[1, line_index[0]] != edge_index[0, line_index[1]])
+    if j is not None:
         a, b = int(line_index[0, j]), int(line_index[1, j])
         raise ValueError(
             f"line_index arc {j} ({a} -> {b}) joins edges that do not meet: edge {a} ends at "
@@ -96,9 +94,8 @@ def check_node_level(edge_index: Tensor, node_level: Tensor, num_nodes: int) -> 
         raise ValueError("node_level contains a negative level")
     if edge_index.size(1) == 0:
         return
-    bad = (node_level[edge_index[0]] >= node_level[edge_index[1]]).nonzero()
-    if bad.numel() > 0:
-        e = int(bad[0, 0])
+    e = _first(node_level[edge_index[0]] >= node_level[edge_index[1]])
+    if e is not None:
         u, w = int(edge_index[0, e]), int(edge_index[1, e])
         raise ValueError(
             f"node_level is not a topological leveling of edge_index: edge {e} ({u} -> {w}) "
@@ -118,3 +115,8 @@ def _check_level_tensor(edge_index: Tensor, node_level: Tensor, num_nodes: int) 
         raise ValueError(f"node_level is on {node_level.device} but edge_index is on "
                          f"{edge_index.device}")
 
+
+def _first(mask: Tensor) -> Optional[int]:
+    """The position of the first True in a 1-D mask (the entry an error message names)."""
+    hits = mask.nonzero()
+    return int(hits[0, 0]) if hits.numel() > 0 else None

@@ -48,17 +48,8 @@ class MUTAG(tu.BundledTUDataset):
             continuous attributes, so the last two change nothing).
     """
 
-    def __init__(self, root: Optional[str] = None,
-                 transform: Optional[Callable] = None,
-                 pre_transform: Optional[Callable] = None,
-                 pre_filter: Optional[Callable] = None,
-                 force_reload: bool = False,
-                 use_node_attr: bool = True,
-                 use_edge_attr: bool = True) -> None:
-        super().__init__(NAME, root=root, transform=transform,
-                         pre_transform=pre_transform, pre_filter=pre_filter,
-                         force_reload=force_reload, use_node_attr=use_node_attr,
-                         use_edge_attr=use_edge_attr)
+    def __init__(self, root: Optional[str] = None, **kwargs) -> None:
+        super().__init__(NAME, root=root, **kwargs)
 
 
 def load_mutag(root: Optional[str] = None,

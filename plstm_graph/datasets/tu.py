@@ -205,10 +205,10 @@ def load_tu(name: str, root: Optional[str] = None,
     """
     name = canonical_name(name)
     kwargs = dict(root=root, transform=transform, pre_transform=pre_transform,
-                  pre_filter=pre_filter, force_reload=force_reload)
+                  pre_filter=pre_filter, force_reload=force_reload,
+                  use_node_attr=use_node_attr, use_edge_attr=use_edge_attr)
     if name == "MUTAG":
         from .mutag import MUTAG  # the historical class, so MUTAG stays one type
 
-        return MUTAG(use_node_attr=use_node_attr, use_edge_attr=use_edge_attr, **kwargs)
-    return BundledTUDataset(name, use_node_attr=use_node_attr, use_edge_attr=use_edge_attr,
-                            **kwargs)
+        return MUTAG(**kwargs)
+    return BundledTUDataset(name, **kwargs)

@@ -24,6 +24,24 @@ from ._common import in_compute_dtype
 from .policy import CLOSED_FORM_MAX_NODES
 
 
+def _padded_attention(query: Tensor, key: Tensor, value: Tensor, direct: Tensor, comp: Tensor,
+                      pos: Tensor, num_comps: int, width: int):
+    """Both closed forms work on components padded to ``width`` nodes: returns ``q . k`` per
+    component and head ``[C, H, P, P]``, the attention with only its direct diagonal filled
+    ``D_n (q_n . k_n)``, and the padded values ``[C, P, H, V]``."""
+    heads = query.shape[1]
+
+    def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
+        out = x.new_zeros(num_comps, width, heads, x.shape[-1])
+        return out.index_put((comp, pos), x)
+
+    q, k, v = padded(query), padded(key), padded(value)
+    qk = torch.einsum("cnhk,cmhk->chnm", q, k)
+    d = direct.new_zeros(num_comps, width, heads).index_put((comp, pos), direct)
+    att = torch.diag_embed(d.transpose(1, 2) * torch.diagonal(qk, dim1=-2, dim2=-1))
+    return qk, att, v
+
+
 @in_compute_dtype
 def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
                       transition: Tensor, mark: Tensor, direct: Tensor,
@@ -39,14 +57,7 @@ def closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
     width = s.max_component_nodes
     num_comps = s.num_components
 
-    def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
-        out = x.new_zeros(num_comps, width, heads, x.shape[-1])
-        return out.index_put((comp, pos), x)
-
-    q, k, v = padded(query), padded(key), padded(value)
-    qk = torch.einsum("cnhk,cmhk->chnm", q, k)
-    d = direct.new_zeros(num_comps, width, heads).index_put((comp, pos), direct)
-    att = torch.diag_embed(d.transpose(1, 2) * torch.diagonal(qk, dim1=-2, dim2=-1))
+    qk, att, v = _padded_attention(query, key, value, direct, comp, pos, num_comps, width)
     if num_edges > 0:
         ecomp, epos = component_positions(s.comp_edge_ptr, s.comp_edge, num_edges)
         rows = s.max_component_edges
@@ -101,14 +112,7 @@ def node_closed_form_torch(query: Tensor, key: Tensor, value: Tensor, source: Te
                          f"largest component has {width} nodes (limit "
                          f"{CLOSED_FORM_MAX_NODES}); use algorithm='scan'")
 
-    def padded(x: Tensor) -> Tensor:  # [N, H, W] -> [C, P, H, W]
-        out = x.new_zeros(num_comps, width, heads, x.shape[-1])
-        return out.index_put((comp, pos), x)
-
-    q, k, v = padded(query), padded(key), padded(value)
-    qk = torch.einsum("cnhk,cmhk->chnm", q, k)
-    d = direct.new_zeros(num_comps, width, heads).index_put((comp, pos), direct)
-    att = torch.diag_embed(d.transpose(1, 2) * torch.diagonal(qk, dim1=-2, dim2=-1))
+    qk, att, v = _padded_attention(query, key, value, direct, comp, pos, num_comps, width)
     if s.num_edges > 0:
         ecomp, u_pos, w_pos = comp[s.edge_src], pos[s.edge_src], pos[s.edge_dst]
         t_u = transition[s.edge_src]
