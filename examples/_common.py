@@ -240,6 +240,22 @@ def finish(results: dict, summary: str, output: Optional[str]) -> dict:
     return results
 
 
+def add_runtime_arguments(parser) -> None:
+    """``--backend``, ``--device`` and ``--threads``: where and how the models run (the
+    numbers do not depend on them beyond floating-point rounding)."""
+    parser.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
+                        help="pLSTM scan: native kernels when built (auto) or pure torch")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch intra-op CPU threads")
+
+
+def apply_runtime_arguments(args) -> torch.device:
+    """Sets torch's intra-op threads to ``args.threads``; the device ``args.device`` names."""
+    torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

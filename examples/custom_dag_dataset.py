@@ -40,8 +40,8 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    SymmetrizeEdges, check_batch, default_threads, evaluate, finish, parse_models,
-    resolve_device, train_epoch)
+    SymmetrizeEdges, add_runtime_arguments, apply_runtime_arguments, check_batch, evaluate,
+    finish, parse_models, train_epoch)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.data import Data, InMemoryDataset  # noqa: E402
@@ -300,11 +300,7 @@ def parse_args(argv=None):
                         "library's, see PLSTMConv)")
     p.add_argument("--root", default=None,
                    help="where the prepared dataset is cached (default: a temporary folder)")
-    p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
-                   help="pLSTM scan: native kernels when built (auto) or pure torch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help="torch intra-op CPU threads")
+    add_runtime_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of splits, init and shuffling")
     p.add_argument("--output", default=None, help="write results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -319,8 +315,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = LongRangeDAGDataset(args.root or tmp, num_graphs=args.num_graphs,

@@ -49,9 +49,9 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, default_threads, evaluate,
-    finish, improves, mean_std, parse_models, prepare_list, prepared_root, print_accuracy_table,
-    resolve_device, split_loaders, stratified_folds, train_epoch, write_json)
+    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments,
+    default_threads, evaluate, finish, improves, mean_std, parse_models, prepare_list,
+    prepared_root, print_accuracy_table, split_loaders, stratified_folds, train_epoch, write_json)
 from _common import check_batch  # noqa: E402,F401  (split_loaders runs it; tests reach it here)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
@@ -441,8 +441,7 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     done = previous_folds(args.output, args) if args.resume else {}
     names = TU_SETS if args.dataset == "all" else (args.dataset,)

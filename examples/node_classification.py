@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    SymmetrizeEdges, default_threads, evaluate, finish, improves, masked_targets, mean_std,
-    parse_models, prepare_list, prepared_root, print_accuracy_table, resolve_device,
+    SymmetrizeEdges, add_runtime_arguments, apply_runtime_arguments, evaluate, finish, improves,
+    masked_targets, mean_std, parse_models, prepare_list, prepared_root, print_accuracy_table,
     split_loaders, train_epoch)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
@@ -159,11 +159,7 @@ def parse_args(argv=None):
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge types to PLSTMNet")
     p.add_argument("--root", default=None, help="dataset cache (default: plstm_graph's)")
-    p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
-                   help="pLSTM scan: native kernels when built (auto) or pure torch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help="torch intra-op CPU threads")
+    add_runtime_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--output", default=None, help="write per-seed results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -176,8 +172,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     from plstm_graph.datasets import PythonASTDataset
 
