@@ -16,7 +16,6 @@ import os
 import platform
 import random
 import sys
-import time
 
 import torch
 
@@ -25,7 +24,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import plstm_graph  # noqa: E402
 from plstm_graph.dag import build_schedule  # noqa: E402
 
-from plstm_graph.ops import dispatch as dispatcher
+from plstm_graph.ops import dispatch as dispatcher  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers
+from _timing import median_seconds  # noqa: E402
+
 H, K, V = 4, int(os.getenv("BENCH_K", 24)), int(os.getenv("BENCH_V", 24))
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
 
@@ -53,19 +56,6 @@ def batch(kind: str, n: int, total: int, seed: int = 0):
         edges += [(u + off, w + off) for u, w in graph(kind, n, rng)]
         off += n
     return off, torch.tensor(edges, dtype=torch.long).t().contiguous()
-
-
-def timeit(fn, repeat=30, budget=10.0):
-    fn()
-    times, start = [], time.perf_counter()
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget:
-            break
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main(argv=None):
@@ -99,7 +89,7 @@ def main(argv=None):
                     y = plstm_graph.plstm_dag(*xs, ei, li, schedule=s, backend=args.backend,
                                               algorithm=algorithm, validate=False)
                     y.sum().backward()
-                row[algorithm] = timeit(call)
+                row[algorithm] = median_seconds(call, "cpu", 30, budget=10.0)
             if args.backend == "native":
                 cost = dispatcher.scan_cost(s, K, V) / dispatcher.closed_form_cost(s, K, V)
             else:

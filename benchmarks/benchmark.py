@@ -33,6 +33,9 @@ import plstm_graph  # noqa: E402
 from plstm_graph.dag import build_schedule, line_graph, topological_levels  # noqa: E402
 from plstm_graph.ops.dispatch import CLOSED_FORM_MAX_NODES, resolve_algorithm  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers
+from _timing import median_seconds  # noqa: E402
+
 H, K, V = 4, 24, 24
 
 
@@ -109,27 +112,6 @@ def per_edge_loop(q, k, v, S, T, M, D, edge_index, line_index, sizes):
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def timeit(fn: Callable, device: str, repeat: int, budget: float = 20.0) -> float:
-    """Median seconds of ``fn`` over up to ``repeat`` runs after one warm-up."""
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget:
-            break
-    times.sort()
-    return times[len(times) // 2]
-
-
 def saved_bytes(fn: Callable) -> int:
     total = 0
 
@@ -192,7 +174,8 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         def loop_fb():
             per_edge_loop(*xs, edge_index, line, sizes).sum().backward()
 
-        record("per-edge loop", timeit(loop_fwd, device, 5), timeit(loop_fb, device, 5))
+        record("per-edge loop", median_seconds(loop_fwd, device, 5),
+               median_seconds(loop_fb, device, 5))
 
     native_ok = plstm_graph.ops.native.available(torch.device(device))
     closed_ok = (plstm_graph.ops.native.closed_form_available(torch.device(device)) and
@@ -226,8 +209,8 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         if backend == "native" and not recompute and algorithm == resolve_algorithm(
                 None, "native", torch.device(device), sched, K, V):
             label += " (auto)"
-        record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
-               saved_bytes(call))
+        record(label, median_seconds(fwd, device, repeat),
+               median_seconds(fb, device, repeat), saved_bytes(call))
 
     # what a caller without a prebuilt schedule pays: levels, schedule and checks in the call
     if native_ok and E <= 100_000:
@@ -241,8 +224,9 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         def fb_u():
             unscheduled().sum().backward()
 
-        record("plstm_dag native (auto), schedule built in the call", timeit(fwd_u, device, repeat),
-               timeit(fb_u, device, repeat), saved_bytes(unscheduled))
+        record("plstm_dag native (auto), schedule built in the call",
+               median_seconds(fwd_u, device, repeat), median_seconds(fb_u, device, repeat),
+               saved_bytes(unscheduled))
 
     if args.layers and E <= 100_000:
         from torch_geometric.nn import GATConv, GINConv
@@ -266,7 +250,7 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
             def fb(call=call):
                 call().sum().backward()
 
-            record(label, timeit(fwd, device, repeat), timeit(fb, device, repeat),
+            record(label, median_seconds(fwd, device, repeat), median_seconds(fb, device, repeat),
                    saved_bytes(call))
 
 

@@ -1,7 +1,11 @@
 """Helpers shared by the examples (this module is meant for sharing; each example imports it
 from the folder it lives in): the data-set cache folder keyed by the preparation code,
-preparing and checking batches, stratified folds, the protocol of the graph classification
-runs that ``paper_table.py`` reads, and small command-line utilities.
+preparing and checking batches, stratified folds, one training epoch and one evaluation pass,
+the protocol of the graph classification runs that ``paper_table.py`` reads, and small
+command-line and reporting utilities.
+
+Importing it also makes ``plstm_graph`` importable from a source checkout that was not
+installed.
 """
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ import json
 import os
 import os.path as osp
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 try:
     import plstm_graph  # noqa: F401
@@ -19,6 +24,7 @@ except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
     import plstm_graph  # noqa: F401
 
+from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.utils import to_undirected  # noqa: E402
 
 from plstm_graph import DAGData  # noqa: E402
@@ -116,6 +122,78 @@ def check_batch(batch) -> None:
             raise RuntimeError("line-graph indices do not join meeting edges after batching")
 
 
+def split_loaders(graphs, split, batch_size: int, seed: int, eval_batch_size: int):
+    """``(train, val, test)`` loaders over the index lists of ``split``. The training part is
+    shuffled by its own generator seeded with ``seed``, so that every model sees the same
+    batches; its first batch is checked (drawing it advances that generator, so the order of
+    these calls is part of the protocol)."""
+    train_idx, val_idx, test_idx = split
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader([graphs[i] for i in train_idx], batch_size=batch_size,
+                              shuffle=True, generator=gen)
+    val_loader = DataLoader([graphs[i] for i in val_idx], batch_size=eval_batch_size)
+    test_loader = DataLoader([graphs[i] for i in test_idx], batch_size=eval_batch_size)
+    check_batch(next(iter(train_loader)))
+    return train_loader, val_loader, test_loader
+
+
+def all_targets(batch, logits) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every row of ``logits`` is scored against ``batch.y`` (one label per graph, or per
+    node)."""
+    return logits, batch.y
+
+
+def masked_targets(batch, logits) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Only the rows of ``batch.label_mask`` are scored."""
+    mask = batch.label_mask
+    return logits[mask], batch.y[mask]
+
+
+Targets = Callable[[object, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_epoch(model, loader, optimizer, device, targets: Targets = all_targets,
+                clip: float = 0.0, scheduler=None) -> float:
+    """One pass over ``loader``; the mean cross-entropy per scored target. ``clip > 0`` clips
+    the gradient norm; ``scheduler`` (if given) is stepped after every optimiser step."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        optimizer.zero_grad()
+        logits, y = targets(batch, model(batch))
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += float(loss.detach()) * y.numel()
+        count += y.numel()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, targets: Targets = all_targets):
+    """``(accuracy, mean cross-entropy)`` over the scored targets."""
+    model.eval()
+    correct, loss, count = 0, 0.0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        logits, y = targets(batch, model(batch))
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(-1) == y).sum())
+        count += y.numel()
+    return correct / max(count, 1), loss / max(count, 1)
+
+
+def improves(best: Optional[dict], val_acc: float, val_loss: float) -> bool:
+    """The model selection of the examples: higher validation accuracy, ties broken by the
+    lower validation loss, then by the earlier epoch (a later equal epoch does not win)."""
+    return best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"])
+
+
 def mean_std(values: Sequence[float]):
     t = torch.tensor(list(values), dtype=torch.float64)
     std = float(t.std(unbiased=False)) if t.numel() > 1 else 0.0
@@ -133,6 +211,49 @@ PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "
                  "max_graphs", "seed", "transition_form", "mlp_ratio", "degree_dim")
 #: protocol arguments added later, with the value that files written before them ran with
 LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None}
+
+
+def parse_models(parser, text: str, choices: Sequence[str]) -> List[str]:
+    """``--models``: a comma-separated, non-empty subset of ``choices``."""
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in models if m not in choices]
+    if bad or not models:
+        parser.error(f"--models: unknown {bad}; choose from {','.join(choices)}")
+    return models
+
+
+def print_accuracy_table(models: Dict[str, dict]) -> None:
+    """One row per model: parameters, mean ± std accuracy, seconds."""
+    print(f"{'model':<8} {'params':>8} {'accuracy':>17} {'time':>9}")
+    for name, r in models.items():
+        print(f"{name:<8} {r['params']:>8} {r['mean']:>9.3f} ± {r['std']:.3f} "
+              f"{r['seconds']:>8.1f}s")
+
+
+def finish(results: dict, summary: str, output: Optional[str]) -> dict:
+    """Ends a run: the one-line ``SUMMARY`` goes into the results, which are written to
+    ``output`` (if given) before the summary is printed as the last line."""
+    results["summary"] = summary
+    if output:
+        write_json(results, output)
+    print(summary)
+    return results
+
+
+def add_runtime_arguments(parser) -> None:
+    """``--backend``, ``--device`` and ``--threads``: where and how the models run (the
+    numbers do not depend on them beyond floating-point rounding)."""
+    parser.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
+                        help="pLSTM scan: native kernels when built (auto) or pure torch")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="torch intra-op CPU threads")
+
+
+def apply_runtime_arguments(args) -> torch.device:
+    """Sets torch's intra-op threads to ``args.threads``; the device ``args.device`` names."""
+    torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -28,7 +28,6 @@ Ends with a one-line ``SUMMARY``.
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import random
 import sys
@@ -38,25 +37,21 @@ from typing import List, Optional, Sequence, Tuple
 
 import networkx as nx
 import torch
-import torch.nn.functional as F
-
-try:
-    import plstm_graph
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import plstm_graph
-
-from torch_geometric.data import Data, InMemoryDataset
-from torch_geometric.loader import DataLoader
-from torch_geometric.nn import GIN
-from torch_geometric.transforms import Compose
-from torch_geometric.utils import from_networkx, to_undirected
-from tqdm.auto import tqdm
-
-from plstm_graph import DAGData, DAGPlan, PLSTMNet, PrepareDAG
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
-from _common import write_json  # noqa: E402
+from _common import (  # noqa: E402
+    SymmetrizeEdges, add_runtime_arguments, apply_runtime_arguments, check_batch, evaluate,
+    finish, parse_models, train_epoch)
+
+import plstm_graph  # noqa: E402  (importable after _common set up the path)
+from torch_geometric.data import Data, InMemoryDataset  # noqa: E402
+from torch_geometric.loader import DataLoader  # noqa: E402
+from torch_geometric.nn import GIN  # noqa: E402
+from torch_geometric.transforms import Compose  # noqa: E402
+from torch_geometric.utils import from_networkx  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
 
 MODELS = ("plstm", "gin")
 
@@ -129,18 +124,6 @@ def long_range_dag(rng: random.Random, colors: int, min_hops: int, max_hops: int
     shuffled.add_nodes_from((node, g.nodes[node]) for node in order)
     shuffled.add_edges_from(g.edges)
     return shuffled
-
-
-class SymmetrizeEdges:
-    """Keep both directions in ``edge_index`` for the GIN baseline (the DAG itself is in
-    ``dag_edge_index``)."""
-
-    def __call__(self, data):
-        data.edge_index = to_undirected(data.edge_index, num_nodes=data.num_nodes)
-        return data
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}()"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,17 +224,6 @@ def build_model(name, in_channels, args):
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
-@torch.no_grad()
-def accuracy(model, loader, device) -> float:
-    model.eval()
-    correct = count = 0
-    for batch in loader:
-        batch = batch.to(device)
-        correct += int((model(batch).argmax(-1) == batch.y).sum())
-        count += batch.num_graphs
-    return correct / max(count, 1)
-
-
 def train(name, dataset, args, device) -> dict:
     n = len(dataset)
     n_test = n_val = max(1, n // 10)
@@ -264,8 +236,7 @@ def train(name, dataset, args, device) -> dict:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(args.seed))
-    first = next(iter(loader))
-    assert isinstance(first, DAGData) and "line_index_p" in first, type(first)
+    check_batch(next(iter(loader)))
     val_loader = DataLoader(val, batch_size=128)
     test_loader = DataLoader(test, batch_size=128)
     history, best = [], dict(val_acc=-1.0)
@@ -273,23 +244,14 @@ def train(name, dataset, args, device) -> dict:
     bar = tqdm(range(1, args.epochs + 1), desc=f"{name:>5}", disable=args.quiet,
                dynamic_ncols=True)
     for epoch in bar:
-        model.train()
-        total = 0.0
-        for batch in loader:
-            batch = batch.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(batch), batch.y)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * batch.num_graphs
+        loss = train_epoch(model, loader, optimizer, device)
         scheduler.step()
-        val_acc, test_acc = accuracy(model, val_loader, device), accuracy(model, test_loader,
-                                                                          device)
-        history.append(dict(epoch=epoch, loss=total / len(train_set), val_acc=val_acc,
-                            test_acc=test_acc))
+        val_acc, test_acc = (evaluate(model, val_loader, device)[0],
+                             evaluate(model, test_loader, device)[0])
+        history.append(dict(epoch=epoch, loss=loss, val_acc=val_acc, test_acc=test_acc))
         if val_acc > best["val_acc"]:  # ties: the earlier epoch
             best = dict(epoch=epoch, val_acc=val_acc, test_acc=test_acc)
-        bar.set_postfix(loss=f"{total / len(train_set):.3f}", val=f"{val_acc:.3f}")
+        bar.set_postfix(loss=f"{loss:.3f}", val=f"{val_acc:.3f}")
     bar.close()
     params = sum(p.numel() for p in model.parameters())
     return dict(best, seconds=time.perf_counter() - start, params=params, history=history)
@@ -338,19 +300,12 @@ def parse_args(argv=None):
                         "library's, see PLSTMConv)")
     p.add_argument("--root", default=None,
                    help="where the prepared dataset is cached (default: a temporary folder)")
-    p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
-                   help="pLSTM scan: native kernels when built (auto) or pure torch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
-    p.add_argument("--threads", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)),
-                   help="torch intra-op CPU threads")
+    add_runtime_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of splits, init and shuffling")
     p.add_argument("--output", default=None, help="write results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in args.models if m not in MODELS]
-    if bad or not args.models:
-        p.error(f"--models: unknown {bad}; choose from {','.join(MODELS)}")
+    args.models = parse_models(p, args.models, MODELS)
     if not 1 <= args.min_hops <= args.max_hops:
         p.error("need 1 <= --min-hops <= --max-hops")
     if args.num_graphs < 10:
@@ -360,9 +315,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                          if args.device == "auto" else args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         dataset = LongRangeDAGDataset(args.root or tmp, num_graphs=args.num_graphs,
@@ -387,13 +340,9 @@ def main(argv=None) -> dict:
               f"{r['epoch']:>6} {r['seconds']:>7.1f}s")
     results["seconds"] = time.perf_counter() - t0
     summary = " | ".join(f"{name} {r['test_acc']:.3f}" for name, r in results["models"].items())
-    results["summary"] = (f"SUMMARY long-range DAG ({args.min_hops}-{args.max_hops} hops, "
-                          f"chance {1 / args.colors:.2f}) test accuracy at best val epoch: "
-                          f"{summary} | total {results['seconds']:.0f}s")
-    if args.output:
-        write_json(results, args.output)
-    print(results["summary"])
-    return results
+    return finish(results, f"SUMMARY long-range DAG ({args.min_hops}-{args.max_hops} hops, "
+                           f"chance {1 / args.colors:.2f}) test accuracy at best val epoch: "
+                           f"{summary} | total {results['seconds']:.0f}s", args.output)
 
 
 if __name__ == "__main__":

@@ -46,26 +46,21 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-
-try:
-    import plstm_graph
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    import plstm_graph
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, check_batch, default_threads,
-    mean_std, prepare_list, prepared_root, resolve_device, stratified_folds, write_json)
+    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments,
+    default_threads, evaluate, finish, improves, mean_std, parse_models, prepare_list,
+    prepared_root, print_accuracy_table, split_loaders, stratified_folds, train_epoch, write_json)
+from _common import check_batch  # noqa: E402,F401  (split_loaders runs it; tests reach it here)
 
-from torch_geometric.loader import DataLoader
-from torch_geometric.nn import global_add_pool
-from torch_geometric.nn.models import GAT, GCN, GIN
-from torch_geometric.transforms import Compose
-from tqdm.auto import tqdm
+import plstm_graph  # noqa: E402  (importable after _common set up the path)
+from torch_geometric.nn import global_add_pool  # noqa: E402
+from torch_geometric.nn.models import GAT, GCN, GIN  # noqa: E402
+from torch_geometric.transforms import Compose  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
-from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG
+from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
 
 DATASETS = TU_SETS + ("python-ast",)
 
@@ -200,37 +195,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
     return factor
 
 
-def train_epoch(model, loader, optimizer, scheduler, device, clip: float) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(batch), batch.y)
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        scheduler.step()
-        total += float(loss.detach()) * batch.num_graphs
-        count += batch.num_graphs
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate(model, loader, device):
-    """``(accuracy, mean cross-entropy)``."""
-    model.eval()
-    correct, loss, count = 0, 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        logits = model(batch)
-        loss += float(F.cross_entropy(logits, batch.y, reduction="sum"))
-        correct += int((logits.argmax(-1) == batch.y).sum())
-        count += batch.num_graphs
-    return correct / max(count, 1), loss / max(count, 1)
-
-
 def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     train_idx, val_idx, test_idx = split
     seed = args.seed * 1000 + fold
@@ -238,16 +202,12 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     model = build_model(name, info, args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay)
-    gen = torch.Generator().manual_seed(seed)  # same shuffling for every model
-    train_loader = DataLoader([graphs[i] for i in train_idx], batch_size=args.batch_size,
-                              shuffle=True, generator=gen)
+    train_loader, val_loader, test_loader = split_loaders(graphs, split, args.batch_size, seed,
+                                                          eval_batch_size=256)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.epochs * steps,
                                  min(args.warmup_epochs, args.epochs - 1) * steps))
-    val_loader = DataLoader([graphs[i] for i in val_idx], batch_size=256)
-    test_loader = DataLoader([graphs[i] for i in test_idx], batch_size=256)
-    check_batch(next(iter(train_loader)))
 
     curves = {k: [] for k in ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss")}
     best = None
@@ -255,13 +215,13 @@ def run_fold(name, info, args, graphs, split, fold, device, position=0) -> dict:
     bar = tqdm(range(1, args.epochs + 1), desc=f"{name:>5} fold {fold + 1}/{args.folds}",
                leave=False, position=position, disable=args.quiet, dynamic_ncols=True)
     for epoch in bar:
-        train_loss = train_epoch(model, train_loader, optimizer, scheduler, device, args.clip)
+        train_loss = train_epoch(model, train_loader, optimizer, device, clip=args.clip,
+                                 scheduler=scheduler)
         val_acc, val_loss = evaluate(model, val_loader, device)
         test_acc, test_loss = evaluate(model, test_loader, device)
         for key, value in zip(curves, (train_loss, val_acc, val_loss, test_acc, test_loss)):
             curves[key].append(value)
-        # best validation accuracy; ties -> lower validation loss; then the earlier epoch
-        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
+        if improves(best, val_acc, val_loss):
             best = dict(epoch=epoch, val_acc=val_acc, val_loss=val_loss, test_acc=test_acc)
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.3f}",
                         best_test=f"{best['test_acc']:.3f}")
@@ -374,10 +334,7 @@ def parse_args(argv=None):
                         "matplotlib; one data set only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in args.models if m not in MODELS]
-    if bad or not args.models:
-        p.error(f"--models: unknown {bad}; choose from {','.join(MODELS)}")
+    args.models = parse_models(p, args.models, MODELS)
     if len(set(args.models)) != len(args.models):
         p.error("--models: a model is listed twice")
     if args.folds < 3:
@@ -478,17 +435,13 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
     print()
     print(f"{info['name']}, {run_folds} of {args.folds} folds, {args.epochs} epochs, "
           f"hidden {args.hidden}: test accuracy at the best validation epoch")
-    print(f"{'model':<8} {'params':>8} {'accuracy':>17} {'time':>9}")
-    for name, r in results["models"].items():
-        print(f"{name:<8} {r['params']:>8} {r['mean']:>9.3f} ± {r['std']:.3f} "
-              f"{r['seconds']:>8.1f}s")
+    print_accuracy_table(results["models"])
     return results
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     done = previous_folds(args.output, args) if args.resume else {}
     names = TU_SETS if args.dataset == "all" else (args.dataset,)
@@ -514,12 +467,8 @@ def main(argv=None) -> dict:
         print(results["summary"])
         return results
     table["seconds"] = time.perf_counter() - t0
-    table["summary"] = "\n".join(r["summary"] for r in runs)
-    if args.output:
-        write_json(table, args.output)
     print()
-    print(table["summary"])
-    return table
+    return finish(table, "\n".join(r["summary"] for r in runs), args.output)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,14 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    SymmetrizeEdges, check_batch, default_threads, mean_std, prepare_list,
-    prepared_root, resolve_device, write_json)
+    SymmetrizeEdges, add_runtime_arguments, apply_runtime_arguments, evaluate, finish, improves,
+    masked_targets, mean_std, parse_models, prepare_list, prepared_root, print_accuracy_table,
+    split_loaders, train_epoch)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
-from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GAT, GCN  # noqa: E402
 from torch_geometric.transforms import Compose  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -94,54 +93,14 @@ def build_model(name, info, args):
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
-def masked_loss(logits, batch, reduction="mean"):
-    mask = batch.label_mask
-    return F.cross_entropy(logits[mask], batch.y[mask], reduction=reduction)
-
-
-def train_epoch(model, loader, optimizer, device) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        optimizer.zero_grad()
-        loss = masked_loss(model(batch), batch)
-        loss.backward()
-        optimizer.step()
-        n = int(batch.label_mask.sum())
-        total += float(loss.detach()) * n
-        count += n
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def evaluate(model, loader, device):
-    """``(accuracy, mean cross-entropy)`` over the masked nodes."""
-    model.eval()
-    correct, loss, count = 0, 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        logits = model(batch)
-        mask = batch.label_mask
-        loss += float(masked_loss(logits, batch, reduction="sum"))
-        correct += int((logits[mask].argmax(-1) == batch.y[mask]).sum())
-        count += int(mask.sum())
-    return correct / max(count, 1), loss / max(count, 1)
-
-
 def run_seed(name, info, args, graphs, split, seed, device) -> dict:
-    train_idx, val_idx, test_idx = split
     torch.manual_seed(seed)
     model = build_model(name, info, args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr,
                                   weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader([graphs[i] for i in train_idx], batch_size=args.batch_size,
-                              shuffle=True, generator=gen)
-    val_loader = DataLoader([graphs[i] for i in val_idx], batch_size=128)
-    test_loader = DataLoader([graphs[i] for i in test_idx], batch_size=128)
-    check_batch(next(iter(train_loader)))
+    train_loader, val_loader, test_loader = split_loaders(graphs, split, args.batch_size, seed,
+                                                          eval_batch_size=128)
 
     curves = {k: [] for k in ("train_loss", "val_acc", "val_loss", "test_acc")}
     best = None
@@ -149,13 +108,14 @@ def run_seed(name, info, args, graphs, split, seed, device) -> dict:
     bar = tqdm(range(1, args.epochs + 1), desc=f"{name:>5} seed {seed}", leave=False,
                disable=args.quiet, dynamic_ncols=True)
     for epoch in bar:
-        train_loss = train_epoch(model, train_loader, optimizer, device)
+        # only the masked nodes are scored
+        train_loss = train_epoch(model, train_loader, optimizer, device, masked_targets)
         scheduler.step()
-        val_acc, val_loss = evaluate(model, val_loader, device)
-        test_acc, _ = evaluate(model, test_loader, device)
+        val_acc, val_loss = evaluate(model, val_loader, device, masked_targets)
+        test_acc, _ = evaluate(model, test_loader, device, masked_targets)
         for key, value in zip(curves, (train_loss, val_acc, val_loss, test_acc)):
             curves[key].append(value)
-        if best is None or (val_acc, -val_loss) > (best["val_acc"], -best["val_loss"]):
+        if improves(best, val_acc, val_loss):
             best = dict(epoch=epoch, val_acc=val_acc, val_loss=val_loss, test_acc=test_acc)
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.3f}")
     bar.close()
@@ -199,19 +159,12 @@ def parse_args(argv=None):
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge types to PLSTMNet")
     p.add_argument("--root", default=None, help="dataset cache (default: plstm_graph's)")
-    p.add_argument("--backend", choices=("auto", "torch", "native"), default="auto",
-                   help="pLSTM scan: native kernels when built (auto) or pure torch")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... or auto")
-    p.add_argument("--threads", type=int, default=default_threads(),
-                   help="torch intra-op CPU threads")
+    add_runtime_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--output", default=None, help="write per-seed results as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in args.models if m not in MODELS]
-    if bad or not args.models:
-        p.error(f"--models: unknown {bad}; choose from {','.join(MODELS)}")
+    args.models = parse_models(p, args.models, MODELS)
     if args.seeds < 1 or args.epochs < 1:
         p.error("--seeds and --epochs must be positive")
     return args
@@ -219,8 +172,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = apply_runtime_arguments(args)
     t0 = time.perf_counter()
     from plstm_graph.datasets import PythonASTDataset
 
@@ -264,20 +216,13 @@ def main(argv=None) -> dict:
     print(f"{info['name']}, {len(seeds)} seed(s), {args.epochs} epochs, hidden {args.hidden}: "
           f"masked-node test accuracy at the best validation epoch "
           f"(majority class: {majority:.3f})")
-    print(f"{'model':<8} {'params':>8} {'accuracy':>17} {'time':>9}")
-    for name, r in results["models"].items():
-        print(f"{name:<8} {r['params']:>8} {r['mean']:>9.3f} ± {r['std']:.3f} "
-              f"{r['seconds']:>8.1f}s")
+    print_accuracy_table(results["models"])
     results["seconds"] = time.perf_counter() - t0
     summary = " | ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f} ({r['seconds']:.0f}s)"
                          for name, r in results["models"].items())
-    results["summary"] = (f"SUMMARY {info['name']} {len(seeds)} seed(s), masked-node test "
-                          f"accuracy: {summary} | majority {majority:.3f} | total "
-                          f"{results['seconds']:.0f}s")
-    if args.output:
-        write_json(results, args.output)
-    print(results["summary"])
-    return results
+    return finish(results, f"SUMMARY {info['name']} {len(seeds)} seed(s), masked-node test "
+                           f"accuracy: {summary} | majority {majority:.3f} | total "
+                           f"{results['seconds']:.0f}s", args.output)
 
 
 if __name__ == "__main__":
