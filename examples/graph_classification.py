@@ -52,7 +52,6 @@ from _common import (  # noqa: E402
     LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments,
     default_threads, evaluate, finish, improves, mean_std, parse_models, prepare_list,
     prepared_root, print_accuracy_table, split_loaders, stratified_folds, train_epoch, write_json)
-from _common import check_batch  # noqa: E402,F401  (split_loaders runs it; tests reach it here)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.nn import global_add_pool  # noqa: E402

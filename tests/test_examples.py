@@ -10,6 +10,7 @@ import torch
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 
+import _common  # noqa: E402  (the helpers the examples share)
 import custom_dag_dataset  # noqa: E402
 import graph_classification  # noqa: E402
 import node_classification  # noqa: E402
@@ -82,18 +83,18 @@ def test_graph_classification_batches_are_dag_batches(root):
     from torch_geometric.loader import DataLoader
 
     batch = next(iter(DataLoader(graphs, batch_size=50, shuffle=True)))
-    graph_classification.check_batch(batch)  # raises on wrong offsets
+    _common.check_batch(batch)  # raises on wrong offsets
     for bad in (batch.line_index_p.flip(0), batch.line_index_p + 1):
         broken = batch.clone()
         broken.line_index_p = bad
         with pytest.raises(RuntimeError):
-            graph_classification.check_batch(broken)
+            _common.check_batch(broken)
     # what a plain Data collation would do: offset line indices by node counts
     from torch_geometric.data import Batch, Data
 
     plain = Batch.from_data_list([Data(**g.to_dict()) for g in graphs[:50]])
     with pytest.raises(RuntimeError):
-        graph_classification.check_batch(plain)
+        _common.check_batch(plain)
 
 
 def test_graph_classification_plot(root, tmp_path):
