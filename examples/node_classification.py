@@ -74,9 +74,11 @@ class BaselineNodeClassifier(torch.nn.Module):
 
 
 def _overrides(args):
-    """PLSTMConv arguments the user set on the command line (the rest keep the library's
-    defaults)."""
-    return {} if args.gate_bias is None else dict(gate_bias=args.gate_bias)
+    """PLSTMNet / PLSTMConv arguments the user set on the command line (the rest keep the
+    library's defaults)."""
+    given = dict(gate_bias=args.gate_bias, mlp_ratio=args.mlp_ratio,
+                 transition_form=args.transition_form)
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def build_model(name, info, args):
@@ -158,6 +160,12 @@ def parse_args(argv=None):
                         "a node's own term)")
     p.add_argument("--no-edge-attr", dest="edge_attr", action="store_false",
                    help="do not give the edge types to PLSTMNet")
+    p.add_argument("--transition-form", choices=("arc", "factorised"), default=None,
+                   help="PLSTMNet's P-mode transitions with edge features (None: the "
+                        "library's 'arc'; an ablation)")
+    p.add_argument("--mlp-ratio", type=int, default=None,
+                   help="PLSTMNet MLP width as a multiple of --hidden (None: the library's "
+                        "default; an ablation)")
     p.add_argument("--root", default=None, help="dataset cache (default: plstm_graph's)")
     add_runtime_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="first seed")

@@ -7,6 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
+import plstm_graph
+
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
 
@@ -269,6 +271,21 @@ def test_node_classification(root, capsys):
         assert len(r["runs"]) == 2
     assert 0.0 < res["majority"] < 1.0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("SUMMARY PythonAST")
+
+
+def test_node_classification_ablation_flags_reach_the_model():
+    args = node_classification.parse_args(["--transition-form", "factorised", "--mlp-ratio", "1"])
+    info = dict(num_features=5, num_classes=3, edge_dim=2)
+    model = node_classification.build_model("plstm", info, args)
+    convs = [m for m in model.modules() if isinstance(m, plstm_graph.PLSTMConv)]
+    assert {c.transition_form for c in convs if c.mode == "P"} == {"factorised"}
+    mlps = [b.mlp for b in model.modules() if isinstance(b, plstm_graph.nn.PLSTMBlock)]
+    assert mlps and {m.lin1.out_features for m in mlps} == {args.hidden}  # mlp_ratio=1
+    default = node_classification.build_model("plstm", info, node_classification.parse_args([]))
+    assert {c.transition_form for c in default.modules()
+            if isinstance(c, plstm_graph.PLSTMConv)} == {"arc"}
+    assert {b.mlp.lin1.out_features for b in default.modules()
+            if isinstance(b, plstm_graph.nn.PLSTMBlock)} == {4 * args.hidden}
 
 
 def test_custom_dag_dataset(tmp_path, capsys):
