@@ -39,6 +39,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -131,16 +132,20 @@ acc_t* thread_scratch(int64_t n) {
 // time as in the arc scan (isa.h).
 #define PLSTM_ISA node_base
 #define PLSTM_TARGET
+#define PLSTM_VEC_BYTES 16
 #include "node_scan_impl.h"  // NOLINT(build/include)
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
+#undef PLSTM_VEC_BYTES
 
 #ifdef PLSTM_HAVE_AVX2
 #define PLSTM_ISA node_avx2
 #define PLSTM_TARGET __attribute__((target("avx2,fma")))
+#define PLSTM_VEC_BYTES 32
 #include "node_scan_impl.h"  // NOLINT(build/include)
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
+#undef PLSTM_VEC_BYTES
 #endif
 
 namespace {
