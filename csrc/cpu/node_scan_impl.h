@@ -21,24 +21,15 @@ namespace PLSTM_ISA {
 
 constexpr int kNodeLanes = 8;
 
-// sum_x a[x] b[x] with kNodeLanes independent partial sums added in a fixed tree: vectorised
-// without reassociation, so deterministic.
-template <typename acc_t, typename a_t, typename b_t>
-PLSTM_TARGET inline acc_t lane_dot(const a_t* __restrict__ a, const b_t* __restrict__ b,
-                                   int64_t n) {
-  acc_t part[kNodeLanes] = {};
-  int64_t x = 0;
-  for (; x + kNodeLanes <= n; x += kNodeLanes) {
-    for (int r = 0; r < kNodeLanes; ++r) {
-      part[r] += static_cast<acc_t>(a[x + r]) * static_cast<acc_t>(b[x + r]);
-    }
-  }
-  for (int r = 0; x < n; ++x, ++r) part[r] += static_cast<acc_t>(a[x]) * static_cast<acc_t>(b[x]);
-  for (int w = kNodeLanes / 2; w > 0; w /= 2) {
-    for (int r = 0; r < w; ++r) part[r] += part[r + w];
-  }
-  return part[0];
-}
+// The short dots run hundreds of thousands of times per call: a call each costs more than the
+// dot (GCC does not inline them on its own here).
+#ifndef PLSTM_NODE_INLINE
+#if defined(__GNUC__) || defined(__clang__)
+#define PLSTM_NODE_INLINE inline __attribute__((always_inline))
+#else
+#define PLSTM_NODE_INLINE inline
+#endif
+#endif
 
 // One register of acc_t lanes. GCC and Clang keep vector-extension values in registers
 // (an array of the same size may live on the stack); elsewhere a plain array does the same
@@ -57,6 +48,10 @@ struct Lanes {
     return *this;
   }
   friend Lanes operator+(Lanes x, const Lanes& y) { return x += y; }
+  friend Lanes operator*(Lanes x, const Lanes& y) {
+    for (int i = 0; i < N; ++i) x.a[i] *= y.a[i];
+    return x;
+  }
   friend Lanes operator*(T s, Lanes x) {
     for (int i = 0; i < N; ++i) x.a[i] *= s;
     return x;
@@ -77,16 +72,64 @@ struct Block {
 
   // n lanes at p (all W when Full); the other lanes are zero and never stored
   template <bool Full>
-  PLSTM_TARGET static inline vec load(const acc_t* p, int64_t n) {
+  PLSTM_TARGET static PLSTM_NODE_INLINE vec load(const acc_t* p, int64_t n) {
     vec x = {};
     std::memcpy(&x, p, Full ? sizeof(vec) : static_cast<size_t>(n) * sizeof(acc_t));
     return x;
   }
   template <bool Full>
-  PLSTM_TARGET static inline void store(acc_t* p, const vec& x, int64_t n) {
+  PLSTM_TARGET static PLSTM_NODE_INLINE void store(acc_t* p, const vec& x, int64_t n) {
     std::memcpy(p, &x, Full ? sizeof(vec) : static_cast<size_t>(n) * sizeof(acc_t));
   }
 };
+
+// sum_x a[x] b[x] of two acc_t rows in registers, the lanes added in a fixed tree
+template <typename acc_t>
+PLSTM_TARGET PLSTM_NODE_INLINE acc_t vec_dot(const acc_t* a, const acc_t* b, int64_t n) {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  constexpr int W = B::W;
+  vec s0 = {}, s1 = {};
+  int64_t x = 0;
+  for (; x + 2 * W <= n; x += 2 * W) {
+    s0 += B::template load<true>(a + x, W) * B::template load<true>(b + x, W);
+    s1 += B::template load<true>(a + x + W, W) * B::template load<true>(b + x + W, W);
+  }
+  if (x + W <= n) {
+    s0 += B::template load<true>(a + x, W) * B::template load<true>(b + x, W);
+    x += W;
+  }
+  if (x < n) s1 += B::template load<false>(a + x, n - x) * B::template load<false>(b + x, n - x);
+  s0 += s1;
+  acc_t t[W];
+  std::memcpy(t, &s0, sizeof(t));
+  for (int w = W / 2; w > 0; w /= 2) {
+    for (int r = 0; r < w; ++r) t[r] += t[r + w];
+  }
+  return t[0];
+}
+
+// sum_x a[x] b[x] with kNodeLanes independent partial sums added in a fixed tree: vectorised
+// without reassociation, so deterministic (rows already in acc_t: vec_dot).
+template <typename acc_t, typename a_t, typename b_t>
+PLSTM_TARGET PLSTM_NODE_INLINE acc_t lane_dot(const a_t* __restrict__ a, const b_t* __restrict__ b,
+                                   int64_t n) {
+  if constexpr (std::is_same_v<a_t, acc_t> && std::is_same_v<b_t, acc_t>) {
+    return vec_dot<acc_t>(a, b, n);
+  }
+  acc_t part[kNodeLanes] = {};
+  int64_t x = 0;
+  for (; x + kNodeLanes <= n; x += kNodeLanes) {
+    for (int r = 0; r < kNodeLanes; ++r) {
+      part[r] += static_cast<acc_t>(a[x + r]) * static_cast<acc_t>(b[x + r]);
+    }
+  }
+  for (int r = 0; x < n; ++x, ++r) part[r] += static_cast<acc_t>(a[x]) * static_cast<acc_t>(b[x]);
+  for (int w = kNodeLanes / 2; w > 0; w /= 2) {
+    for (int r = 0; r < w; ++r) part[r] += part[r + w];
+  }
+  return part[0];
+}
 
 // Runs f.template operator()<Full, IB>(c, n, i) over the column blocks [c, c + n) of width W
 // (a last narrower one with Full = false) and, within each, the row blocks [i, i + IB) of K
@@ -179,12 +222,12 @@ struct ForwardRows {
 };
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h) {
+PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
+                                  const int64_t* eb, const int64_t* en, int64_t d) {
   using B = Block<acc_t>;
   using vec = typename B::vec;
   constexpr int W = B::W;
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  const int64_t j0 = p.in_ptr[w], d = p.in_ptr[w + 1] - j0;
   Scratch<acc_t> sc(d * (V + K + 3) + K + W, d);
   acc_t* __restrict__ vb = sc.take(d * V);
   acc_t* __restrict__ sk = sc.take(d * K);
@@ -195,7 +238,7 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
   acc_t* __restrict__ ytmp = sc.take(W);
   const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.in_edge[j0 + j], u = p.edge_src[b];
+    const int64_t b = eb[j], u = en[j];
     PLSTM_NODE_PREFETCH(p.S + b * H + h);
     PLSTM_NODE_PREFETCH(p.M + b * H + h);
     PLSTM_NODE_PREFETCH(p.T + u * H + h);
@@ -205,7 +248,7 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
   }
   for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.in_edge[j0 + j], u = p.edge_src[b];
+    const int64_t b = eb[j], u = en[j];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
     const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
@@ -286,9 +329,9 @@ struct ReadoutRows {
 };
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h) {
+PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
+                                  const int64_t* eb, const int64_t* en, int64_t d) {
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  const int64_t j0 = p.in_ptr[w], d = p.in_ptr[w + 1] - j0;
   Scratch<acc_t> sc(d * (V + 2) + KV + 2 * K + V, d);
   acc_t* __restrict__ Z = sc.take(d * V);
   acc_t* __restrict__ mt = sc.take(d);
@@ -302,7 +345,7 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
   for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
   for (int64_t x = 0; x < V; ++x) dya[x] = static_cast<acc_t>(dyw[x]);
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.in_edge[j0 + j], u = p.edge_src[b];
+    const int64_t b = eb[j], u = en[j];
     PLSTM_NODE_PREFETCH(p.S + b * H + h);
     PLSTM_NODE_PREFETCH(p.M + b * H + h);
     PLSTM_NODE_PREFETCH(p.T + u * H + h);
@@ -313,7 +356,7 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
   std::fill(dq, dq + K, acc_t(0));
   std::fill(Z, Z + d * V, acc_t(0));
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.in_edge[j0 + j], u = p.edge_src[b];
+    const int64_t b = eb[j], u = en[j];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
     const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
@@ -327,7 +370,7 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
   }
   for_blocks<Block<acc_t>::W, 4>(K, V, ReadoutRows<acc_t>{sc.ptr, mt, qa, Z, R, d, V});
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.in_edge[j0 + j], u = p.edge_src[b];
+    const int64_t b = eb[j], u = en[j];
     const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
     p.dM[b * H + h] = static_cast<scalar_t>(dmk[j] + t * lane_dot<acc_t>(Z + j * V, dya, V));
   }
@@ -393,9 +436,9 @@ struct CarryRows {
 };
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h) {
+PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
+                                  const int64_t* eb, const int64_t* en, int64_t d) {
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  const int64_t j0 = p.out_ptr[u], d = p.out_ptr[u + 1] - j0;
   Scratch<acc_t> sc(d * (2 * V + K + 3) + KV + 3 * K + 2 * V, d);
   acc_t* __restrict__ dyb = sc.take(d * V);
   acc_t* __restrict__ Z = sc.take(d * V);
@@ -418,7 +461,7 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   for (int64_t i = 0; i < K; ++i) ka[i] = static_cast<acc_t>(ku[i]);
   for (int64_t x = 0; x < V; ++x) va[x] = static_cast<acc_t>(vu[x]);
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.out_edge[j0 + j], w = p.edge_dst[b];
+    const int64_t b = eb[j], w = en[j];
     PLSTM_NODE_PREFETCH(p.S + b * H + h);
     PLSTM_NODE_PREFETCH(p.M + b * H + h);
     PLSTM_NODE_PREFETCH(p.T + w * H + h);
@@ -431,7 +474,7 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   std::fill(dv, dv + V, acc_t(0));
   std::fill(Z, Z + d * V, acc_t(0));
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.out_edge[j0 + j], w = p.edge_dst[b];
+    const int64_t b = eb[j], w = en[j];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
     const acc_t tw = static_cast<acc_t>(p.T[w * H + h]);
@@ -454,7 +497,7 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   for_blocks<Block<acc_t>::W, 2>(K, V,
                                  CarryRows<acc_t>{sc.ptr, dyb, gmq, gt, st, ka, Z, Fu, A, d, K, V});
   for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = p.out_edge[j0 + j], w = p.edge_dst[b];
+    const int64_t b = eb[j], w = en[j];
     const acc_t tw = static_cast<acc_t>(p.T[w * H + h]);
     p.dS[b * H + h] = static_cast<scalar_t>(tw * lane_dot<acc_t>(Z + j * V, va, V) + dsr[j]);
     const acc_t stj = st[j];
@@ -487,24 +530,46 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   }
 }
 
-// ranges of items (what the drivers call through function pointers): items it in [b, end)
-// are (node node_order[lo + it / H], head it % H) of one level, or (node it / H, head it % H)
+// The edges of node x in ptr / edge and their other ends (end_of[b]), gathered once for all
+// heads: 2 deg indices in thread-local scratch, the ends after the edges.
+PLSTM_TARGET inline const int64_t* edge_ends(const int64_t* ptr, const int64_t* edge,
+                                             const int64_t* end_of, int64_t x) {
+  const int64_t j0 = ptr[x], d = ptr[x + 1] - j0;
+  int64_t* ix = thread_scratch<int64_t>(2 * d);
+  for (int64_t j = 0; j < d; ++j) ix[j] = edge[j0 + j];
+  for (int64_t j = 0; j < d; ++j) ix[d + j] = end_of[ix[j]];
+  return ix;
+}
+
+// ranges of items (what the drivers call through function pointers): one item per node, all
+// heads (they share the edges' indices and cache lines), items it in [b, end) being the nodes
+// node_order[lo + it] of one level, or node it
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
                                 int64_t end) {
-  for (int64_t it = b; it < end; ++it) forward_item(p, p.node_order[lo + it / p.H], it % p.H);
+  for (int64_t it = b; it < end; ++it) {
+    const int64_t w = p.node_order[lo + it], d = p.in_ptr[w + 1] - p.in_ptr[w];
+    const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
+    for (int64_t h = 0; h < p.H; ++h) forward_item(p, w, h, ix, ix + d, d);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int64_t end) {
-  for (int64_t it = b; it < end; ++it) readout_grad_item(p, it / p.H, it % p.H);
+  for (int64_t w = b; w < end; ++w) {
+    const int64_t d = p.in_ptr[w + 1] - p.in_ptr[w];
+    const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
+    for (int64_t h = 0; h < p.H; ++h) readout_grad_item(p, w, h, ix, ix + d, d);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
                                    int64_t end) {
   for (int64_t it = b; it < end; ++it) {
-    carry_grad_item(p, p.node_order[lo + it / p.H], it % p.H);
+    const int64_t u = p.node_order[lo + it], d = p.out_ptr[u + 1] - p.out_ptr[u];
+    const int64_t* ix = edge_ends(p.out_ptr, p.out_edge, p.edge_dst, u);
+    for (int64_t h = 0; h < p.H; ++h) carry_grad_item(p, u, h, ix, ix + d, d);
   }
 }
 

@@ -2,14 +2,14 @@
 //
 // With the node state H_n = sum_{e into n} C_e and C_b = S_b k_u v_u^T + T_u H_u (b = u -> w):
 //
-// Forward, levels in order, one work item per (node w, head), pulling over w's in-edges:
+// Forward, levels in order, one work item per node w (all heads), pulling over its in-edges:
 //   H_w = sum_b (S_b k_u v_u^T + T_u H_u),
 //   y_w = sum_b M_b (S_b (q_w . k_u) v_u + T_u H_u^T q_w)
 // Backward, two passes:
-//   (a) any order, one item per (node w, head) over its in-edges (H is known):
+//   (a) any order, one item per node w (all heads) over its in-edges (H is known):
 //       dM_b = S_b (q_w . k_u)(v_u . dy_w) + T_u q_w^T H_u dy_w,
 //       dq_w = sum_b M_b (S_b (v_u . dy_w) k_u + T_u H_u dy_w)
-//   (b) levels in reverse, one item per (node u, head) over its out-edges:
+//   (b) levels in reverse, one item per node u (all heads) over its out-edges:
 //       dC_b = T_w F_w + M_b q_w dy_w^T,  F_u = sum_b dC_b,  dT_u = <F_u, H_u>,
 //       dS_b = k_u^T dC_b v_u,  dk_u = sum_b S_b dC_b v_u,  dv_u = sum_b S_b dC_b^T k_u
 // With the optional carry g_b (an edge mask's share of the transitions into edge b), T_u
@@ -42,6 +42,7 @@
 #include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace plstm_graph {
@@ -239,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           d.H * level_work(p.node_order, p.in_ptr, lo, hi, 3 * p.KV, p.KV + p.V);
-      run_items((hi - lo) * d.H, work, parallel,
+      run_items(hi - lo, work, parallel,
                 [&](int64_t b, int64_t e) { kern.forward_items(p, lo, b, e); });
     }
   });
@@ -274,7 +275,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
     p.dcarry = in.carry.defined() ? dcarry.data_ptr<scalar_t>() : nullptr;
     const auto kern = node_kernels<scalar_t, acc_t>();
     // (a) the readout gradients need H only: every node at once
-    run_items(d.N * d.H, d.H * (2 * d.E * p.KV + d.N * p.K), parallel,
+    run_items(d.N, d.H * (2 * d.E * p.KV + d.N * p.K), parallel,
               [&](int64_t b, int64_t e) { kern.readout_grad_items(p, b, e); });
     // (b) the carried gradients, levels in reverse
     const int64_t* lp = iptr(in.s.node_level_ptr);
@@ -282,7 +283,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           d.H * level_work(p.node_order, p.out_ptr, lo, hi, 4 * p.KV, 2 * p.KV);
-      run_items((hi - lo) * d.H, work, parallel,
+      run_items(hi - lo, work, parallel,
                 [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
     }
   });
