@@ -150,7 +150,7 @@ PLSTM_TARGET inline void for_blocks(int64_t K, int64_t V, const F& f) {
 }
 
 // Prefetches of what an item reads of other nodes (their states, scalars and rows are spread
-// over a few MB, so each item starts with a run of cache misses; issued all at once they
+// over a few MB, so each item would start with a run of cache misses; issued ahead they
 // overlap instead of stalling the gather loop one by one).
 #ifndef PLSTM_NODE_PREFETCH
 #if defined(__GNUC__) || defined(__clang__)
@@ -237,15 +237,6 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
   acc_t* __restrict__ qa = sc.take(K);
   acc_t* __restrict__ ytmp = sc.take(W);
   const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], u = en[j];
-    PLSTM_NODE_PREFETCH(p.S + b * H + h);
-    PLSTM_NODE_PREFETCH(p.M + b * H + h);
-    PLSTM_NODE_PREFETCH(p.T + u * H + h);
-    prefetch_span(p.k + (u * H + h) * K, K);
-    prefetch_span(p.v + (u * H + h) * V, V);
-    prefetch_span(p.Hs + (u * H + h) * KV, KV);
-  }
   for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
   for (int64_t j = 0; j < d; ++j) {
     const int64_t b = eb[j], u = en[j];
@@ -344,15 +335,6 @@ PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t 
   const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
   for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
   for (int64_t x = 0; x < V; ++x) dya[x] = static_cast<acc_t>(dyw[x]);
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], u = en[j];
-    PLSTM_NODE_PREFETCH(p.S + b * H + h);
-    PLSTM_NODE_PREFETCH(p.M + b * H + h);
-    PLSTM_NODE_PREFETCH(p.T + u * H + h);
-    prefetch_span(p.k + (u * H + h) * K, K);
-    prefetch_span(p.v + (u * H + h) * V, V);
-    prefetch_span(p.Hs + (u * H + h) * KV, KV);
-  }
   std::fill(dq, dq + K, acc_t(0));
   std::fill(Z, Z + d * V, acc_t(0));
   for (int64_t j = 0; j < d; ++j) {
@@ -460,16 +442,6 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
   for (int64_t i = 0; i < K; ++i) ka[i] = static_cast<acc_t>(ku[i]);
   for (int64_t x = 0; x < V; ++x) va[x] = static_cast<acc_t>(vu[x]);
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], w = en[j];
-    PLSTM_NODE_PREFETCH(p.S + b * H + h);
-    PLSTM_NODE_PREFETCH(p.M + b * H + h);
-    PLSTM_NODE_PREFETCH(p.T + w * H + h);
-    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
-    prefetch_span(p.q + (w * H + h) * K, K);
-    prefetch_span(p.dy + (w * H + h) * V, V);
-    prefetch_span(p.F + (w * H + h) * KV, KV);
-  }
   std::fill(dk, dk + K, acc_t(0));
   std::fill(dv, dv + V, acc_t(0));
   std::fill(Z, Z + d * V, acc_t(0));
@@ -530,6 +502,41 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   }
 }
 
+// What the item of head h reads of the other ends of the edges (en) of a node: issued one head
+// ahead, so that the misses overlap the work of the head before.
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void prefetch_in_edges(const P<scalar_t, acc_t>& p, int64_t h,
+                                           const int64_t* eb, const int64_t* en, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], u = en[j];
+    PLSTM_NODE_PREFETCH(p.S + b * H + h);
+    PLSTM_NODE_PREFETCH(p.M + b * H + h);
+    PLSTM_NODE_PREFETCH(p.T + u * H + h);
+    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
+    prefetch_span(p.k + (u * H + h) * K, K);
+    prefetch_span(p.v + (u * H + h) * V, V);
+    prefetch_span(p.Hs + (u * H + h) * KV, KV);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void prefetch_out_edges(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
+                                            const int64_t* eb, const int64_t* en, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
+  prefetch_span(p.Hs + (u * H + h) * KV, KV);
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], w = en[j];
+    PLSTM_NODE_PREFETCH(p.S + b * H + h);
+    PLSTM_NODE_PREFETCH(p.M + b * H + h);
+    PLSTM_NODE_PREFETCH(p.T + w * H + h);
+    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
+    prefetch_span(p.q + (w * H + h) * K, K);
+    prefetch_span(p.dy + (w * H + h) * V, V);
+    prefetch_span(p.F + (w * H + h) * KV, KV);
+  }
+}
+
 // The edges of node x in ptr / edge and their other ends (end_of[b]), gathered once for all
 // heads: 2 deg indices in thread-local scratch, the ends after the edges.
 PLSTM_TARGET inline const int64_t* edge_ends(const int64_t* ptr, const int64_t* edge,
@@ -541,16 +548,30 @@ PLSTM_TARGET inline const int64_t* edge_ends(const int64_t* ptr, const int64_t* 
   return ix;
 }
 
-// ranges of items (what the drivers call through function pointers): one item per node, all
-// heads (they share the edges' indices and cache lines), items it in [b, end) being the nodes
-// node_order[lo + it] of one level, or node it
+// ranges of items (what the drivers call through function pointers). Items share a node's
+// edge indices and cache lines across its heads: in a level pass, item it in [b, end) is node
+// node_order[lo + it / groups] with the heads of group it % groups (groups > 1 only to give
+// the threads of a narrow level enough items; the results do not depend on it); in the
+// readout pass item w is node w with all heads.
+PLSTM_TARGET inline void head_range(int64_t H, int64_t groups, int64_t g, int64_t* h0,
+                                    int64_t* h1) {
+  *h0 = g * H / groups;
+  *h1 = (g + 1) * H / groups;
+}
+
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
-                                int64_t end) {
+PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
+                                int64_t b, int64_t end) {
   for (int64_t it = b; it < end; ++it) {
-    const int64_t w = p.node_order[lo + it], d = p.in_ptr[w + 1] - p.in_ptr[w];
+    const int64_t w = p.node_order[lo + it / groups], d = p.in_ptr[w + 1] - p.in_ptr[w];
+    int64_t h0, h1;
+    head_range(p.H, groups, it % groups, &h0, &h1);
     const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
-    for (int64_t h = 0; h < p.H; ++h) forward_item(p, w, h, ix, ix + d, d);
+    prefetch_in_edges(p, h0, ix, ix + d, d);
+    for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) prefetch_in_edges(p, h + 1, ix, ix + d, d);
+      forward_item(p, w, h, ix, ix + d, d);
+    }
   }
 }
 
@@ -559,17 +580,27 @@ PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int
   for (int64_t w = b; w < end; ++w) {
     const int64_t d = p.in_ptr[w + 1] - p.in_ptr[w];
     const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
-    for (int64_t h = 0; h < p.H; ++h) readout_grad_item(p, w, h, ix, ix + d, d);
+    prefetch_in_edges(p, 0, ix, ix + d, d);
+    for (int64_t h = 0; h < p.H; ++h) {
+      if (h + 1 < p.H) prefetch_in_edges(p, h + 1, ix, ix + d, d);
+      readout_grad_item(p, w, h, ix, ix + d, d);
+    }
   }
 }
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
-                                   int64_t end) {
+PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
+                                   int64_t b, int64_t end) {
   for (int64_t it = b; it < end; ++it) {
-    const int64_t u = p.node_order[lo + it], d = p.out_ptr[u + 1] - p.out_ptr[u];
+    const int64_t u = p.node_order[lo + it / groups], d = p.out_ptr[u + 1] - p.out_ptr[u];
+    int64_t h0, h1;
+    head_range(p.H, groups, it % groups, &h0, &h1);
     const int64_t* ix = edge_ends(p.out_ptr, p.out_edge, p.edge_dst, u);
-    for (int64_t h = 0; h < p.H; ++h) carry_grad_item(p, u, h, ix, ix + d, d);
+    prefetch_out_edges(p, u, h0, ix, ix + d, d);
+    for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) prefetch_out_edges(p, u, h + 1, ix, ix + d, d);
+      carry_grad_item(p, u, h, ix, ix + d, d);
+    }
   }
 }
 

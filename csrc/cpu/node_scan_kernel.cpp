@@ -154,9 +154,9 @@ namespace {
 template <typename scalar_t, typename acc_t>
 struct NodeKernels {
   using Ptr = P<scalar_t, acc_t>;
-  void (*forward_items)(const Ptr&, int64_t, int64_t, int64_t);
+  void (*forward_items)(const Ptr&, int64_t, int64_t, int64_t, int64_t);
   void (*readout_grad_items)(const Ptr&, int64_t, int64_t);
-  void (*carry_grad_items)(const Ptr&, int64_t, int64_t, int64_t);
+  void (*carry_grad_items)(const Ptr&, int64_t, int64_t, int64_t, int64_t);
 };
 
 template <typename scalar_t, typename acc_t>
@@ -185,6 +185,14 @@ void run_items(int64_t n, int64_t work, bool parallel, const F& f) {
   }
   const int64_t grain = std::max<int64_t>(1, n * kGrainWork / std::max<int64_t>(1, work));
   at::parallel_for(0, n, grain, f);
+}
+
+// Head groups per node in a level of `nodes` nodes: one (the heads share the gathered edges)
+// unless the threads would get fewer than about four items each.
+int64_t head_groups(bool parallel, int64_t nodes, int64_t H) {
+  if (!parallel || nodes <= 0) return 1;
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(H, (want + nodes - 1) / nodes));
 }
 
 // flops of the items of nodes node_order[lo:hi] (all heads), counting the edges in `ptr`
@@ -240,8 +248,9 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           d.H * level_work(p.node_order, p.in_ptr, lo, hi, 3 * p.KV, p.KV + p.V);
-      run_items(hi - lo, work, parallel,
-                [&](int64_t b, int64_t e) { kern.forward_items(p, lo, b, e); });
+      const int64_t groups = head_groups(parallel, hi - lo, d.H);
+      run_items((hi - lo) * groups, work, parallel,
+                [&](int64_t b, int64_t e) { kern.forward_items(p, lo, groups, b, e); });
     }
   });
   return {out, states};
@@ -283,8 +292,9 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           d.H * level_work(p.node_order, p.out_ptr, lo, hi, 4 * p.KV, 2 * p.KV);
-      run_items(hi - lo, work, parallel,
-                [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
+      const int64_t groups = head_groups(parallel, hi - lo, d.H);
+      run_items((hi - lo) * groups, work, parallel,
+                [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, groups, b, e); });
     }
   });
   return {grads.dq, grads.dk, grads.dv, grads.dS, grads.dT, grads.dM, grads.dD, dcarry};
