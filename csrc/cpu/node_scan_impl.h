@@ -281,102 +281,19 @@ PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// backward pass (a): node w, head h, over its in-edges. With Z_j = H_u^T q_w (column sums,
-// kept per edge) and R = sum_j M_b T_u H_u:
-//   dM_b = S_b (q_w . k_u)(v_u . dy_w) + T_u Z_j . dy_w,
-//   dq_w = sum_j M_b S_b (v_u . dy_w) k_u + R dy_w (+ the direct term).
-template <typename acc_t>
-struct ReadoutRows {
-  using B = Block<acc_t>;
-  using vec = typename B::vec;
-  const acc_t* const* hu;
-  const acc_t *mt, *qa;
-  acc_t *Z, *R;
-  int64_t d, V;
-
-  template <bool Full, int IB>
-  PLSTM_TARGET inline void run(int64_t c, int64_t n, int64_t i) const {
-    const acc_t* const* hu = this->hu;
-    const acc_t* mt = this->mt;
-    acc_t* Z = this->Z;
-    const int64_t d = this->d, V = this->V;
-    vec racc[IB] = {};
-    acc_t qi[IB];
-    for (int r = 0; r < IB; ++r) qi[r] = qa[i + r];
-    for (int64_t j = 0; j < d; ++j) {
-      const acc_t* __restrict__ h = hu[j] + i * V + c;
-      acc_t* __restrict__ zj = Z + j * V + c;
-      vec z = B::template load<Full>(zj, n);
-      const acc_t m = mt[j];
-      for (int r = 0; r < IB; ++r) {
-        const vec hr = B::template load<Full>(h + r * V, n);
-        z += qi[r] * hr;
-        racc[r] += m * hr;
-      }
-      B::template store<Full>(zj, z, n);
-    }
-    for (int r = 0; r < IB; ++r) B::template store<Full>(R + (i + r) * V + c, racc[r], n);
-  }
-};
-
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
-                                  const int64_t* eb, const int64_t* en, int64_t d) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  Scratch<acc_t> sc(d * (V + 2) + KV + 2 * K + V, d);
-  acc_t* __restrict__ Z = sc.take(d * V);
-  acc_t* __restrict__ mt = sc.take(d);
-  acc_t* __restrict__ dmk = sc.take(d);  // S_b (q_w . k_u)(v_u . dy_w), then dM
-  acc_t* __restrict__ R = sc.take(KV);
-  acc_t* __restrict__ qa = sc.take(K);
-  acc_t* __restrict__ dq = sc.take(K);
-  acc_t* __restrict__ dya = sc.take(V);
-  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
-  for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
-  for (int64_t x = 0; x < V; ++x) dya[x] = static_cast<acc_t>(dyw[x]);
-  std::fill(dq, dq + K, acc_t(0));
-  std::fill(Z, Z + d * V, acc_t(0));
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], u = en[j];
-    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
-    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
-    const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
-    const acc_t vdy = lane_dot<acc_t>(p.v + (u * H + h) * V, dya, V);
-    sc.ptr[j] = p.Hs + (u * H + h) * KV;
-    mt[j] = m * t;
-    dmk[j] = s * lane_dot<acc_t>(qa, ku, K) * vdy;
-    const acc_t msv = m * s * vdy;
-    for (int64_t i = 0; i < K; ++i) dq[i] += msv * static_cast<acc_t>(ku[i]);
-  }
-  for_blocks<Block<acc_t>::W, 4>(K, V, ReadoutRows<acc_t>{sc.ptr, mt, qa, Z, R, d, V});
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], u = en[j];
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
-    p.dM[b * H + h] = static_cast<scalar_t>(dmk[j] + t * lane_dot<acc_t>(Z + j * V, dya, V));
-  }
-  // the direct term D_w (q_w . k_w) v_w: its share of dq_w, and dD_w
-  const scalar_t* __restrict__ kw = p.k + (w * H + h) * K;
-  const acc_t vdy_w = lane_dot<acc_t>(p.v + (w * H + h) * V, dya, V);
-  const acc_t dvdy = static_cast<acc_t>(p.D[w * H + h]) * vdy_w;
-  p.dD[w * H + h] = static_cast<scalar_t>(lane_dot<acc_t>(qa, kw, K) * vdy_w);
-  scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
-  for (int64_t i = 0; i < K; ++i) {
-    o[i] = static_cast<scalar_t>(dq[i] + lane_dot<acc_t>(R + i * V, dya, V) +
-                                 dvdy * static_cast<acc_t>(kw[i]));
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// backward pass (b): node u, head h, over its out-edges j (b = u -> w), with
-// dC_b = T_w F_w + M_b q_w dy_w^T. Per row block, over the edges:
+// backward, the carried pass (levels in reverse): node u, head h, over its out-edges j
+// (b = u -> w), with dC_b = T_w F_w + M_b q_w dy_w^T. Per row block, over the edges:
 //   F_u[i] += g_b (T_w F_w[i] + M_b q_w[i] dy_w),  A[i] += S_b T_w F_w[i],
 //   Z_j += k_u[i] F_w[i]                                   (Z_j = F_w^T k_u, per edge)
 // and then, the rank-one parts of dC_b entering through per-edge scalars,
 //   dS_b = T_w Z_j . v_u + M_b (q_w . k_u)(dy_w . v_u),
 //   dk_u = A v_u + sum_b S_b M_b (dy_w . v_u) q_w,  dv_u = sum_b S_b (T_w Z_j + M_b (q_w . k_u) dy_w),
 //   dT_u = <F_u, H_u>, dg_b = T_u <dC_b, H_u>.
+// The readout gradients of the edges go here too, where H_u is the item's own state (a pass
+// of their own would read H_u once per edge): with G_j = H_u dy_w and t_b = g_b T_u,
+//   dM_b = S_b (q_w . k_u)(v_u . dy_w) + t_b q_w . G_j,
+//   DQ_b = M_b (S_b (v_u . dy_w) k_u + t_b G_j)            (edge b's share of dq_w)
+// and the readout pass sums the DQ_b into dq_w.
 template <typename acc_t>
 struct CarryRows {
   using B = Block<acc_t>;
@@ -417,24 +334,61 @@ struct CarryRows {
   }
 };
 
+// G_j = H_u dy_j for the d rows dy_j of dyb, from HuT = H_u^T ([V, K]): K-wide columns of
+// HuT times broadcast dy_j[x], four edges at a time (no horizontal sums)
+template <bool Full, typename acc_t>
+PLSTM_TARGET inline void edge_products_block(const acc_t* __restrict__ HuT,
+                                             const acc_t* __restrict__ dyb,
+                                             acc_t* __restrict__ G, int64_t d, int64_t K,
+                                             int64_t V, int64_t c, int64_t n) {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    vec g[4] = {};
+    for (int64_t x = 0; x < V; ++x) {
+      const vec hx = B::template load<Full>(HuT + x * K + c, n);
+      for (int r = 0; r < 4; ++r) g[r] += dyb[(j + r) * V + x] * hx;
+    }
+    for (int r = 0; r < 4; ++r) B::template store<Full>(G + (j + r) * K + c, g[r], n);
+  }
+  for (; j < d; ++j) {
+    vec g = {};
+    for (int64_t x = 0; x < V; ++x) {
+      g += dyb[j * V + x] * B::template load<Full>(HuT + x * K + c, n);
+    }
+    B::template store<Full>(G + j * K + c, g, n);
+  }
+}
+
+template <typename acc_t>
+PLSTM_TARGET inline void edge_products(const acc_t* HuT, const acc_t* dyb, acc_t* G, int64_t d,
+                                       int64_t K, int64_t V) {
+  constexpr int W = Block<acc_t>::W;
+  int64_t c = 0;
+  for (; c + W <= K; c += W) edge_products_block<true>(HuT, dyb, G, d, K, V, c, W);
+  if (c < K) edge_products_block<false>(HuT, dyb, G, d, K, V, c, K - c);
+}
+
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
                                   const int64_t* eb, const int64_t* en, int64_t d) {
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  Scratch<acc_t> sc(d * (2 * V + K + 3) + KV + 3 * K + 2 * V, d);
+  Scratch<acc_t> sc(d * (2 * V + 3 * K + 3) + 2 * KV + 2 * K + 2 * V, d);
   acc_t* __restrict__ dyb = sc.take(d * V);
   acc_t* __restrict__ Z = sc.take(d * V);
+  acc_t* __restrict__ qb = sc.take(d * K);   // q_w
+  acc_t* __restrict__ G = sc.take(d * K);    // H_u dy_w
   acc_t* __restrict__ gmq = sc.take(d * K);  // g_b M_b q_w
   acc_t* __restrict__ gt = sc.take(d);       // g_b T_w
   acc_t* __restrict__ st = sc.take(d);       // S_b T_w
   acc_t* __restrict__ dsr = sc.take(d);      // M_b (q_w . k_u)(dy_w . v_u)
   acc_t* __restrict__ A = sc.take(KV);
+  acc_t* __restrict__ HuT = sc.take(KV);
   acc_t* __restrict__ ka = sc.take(K);
   acc_t* __restrict__ dk = sc.take(K);
   acc_t* __restrict__ va = sc.take(V);
   acc_t* __restrict__ dv = sc.take(V);
-  // (one more K for the carry's q_w^T H_u per edge)
-  acc_t* __restrict__ qh = sc.take(K);
   const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
   const acc_t tu = static_cast<acc_t>(p.T[u * H + h]);
   acc_t* __restrict__ Fu = p.F + (u * H + h) * KV;
@@ -442,6 +396,9 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
   for (int64_t i = 0; i < K; ++i) ka[i] = static_cast<acc_t>(ku[i]);
   for (int64_t x = 0; x < V; ++x) va[x] = static_cast<acc_t>(vu[x]);
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t x = 0; x < V; ++x) HuT[x * K + i] = Hu[i * V + x];
+  }
   std::fill(dk, dk + K, acc_t(0));
   std::fill(dv, dv + V, acc_t(0));
   std::fill(Z, Z + d * V, acc_t(0));
@@ -456,16 +413,19 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
     sc.ptr[j] = p.F + (w * H + h) * KV;
     acc_t* __restrict__ dyj = dyb + j * V;
     for (int64_t x = 0; x < V; ++x) dyj[x] = static_cast<acc_t>(dyw[x]);
+    acc_t* __restrict__ qj = qb + j * K;
+    for (int64_t i = 0; i < K; ++i) qj[i] = static_cast<acc_t>(qw[i]);
     const acc_t gm = g * m;
-    for (int64_t i = 0; i < K; ++i) gmq[j * K + i] = gm * static_cast<acc_t>(qw[i]);
+    for (int64_t i = 0; i < K; ++i) gmq[j * K + i] = gm * qj[i];
     gt[j] = g * tw;
     st[j] = s * tw;
-    const acc_t kq = lane_dot<acc_t>(ka, qw, K), dyv = lane_dot<acc_t>(dyj, va, V);
+    const acc_t kq = lane_dot<acc_t>(ka, qj, K), dyv = lane_dot<acc_t>(dyj, va, V);
     dsr[j] = m * kq * dyv;
     const acc_t smdyv = s * m * dyv, smkq = s * m * kq;
-    for (int64_t i = 0; i < K; ++i) dk[i] += smdyv * static_cast<acc_t>(qw[i]);
+    for (int64_t i = 0; i < K; ++i) dk[i] += smdyv * qj[i];
     for (int64_t x = 0; x < V; ++x) dv[x] += smkq * dyj[x];
   }
+  edge_products(HuT, dyb, G, d, K, V);
   for_blocks<Block<acc_t>::W, 2>(K, V,
                                  CarryRows<acc_t>{sc.ptr, dyb, gmq, gt, st, ka, Z, Fu, A, d, K, V});
   for (int64_t j = 0; j < d; ++j) {
@@ -474,13 +434,20 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
     p.dS[b * H + h] = static_cast<scalar_t>(tw * lane_dot<acc_t>(Z + j * V, va, V) + dsr[j]);
     const acc_t stj = st[j];
     for (int64_t x = 0; x < V; ++x) dv[x] += stj * Z[j * V + x];
+    // the readout gradients of edge b
+    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
+    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
+    const acc_t t = tu * p.carry_of(b, h);
+    const acc_t* __restrict__ Gj = G + j * K;
+    const acc_t qG = lane_dot<acc_t>(qb + j * K, Gj, K);  // q_w^T H_u dy_w
+    const acc_t dyv = lane_dot<acc_t>(dyb + j * V, va, V);
+    p.dM[b * H + h] = static_cast<scalar_t>(s * lane_dot<acc_t>(ka, qb + j * K, K) * dyv + t * qG);
+    const acc_t msv = m * s * dyv, mt = m * t;
+    acc_t* __restrict__ e = p.DQ + (b * H + h) * K;
+    for (int64_t i = 0; i < K; ++i) e[i] = msv * ka[i] + mt * Gj[i];
     if (p.carry != nullptr) {
       // <dC_b, H_u> = T_w <F_w, H_u> + M_b q_w^T H_u dy_w
-      const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-      const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-      for (int64_t i = 0; i < K; ++i) qh[i] = lane_dot<acc_t>(Hu + i * V, dyb + j * V, V);
-      const acc_t inner =
-          tw * lane_dot<acc_t>(sc.ptr[j], Hu, KV) + m * lane_dot<acc_t>(qh, qw, K);
+      const acc_t inner = tw * lane_dot<acc_t>(sc.ptr[j], Hu, KV) + m * qG;
       p.dcarry[b * H + h] = static_cast<scalar_t>(tu * inner);
     }
   }
@@ -537,6 +504,29 @@ PLSTM_TARGET inline void prefetch_out_edges(const P<scalar_t, acc_t>& p, int64_t
   }
 }
 
+// backward, the readout pass (any order, after the carried one): node w, head h,
+// dq_w = sum_{b into w} DQ_b + D_w (v_w . dy_w) k_w and dD_w = (q_w . k_w)(v_w . dy_w)
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
+                                           const int64_t* eb, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V;
+  acc_t* __restrict__ dq = thread_scratch<acc_t>(K);
+  std::fill(dq, dq + K, acc_t(0));
+  for (int64_t j = 0; j < d; ++j) {
+    const acc_t* __restrict__ e = p.DQ + (eb[j] * H + h) * K;
+    for (int64_t i = 0; i < K; ++i) dq[i] += e[i];
+  }
+  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
+  const scalar_t* __restrict__ kw = p.k + (w * H + h) * K;
+  const acc_t vdy_w = lane_dot<acc_t>(p.v + (w * H + h) * V, p.dy + (w * H + h) * V, V);
+  const acc_t dvdy = static_cast<acc_t>(p.D[w * H + h]) * vdy_w;
+  p.dD[w * H + h] = static_cast<scalar_t>(lane_dot<acc_t>(qw, kw, K) * vdy_w);
+  scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
+  for (int64_t i = 0; i < K; ++i) {
+    o[i] = static_cast<scalar_t>(dq[i] + dvdy * static_cast<acc_t>(kw[i]));
+  }
+}
+
 // The edges of node x in ptr / edge and their other ends (end_of[b]), gathered once for all
 // heads: 2 deg indices in thread-local scratch, the ends after the edges.
 PLSTM_TARGET inline const int64_t* edge_ends(const int64_t* ptr, const int64_t* edge,
@@ -578,13 +568,9 @@ PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int64_t end) {
   for (int64_t w = b; w < end; ++w) {
-    const int64_t d = p.in_ptr[w + 1] - p.in_ptr[w];
-    const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
-    prefetch_in_edges(p, 0, ix, ix + d, d);
-    for (int64_t h = 0; h < p.H; ++h) {
-      if (h + 1 < p.H) prefetch_in_edges(p, h + 1, ix, ix + d, d);
-      readout_grad_item(p, w, h, ix, ix + d, d);
-    }
+    const int64_t j0 = p.in_ptr[w], d = p.in_ptr[w + 1] - j0;
+    for (int64_t j = 0; j < d; ++j) prefetch_span(p.DQ + p.in_edge[j0 + j] * p.H * p.K, p.H * p.K);
+    for (int64_t h = 0; h < p.H; ++h) readout_grad_item(p, w, h, p.in_edge + j0, d);
   }
 }
 
