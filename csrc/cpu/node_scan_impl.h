@@ -1,20 +1,122 @@
 // The work items of the CPU node-level scan, compiled once per instruction set.
 //
-// Included twice by node_scan_kernel.cpp, with PLSTM_ISA (a namespace) and PLSTM_TARGET (a
-// function attribute) set for the baseline ISA and for AVX2+FMA. No include guard on purpose;
-// it relies on the includes, P and thread_scratch of node_scan_kernel.cpp. The loops over V
-// run on __restrict__ rows so that the compiler vectorises them (they are the whole cost).
+// Included twice by node_scan_kernel.cpp, with PLSTM_ISA (a namespace), PLSTM_TARGET (a
+// function attribute) and PLSTM_VEC_BYTES (the width of one vector register) set for the
+// baseline ISA and for AVX2+FMA. No include guard on purpose; it relies on the includes, P and
+// thread_scratch of node_scan_kernel.cpp.
+//
+// Layout of the work (it is the whole cost): with K = V = 16 a row of a state is one or two
+// registers, so a loop over the edges that loads and stores the accumulator rows for every
+// edge spends its time on memory and loop overhead, not on the FMAs. Each item therefore
+//   1. gathers what it needs per edge once (scalars, the converted rows of v or dy, the
+//      products s k_u[i] or m q_w[i]) into thread-local buffers, and then
+//   2. runs over column blocks of one register width (the math is column-separable up to the
+//      dot products, which come from the gathered scalars or from per-edge column sums kept
+//      in a buffer) and over blocks of IB rows, with the edges innermost: the accumulator rows
+//      stay in registers over all edges of the node and are stored once.
+// Every sum runs in a fixed order that does not depend on the thread (bitwise deterministic).
 // NOLINT(build/header_guard)
 
 namespace PLSTM_ISA {
 
 constexpr int kNodeLanes = 8;
 
+// The short dots run hundreds of thousands of times per call: a call each costs more than the
+// dot (GCC does not inline them on its own here).
+#ifndef PLSTM_NODE_INLINE
+#if defined(__GNUC__) || defined(__clang__)
+#define PLSTM_NODE_INLINE inline __attribute__((always_inline))
+#else
+#define PLSTM_NODE_INLINE inline
+#endif
+#endif
+
+// One register of acc_t lanes. GCC and Clang keep vector-extension values in registers
+// (an array of the same size may live on the stack); elsewhere a plain array does the same
+// arithmetic.
+#if defined(__GNUC__) || defined(__clang__)
+template <typename T, int N>
+struct VecOf {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+#else
+template <typename T, int N>
+struct Lanes {
+  T a[N];
+  Lanes& operator+=(const Lanes& y) {
+    for (int i = 0; i < N; ++i) a[i] += y.a[i];
+    return *this;
+  }
+  friend Lanes operator+(Lanes x, const Lanes& y) { return x += y; }
+  friend Lanes operator*(Lanes x, const Lanes& y) {
+    for (int i = 0; i < N; ++i) x.a[i] *= y.a[i];
+    return x;
+  }
+  friend Lanes operator*(T s, Lanes x) {
+    for (int i = 0; i < N; ++i) x.a[i] *= s;
+    return x;
+  }
+};
+template <typename T, int N>
+struct VecOf {
+  typedef Lanes<T, N> type;
+};
+#endif
+
+template <typename acc_t>
+struct Block {
+  static constexpr int W = PLSTM_VEC_BYTES / sizeof(acc_t) > 0
+                               ? static_cast<int>(PLSTM_VEC_BYTES / sizeof(acc_t))
+                               : 1;
+  using vec = typename VecOf<acc_t, W>::type;
+
+  // n lanes at p (all W when Full); the other lanes are zero and never stored
+  template <bool Full>
+  PLSTM_TARGET static PLSTM_NODE_INLINE vec load(const acc_t* p, int64_t n) {
+    vec x = {};
+    std::memcpy(&x, p, Full ? sizeof(vec) : static_cast<size_t>(n) * sizeof(acc_t));
+    return x;
+  }
+  template <bool Full>
+  PLSTM_TARGET static PLSTM_NODE_INLINE void store(acc_t* p, const vec& x, int64_t n) {
+    std::memcpy(p, &x, Full ? sizeof(vec) : static_cast<size_t>(n) * sizeof(acc_t));
+  }
+};
+
+// sum_x a[x] b[x] of two acc_t rows in registers, the lanes added in a fixed tree
+template <typename acc_t>
+PLSTM_TARGET PLSTM_NODE_INLINE acc_t vec_dot(const acc_t* a, const acc_t* b, int64_t n) {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  constexpr int W = B::W;
+  vec s0 = {}, s1 = {};
+  int64_t x = 0;
+  for (; x + 2 * W <= n; x += 2 * W) {
+    s0 += B::template load<true>(a + x, W) * B::template load<true>(b + x, W);
+    s1 += B::template load<true>(a + x + W, W) * B::template load<true>(b + x + W, W);
+  }
+  if (x + W <= n) {
+    s0 += B::template load<true>(a + x, W) * B::template load<true>(b + x, W);
+    x += W;
+  }
+  if (x < n) s1 += B::template load<false>(a + x, n - x) * B::template load<false>(b + x, n - x);
+  s0 += s1;
+  acc_t t[W];
+  std::memcpy(t, &s0, sizeof(t));
+  for (int w = W / 2; w > 0; w /= 2) {
+    for (int r = 0; r < w; ++r) t[r] += t[r + w];
+  }
+  return t[0];
+}
+
 // sum_x a[x] b[x] with kNodeLanes independent partial sums added in a fixed tree: vectorised
-// without reassociation, so deterministic.
+// without reassociation, so deterministic (rows already in acc_t: vec_dot).
 template <typename acc_t, typename a_t, typename b_t>
-PLSTM_TARGET inline acc_t lane_dot(const a_t* __restrict__ a, const b_t* __restrict__ b,
+PLSTM_TARGET PLSTM_NODE_INLINE acc_t lane_dot(const a_t* __restrict__ a, const b_t* __restrict__ b,
                                    int64_t n) {
+  if constexpr (std::is_same_v<a_t, acc_t> && std::is_same_v<b_t, acc_t>) {
+    return vec_dot<acc_t>(a, b, n);
+  }
   acc_t part[kNodeLanes] = {};
   int64_t x = 0;
   for (; x + kNodeLanes <= n; x += kNodeLanes) {
@@ -29,258 +131,462 @@ PLSTM_TARGET inline acc_t lane_dot(const a_t* __restrict__ a, const b_t* __restr
   return part[0];
 }
 
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
-  return lane_dot<acc_t>(a, b, n);
-}
-
-// forward: row += c v_u + t h, y += r h for the row h of H_u
-template <typename acc_t, typename scalar_t>
-PLSTM_TARGET inline void forward_row(const acc_t* __restrict__ hrow,
-                                     const scalar_t* __restrict__ vu, acc_t* __restrict__ row,
-                                     acc_t* __restrict__ y, acc_t c, acc_t t, acc_t r,
-                                     int64_t V) {
-  for (int64_t x = 0; x < V; ++x) {
-    const acc_t hv = hrow[x];
-    row[x] += c * static_cast<acc_t>(vu[x]) + t * hv;
-    y[x] += r * hv;
+// Runs f.template operator()<Full, IB>(c, n, i) over the column blocks [c, c + n) of width W
+// (a last narrower one with Full = false) and, within each, the row blocks [i, i + IB) of K
+// rows (blocks of one row for the rest).
+template <int W, int IB, typename F>
+PLSTM_TARGET inline void for_blocks(int64_t K, int64_t V, const F& f) {
+  int64_t c = 0;
+  for (; c + W <= V; c += W) {
+    int64_t i = 0;
+    for (; i + IB <= K; i += IB) f.template run<true, IB>(c, W, i);
+    for (; i < K; ++i) f.template run<true, 1>(c, W, i);
+  }
+  if (c < V) {
+    int64_t i = 0;
+    for (; i + IB <= K; i += IB) f.template run<false, IB>(c, V - c, i);
+    for (; i < K; ++i) f.template run<false, 1>(c, V - c, i);
   }
 }
 
-// forward item: node w, head h
+// Prefetches of what an item reads of other nodes (their states, scalars and rows are spread
+// over a few MB, so each item would start with a run of cache misses; issued ahead they
+// overlap instead of stalling the gather loop one by one).
+#ifndef PLSTM_NODE_PREFETCH
+#if defined(__GNUC__) || defined(__clang__)
+#define PLSTM_NODE_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PLSTM_NODE_PREFETCH(p) ((void)(p))
+#endif
+#endif
+
+template <typename T>
+PLSTM_TARGET inline void prefetch_span(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  const int64_t bytes = n * static_cast<int64_t>(sizeof(T));
+  for (int64_t o = 0; o < bytes; o += 64) PLSTM_NODE_PREFETCH(c + o);
+  if (bytes > 0) PLSTM_NODE_PREFETCH(c + bytes - 1);
+}
+
+// per-item scratch: n accumulator values and d pointers, carved in order by take()
+template <typename acc_t>
+struct Scratch {
+  acc_t* cur;
+  const acc_t** ptr;
+  Scratch(int64_t n, int64_t d)
+      : cur(thread_scratch<acc_t>(n)), ptr(thread_scratch<const acc_t*>(d)) {}
+  acc_t* take(int64_t n) {
+    acc_t* r = cur;
+    cur += n;
+    return r;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// forward item: node w, head h. Per row block, over the in-edges j:
+//   row_i += (s_j k_u[i]) v_u + t_j H_u[i],  mrow_i += (m_j t_j) H_u[i]
+// then H_w[i] = row_i and y += q_w[i] mrow_i; y += sum_j m_j s_j (q_w . k_u) v_u.
+template <typename acc_t>
+struct ForwardRows {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  const acc_t* const* hu;  // H_u of each in-edge
+  const acc_t *vb, *sk, *tt, *mt, *qa;
+  acc_t* Hw;
+  vec* y;  // the readout of the current column block
+  int64_t d, K, V;
+
+  template <bool Full, int IB>
+  PLSTM_TARGET inline void run(int64_t c, int64_t n, int64_t i) const {
+    // (locals: the stores below go through memcpy, which could alias the members)
+    const acc_t* const* hu = this->hu;
+    const acc_t *vb = this->vb, *sk = this->sk, *tt = this->tt, *mt = this->mt;
+    const int64_t d = this->d, K = this->K, V = this->V;
+    vec row[IB] = {}, mrow[IB] = {};
+    for (int64_t j = 0; j < d; ++j) {
+      const acc_t* __restrict__ h = hu[j] + i * V + c;
+      const vec v = B::template load<Full>(vb + j * V + c, n);
+      const acc_t t = tt[j], m = mt[j];
+      const acc_t* __restrict__ s = sk + j * K + i;
+      for (int r = 0; r < IB; ++r) {
+        const vec hr = B::template load<Full>(h + r * V, n);
+        row[r] += s[r] * v + t * hr;
+        mrow[r] += m * hr;
+      }
+    }
+    for (int r = 0; r < IB; ++r) {
+      B::template store<Full>(Hw + (i + r) * V + c, row[r], n);
+      *y += qa[i + r] * mrow[r];
+    }
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void forward_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
-                                      acc_t* __restrict__ y) {
+                                  const int64_t* eb, const int64_t* en, int64_t d) {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  constexpr int W = B::W;
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ Hw = p.Hs + (w * H + h) * KV;
-  std::fill(Hw, Hw + KV, acc_t(0));
-  std::fill(y, y + V, acc_t(0));
+  Scratch<acc_t> sc(d * (V + K + 3) + K + W, d);
+  acc_t* __restrict__ vb = sc.take(d * V);
+  acc_t* __restrict__ sk = sc.take(d * K);
+  acc_t* __restrict__ tt = sc.take(d);
+  acc_t* __restrict__ mt = sc.take(d);
+  acc_t* __restrict__ msqk = sc.take(d);
+  acc_t* __restrict__ qa = sc.take(K);
+  acc_t* __restrict__ ytmp = sc.take(W);
   const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  for (int64_t j = p.in_ptr[w]; j < p.in_ptr[w + 1]; ++j) {
-    const int64_t b = p.in_edge[j], u = p.edge_src[b];
+  for (int64_t i = 0; i < K; ++i) qa[i] = static_cast<acc_t>(qw[i]);
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], u = en[j];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
     const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
     const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
     const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
-    const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
-    const acc_t msqk = m * s * dot<scalar_t, acc_t>(qw, ku, K);
-    for (int64_t x = 0; x < V; ++x) y[x] += msqk * static_cast<acc_t>(vu[x]);
-    for (int64_t i = 0; i < K; ++i) {
-      forward_row(Hu + i * V, vu, Hw + i * V, y, s * static_cast<acc_t>(ku[i]), t,
-                  m * t * static_cast<acc_t>(qw[i]), V);
-    }
+    sc.ptr[j] = p.Hs + (u * H + h) * KV;
+    for (int64_t x = 0; x < V; ++x) vb[j * V + x] = static_cast<acc_t>(vu[x]);
+    for (int64_t i = 0; i < K; ++i) sk[j * K + i] = s * static_cast<acc_t>(ku[i]);
+    tt[j] = t;
+    mt[j] = m * t;
+    msqk[j] = m * s * lane_dot<acc_t>(qa, ku, K);
   }
   // the direct term D_w (q_w . k_w) v_w
   const scalar_t* __restrict__ vw = p.v + (w * H + h) * V;
   const acc_t dqk = static_cast<acc_t>(p.D[w * H + h]) *
-                    dot<scalar_t, acc_t>(qw, p.k + (w * H + h) * K, K);
+                    lane_dot<acc_t>(qa, p.k + (w * H + h) * K, K);
   scalar_t* __restrict__ o = p.out + (w * H + h) * V;
-  for (int64_t x = 0; x < V; ++x) {
-    o[x] = static_cast<scalar_t>(y[x] + dqk * static_cast<acc_t>(vw[x]));
-  }
-}
-
-// sum of the lanes of part in a fixed tree
-template <typename acc_t>
-PLSTM_TARGET inline acc_t lane_sum(acc_t* part) {
-  for (int w = kNodeLanes / 2; w > 0; w /= 2) {
-    for (int r = 0; r < w; ++r) part[r] += part[r + w];
-  }
-  return part[0];
-}
-
-// The inner loops over one row of V, as functions of __restrict__ parameters (which GCC
-// honours where it may ignore restrict on local pointers) so that they vectorise without
-// run-time alias checks.
-// readout: z += q_i h, r += mt h for the row h of H_u
-template <typename acc_t>
-PLSTM_TARGET inline void readout_row(const acc_t* __restrict__ hrow, acc_t* __restrict__ z,
-                                     acc_t* __restrict__ rrow, acc_t qi, acc_t mt, int64_t V) {
-  for (int64_t x = 0; x < V; ++x) {
-    const acc_t hv = hrow[x];
-    z[x] += qi * hv;
-    rrow[x] += mt * hv;
-  }
-}
-
-// carry: d = tw f + mq dy (row of dC_b); F_u += d, A_u += s d, z += d kv
-template <typename acc_t, typename scalar_t>
-PLSTM_TARGET inline void carry_row(const acc_t* __restrict__ frow,
-                                   const scalar_t* __restrict__ dy,
-                                   const acc_t* __restrict__ kvrow, acc_t* __restrict__ urow,
-                                   acc_t* __restrict__ arow, acc_t* __restrict__ z, acc_t tw,
-                                   acc_t mq, acc_t s, int64_t V) {
-  for (int64_t x = 0; x < V; ++x) {
-    const acc_t d = tw * frow[x] + mq * static_cast<acc_t>(dy[x]);
-    urow[x] += d;
-    arow[x] += s * d;
-    z[x] += d * kvrow[x];
-  }
-}
-
-// the same with a carry factor g_b: F_u += g d, and zh += d h for dg_b = T_u <dC_b, H_u>
-template <typename acc_t, typename scalar_t>
-PLSTM_TARGET inline void carry_row_scaled(
-    const acc_t* __restrict__ frow, const scalar_t* __restrict__ dy,
-    const acc_t* __restrict__ kvrow, const acc_t* __restrict__ hrow, acc_t* __restrict__ urow,
-    acc_t* __restrict__ arow, acc_t* __restrict__ z, acc_t* __restrict__ zh, acc_t tw, acc_t mq,
-    acc_t s, acc_t g, int64_t V) {
-  for (int64_t x = 0; x < V; ++x) {
-    const acc_t d = tw * frow[x] + mq * static_cast<acc_t>(dy[x]);
-    urow[x] += g * d;
-    arow[x] += s * d;
-    z[x] += d * kvrow[x];
-    zh[x] += d * hrow[x];
-  }
-}
-
-// sum of z[0:n] in a fixed order (lanes, then a tree)
-template <typename acc_t>
-PLSTM_TARGET inline acc_t fixed_sum(const acc_t* __restrict__ z, int64_t n) {
-  acc_t part[kNodeLanes] = {};
-  int64_t x = 0;
-  for (; x + kNodeLanes <= n; x += kNodeLanes) {
-    for (int r = 0; r < kNodeLanes; ++r) part[r] += z[x + r];
-  }
-  for (int r = 0; x < n; ++x, ++r) part[r] += z[x];
-  return lane_sum(part);
-}
-
-// backward pass (a): node w, head h, over its in-edges. The per-edge reduction
-// q_w^T H_u dy_w goes through the column sums z = H_u^T q_w (no reduction per row); the
-// H_u dy_w part of dq_w is one matrix-vector product per node, of R_w = sum_b M_b T_u H_u.
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
-                                           acc_t* buf) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ dq = buf;
-  acc_t* __restrict__ R = buf + K;
-  acc_t* __restrict__ z = buf + K + KV;
-  std::fill(buf, buf + K + KV, acc_t(0));
-  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
-  const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
-  for (int64_t j = p.in_ptr[w]; j < p.in_ptr[w + 1]; ++j) {
-    const int64_t b = p.in_edge[j], u = p.edge_src[b];
-    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
-    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
-    const acc_t t = static_cast<acc_t>(p.T[u * H + h]) * p.carry_of(b, h);
-    const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
-    const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
-    const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
-    const acc_t vdy = dot<scalar_t, acc_t>(vu, dyw, V);
-    const acc_t mt = m * t;
-    std::fill(z, z + V, acc_t(0));  // z = H_u^T q_w, then q_w^T H_u dy_w = z . dy_w
-    for (int64_t i = 0; i < K; ++i) {
-      readout_row(Hu + i * V, z, R + i * V, static_cast<acc_t>(qw[i]), mt, V);
+  vec y = {};
+  ForwardRows<acc_t> f{sc.ptr, vb, sk, tt, mt, qa, p.Hs + (w * H + h) * KV, &y, d, K, V};
+  // column blocks outermost, so that y of one block is finished before the next
+  for (int64_t c = 0; c < V; c += W) {
+    const int64_t n = std::min<int64_t>(W, V - c);
+    y = vec{};
+    int64_t i = 0;
+    if (n == W) {
+      for (; i + 4 <= K; i += 4) f.template run<true, 4>(c, n, i);
+      for (; i < K; ++i) f.template run<true, 1>(c, n, i);
+      for (int64_t j = 0; j < d; ++j) y += msqk[j] * B::template load<true>(vb + j * V + c, n);
+    } else {
+      for (; i + 4 <= K; i += 4) f.template run<false, 4>(c, n, i);
+      for (; i < K; ++i) f.template run<false, 1>(c, n, i);
+      for (int64_t j = 0; j < d; ++j) y += msqk[j] * B::template load<false>(vb + j * V + c, n);
     }
-    p.dM[b * H + h] =
-        static_cast<scalar_t>(s * dot<scalar_t, acc_t>(qw, ku, K) * vdy +
-                               t * lane_dot<acc_t>(z, dyw, V));
-    const acc_t msv = m * s * vdy;
-    for (int64_t i = 0; i < K; ++i) dq[i] += msv * static_cast<acc_t>(ku[i]);
-  }
-  // the direct term D_w (q_w . k_w) v_w: its share of dq_w, and dD_w
-  const scalar_t* __restrict__ kw = p.k + (w * H + h) * K;
-  const acc_t vdy_w = dot<scalar_t, acc_t>(p.v + (w * H + h) * V, dyw, V);
-  const acc_t dvdy = static_cast<acc_t>(p.D[w * H + h]) * vdy_w;
-  p.dD[w * H + h] = static_cast<scalar_t>(dot<scalar_t, acc_t>(qw, kw, K) * vdy_w);
-  scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
-  for (int64_t i = 0; i < K; ++i) {
-    o[i] = static_cast<scalar_t>(dq[i] + lane_dot<acc_t>(R + i * V, dyw, V) +
-                                 dvdy * static_cast<acc_t>(kw[i]));
+    std::memcpy(ytmp, &y, sizeof(vec));
+    for (int64_t x = 0; x < n; ++x) {
+      o[c + x] = static_cast<scalar_t>(ytmp[x] + dqk * static_cast<acc_t>(vw[c + x]));
+    }
   }
 }
 
-// backward pass (b): node u, head h, over its out-edges. dS_b = <dC_b, k_u v_u^T> goes
-// through column sums; dk_u and dv_u are products of A_u = sum_b S_b dC_b, once per node.
+// ---------------------------------------------------------------------------------------------
+// backward, the carried pass (levels in reverse): node u, head h, over its out-edges j
+// (b = u -> w), with dC_b = T_w F_w + M_b q_w dy_w^T. Per row block, over the edges:
+//   F_u[i] += g_b (T_w F_w[i] + M_b q_w[i] dy_w),  A[i] += S_b T_w F_w[i],
+//   Z_j += k_u[i] F_w[i]                                   (Z_j = F_w^T k_u, per edge)
+// and then, the rank-one parts of dC_b entering through per-edge scalars,
+//   dS_b = T_w Z_j . v_u + M_b (q_w . k_u)(dy_w . v_u),
+//   dk_u = A v_u + sum_b S_b M_b (dy_w . v_u) q_w,  dv_u = sum_b S_b (T_w Z_j + M_b (q_w . k_u) dy_w),
+//   dT_u = <F_u, H_u>, dg_b = T_u <dC_b, H_u>.
+// The readout gradients of the edges go here too, where H_u is the item's own state (a pass
+// of their own would read H_u once per edge): with G_j = H_u dy_w and t_b = g_b T_u,
+//   dM_b = S_b (q_w . k_u)(v_u . dy_w) + t_b q_w . G_j,
+//   DQ_b = M_b (S_b (v_u . dy_w) k_u + t_b G_j)            (edge b's share of dq_w)
+// and the readout pass sums the DQ_b into dq_w.
+template <typename acc_t>
+struct CarryRows {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  const acc_t* const* fw;  // F_w of each out-edge
+  const acc_t *dyb, *gmq, *gt, *st, *ka;
+  acc_t *Z, *Fu, *A;
+  int64_t d, K, V;
+
+  template <bool Full, int IB>
+  PLSTM_TARGET inline void run(int64_t c, int64_t n, int64_t i) const {
+    const acc_t* const* fw = this->fw;
+    const acc_t *dyb = this->dyb, *gmq = this->gmq, *gt = this->gt, *st = this->st;
+    acc_t* Z = this->Z;
+    const int64_t d = this->d, K = this->K, V = this->V;
+    vec facc[IB] = {}, aacc[IB] = {};
+    acc_t ki[IB];
+    for (int r = 0; r < IB; ++r) ki[r] = ka[i + r];
+    for (int64_t j = 0; j < d; ++j) {
+      const acc_t* __restrict__ f = fw[j] + i * V + c;
+      acc_t* __restrict__ zj = Z + j * V + c;
+      vec z = B::template load<Full>(zj, n);
+      const vec dy = B::template load<Full>(dyb + j * V + c, n);
+      const acc_t t = gt[j], s = st[j];
+      const acc_t* __restrict__ mq = gmq + j * K + i;
+      for (int r = 0; r < IB; ++r) {
+        const vec fr = B::template load<Full>(f + r * V, n);
+        facc[r] += t * fr + mq[r] * dy;
+        aacc[r] += s * fr;
+        z += ki[r] * fr;
+      }
+      B::template store<Full>(zj, z, n);
+    }
+    for (int r = 0; r < IB; ++r) {
+      B::template store<Full>(Fu + (i + r) * V + c, facc[r], n);
+      B::template store<Full>(A + (i + r) * V + c, aacc[r], n);
+    }
+  }
+};
+
+// G_j = H_u dy_j for the d rows dy_j of dyb, from HuT = H_u^T ([V, K]): K-wide columns of
+// HuT times broadcast dy_j[x], four edges at a time (no horizontal sums)
+template <bool Full, typename acc_t>
+PLSTM_TARGET inline void edge_products_block(const acc_t* __restrict__ HuT,
+                                             const acc_t* __restrict__ dyb,
+                                             acc_t* __restrict__ G, int64_t d, int64_t K,
+                                             int64_t V, int64_t c, int64_t n) {
+  using B = Block<acc_t>;
+  using vec = typename B::vec;
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    vec g[4] = {};
+    for (int64_t x = 0; x < V; ++x) {
+      const vec hx = B::template load<Full>(HuT + x * K + c, n);
+      for (int r = 0; r < 4; ++r) g[r] += dyb[(j + r) * V + x] * hx;
+    }
+    for (int r = 0; r < 4; ++r) B::template store<Full>(G + (j + r) * K + c, g[r], n);
+  }
+  for (; j < d; ++j) {
+    vec g = {};
+    for (int64_t x = 0; x < V; ++x) {
+      g += dyb[j * V + x] * B::template load<Full>(HuT + x * K + c, n);
+    }
+    B::template store<Full>(G + j * K + c, g, n);
+  }
+}
+
+template <typename acc_t>
+PLSTM_TARGET inline void edge_products(const acc_t* HuT, const acc_t* dyb, acc_t* G, int64_t d,
+                                       int64_t K, int64_t V) {
+  constexpr int W = Block<acc_t>::W;
+  int64_t c = 0;
+  for (; c + W <= K; c += W) edge_products_block<true>(HuT, dyb, G, d, K, V, c, W);
+  if (c < K) edge_products_block<false>(HuT, dyb, G, d, K, V, c, K - c);
+}
+
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
-                                         acc_t* buf) {
+                                  const int64_t* eb, const int64_t* en, int64_t d) {
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  acc_t* __restrict__ A = buf;
-  acc_t* __restrict__ kv = buf + KV;
-  acc_t* __restrict__ z = buf + 2 * KV + V;
-  acc_t* __restrict__ zh = buf + 2 * KV + 2 * V;
+  Scratch<acc_t> sc(d * (2 * V + 3 * K + 3) + 2 * KV + 2 * K + 2 * V, d);
+  acc_t* __restrict__ dyb = sc.take(d * V);
+  acc_t* __restrict__ Z = sc.take(d * V);
+  acc_t* __restrict__ qb = sc.take(d * K);   // q_w
+  acc_t* __restrict__ G = sc.take(d * K);    // H_u dy_w
+  acc_t* __restrict__ gmq = sc.take(d * K);  // g_b M_b q_w
+  acc_t* __restrict__ gt = sc.take(d);       // g_b T_w
+  acc_t* __restrict__ st = sc.take(d);       // S_b T_w
+  acc_t* __restrict__ dsr = sc.take(d);      // M_b (q_w . k_u)(dy_w . v_u)
+  acc_t* __restrict__ A = sc.take(KV);
+  acc_t* __restrict__ HuT = sc.take(KV);
+  acc_t* __restrict__ ka = sc.take(K);
+  acc_t* __restrict__ dk = sc.take(K);
+  acc_t* __restrict__ va = sc.take(V);
+  acc_t* __restrict__ dv = sc.take(V);
   const acc_t* __restrict__ Hu = p.Hs + (u * H + h) * KV;
   const acc_t tu = static_cast<acc_t>(p.T[u * H + h]);
   acc_t* __restrict__ Fu = p.F + (u * H + h) * KV;
-  std::fill(Fu, Fu + KV, acc_t(0));
-  std::fill(A, A + KV, acc_t(0));
   const scalar_t* __restrict__ ku = p.k + (u * H + h) * K;
   const scalar_t* __restrict__ vu = p.v + (u * H + h) * V;
+  for (int64_t i = 0; i < K; ++i) ka[i] = static_cast<acc_t>(ku[i]);
+  for (int64_t x = 0; x < V; ++x) va[x] = static_cast<acc_t>(vu[x]);
   for (int64_t i = 0; i < K; ++i) {
-    const acc_t ki = static_cast<acc_t>(ku[i]);
-    for (int64_t x = 0; x < V; ++x) kv[i * V + x] = ki * static_cast<acc_t>(vu[x]);
+    for (int64_t x = 0; x < V; ++x) HuT[x * K + i] = Hu[i * V + x];
   }
-  for (int64_t j = p.out_ptr[u]; j < p.out_ptr[u + 1]; ++j) {
-    const int64_t b = p.out_edge[j], w = p.edge_dst[b];
+  std::fill(dk, dk + K, acc_t(0));
+  std::fill(dv, dv + V, acc_t(0));
+  std::fill(Z, Z + d * V, acc_t(0));
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], w = en[j];
     const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
     const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
     const acc_t tw = static_cast<acc_t>(p.T[w * H + h]);
-    const acc_t* __restrict__ Fw = p.F + (w * H + h) * KV;
+    const acc_t g = p.carry_of(b, h);
     const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
     const scalar_t* __restrict__ dyw = p.dy + (w * H + h) * V;
-    std::fill(z, z + V, acc_t(0));  // column sums of dC_b * k_u v_u^T
-    if (p.carry == nullptr) {
-      for (int64_t i = 0; i < K; ++i) {  // row i of dC_b = T_w F_w + M_b q_w dy_w^T
-        carry_row(Fw + i * V, dyw, kv + i * V, Fu + i * V, A + i * V, z, tw,
-                  m * static_cast<acc_t>(qw[i]), s, V);
-      }
-    } else {
-      const acc_t g = static_cast<acc_t>(p.carry[b * H + h]);
-      std::fill(zh, zh + V, acc_t(0));
-      for (int64_t i = 0; i < K; ++i) {
-        carry_row_scaled(Fw + i * V, dyw, kv + i * V, Hu + i * V, Fu + i * V, A + i * V, z,
-                         zh, tw, m * static_cast<acc_t>(qw[i]), s, g, V);
-      }
-      p.dcarry[b * H + h] = static_cast<scalar_t>(tu * fixed_sum(zh, V));
+    sc.ptr[j] = p.F + (w * H + h) * KV;
+    acc_t* __restrict__ dyj = dyb + j * V;
+    for (int64_t x = 0; x < V; ++x) dyj[x] = static_cast<acc_t>(dyw[x]);
+    acc_t* __restrict__ qj = qb + j * K;
+    for (int64_t i = 0; i < K; ++i) qj[i] = static_cast<acc_t>(qw[i]);
+    const acc_t gm = g * m;
+    for (int64_t i = 0; i < K; ++i) gmq[j * K + i] = gm * qj[i];
+    gt[j] = g * tw;
+    st[j] = s * tw;
+    const acc_t kq = lane_dot<acc_t>(ka, qj, K), dyv = lane_dot<acc_t>(dyj, va, V);
+    dsr[j] = m * kq * dyv;
+    const acc_t smdyv = s * m * dyv, smkq = s * m * kq;
+    for (int64_t i = 0; i < K; ++i) dk[i] += smdyv * qj[i];
+    for (int64_t x = 0; x < V; ++x) dv[x] += smkq * dyj[x];
+  }
+  edge_products(HuT, dyb, G, d, K, V);
+  for_blocks<Block<acc_t>::W, 2>(K, V,
+                                 CarryRows<acc_t>{sc.ptr, dyb, gmq, gt, st, ka, Z, Fu, A, d, K, V});
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], w = en[j];
+    const acc_t tw = static_cast<acc_t>(p.T[w * H + h]);
+    p.dS[b * H + h] = static_cast<scalar_t>(tw * lane_dot<acc_t>(Z + j * V, va, V) + dsr[j]);
+    const acc_t stj = st[j];
+    for (int64_t x = 0; x < V; ++x) dv[x] += stj * Z[j * V + x];
+    // the readout gradients of edge b
+    const acc_t s = static_cast<acc_t>(p.S[b * H + h]);
+    const acc_t m = static_cast<acc_t>(p.M[b * H + h]);
+    const acc_t t = tu * p.carry_of(b, h);
+    const acc_t* __restrict__ Gj = G + j * K;
+    const acc_t qG = lane_dot<acc_t>(qb + j * K, Gj, K);  // q_w^T H_u dy_w
+    const acc_t dyv = lane_dot<acc_t>(dyb + j * V, va, V);
+    p.dM[b * H + h] = static_cast<scalar_t>(s * lane_dot<acc_t>(ka, qb + j * K, K) * dyv + t * qG);
+    const acc_t msv = m * s * dyv, mt = m * t;
+    acc_t* __restrict__ e = p.DQ + (b * H + h) * K;
+    for (int64_t i = 0; i < K; ++i) e[i] = msv * ka[i] + mt * Gj[i];
+    if (p.carry != nullptr) {
+      // <dC_b, H_u> = T_w <F_w, H_u> + M_b q_w^T H_u dy_w
+      const acc_t inner = tw * lane_dot<acc_t>(sc.ptr[j], Hu, KV) + m * qG;
+      p.dcarry[b * H + h] = static_cast<scalar_t>(tu * inner);
     }
-    p.dS[b * H + h] = static_cast<scalar_t>(fixed_sum(z, V));
   }
   p.dT[u * H + h] = static_cast<scalar_t>(lane_dot<acc_t>(Fu, Hu, KV));
-  scalar_t* __restrict__ dk = p.dk + (u * H + h) * K;
-  scalar_t* __restrict__ dv = p.dv + (u * H + h) * V;
-  acc_t* __restrict__ gk = buf + 2 * KV;  // A^T k_u
-  std::fill(gk, gk + V, acc_t(0));
   // with the direct term's shares: D_u (v_u . dy_u) q_u and D_u (q_u . k_u) dy_u
   const scalar_t* __restrict__ qu = p.q + (u * H + h) * K;
   const scalar_t* __restrict__ dyu = p.dy + (u * H + h) * V;
   const acc_t du = static_cast<acc_t>(p.D[u * H + h]);
-  const acc_t dvdy = du * dot<scalar_t, acc_t>(vu, dyu, V);
-  const acc_t dqk = du * dot<scalar_t, acc_t>(qu, ku, K);
+  const acc_t dvdy = du * lane_dot<acc_t>(va, dyu, V);
+  const acc_t dqk = du * lane_dot<acc_t>(qu, ka, K);
+  scalar_t* __restrict__ odk = p.dk + (u * H + h) * K;
+  scalar_t* __restrict__ odv = p.dv + (u * H + h) * V;
   for (int64_t i = 0; i < K; ++i) {
-    dk[i] = static_cast<scalar_t>(lane_dot<acc_t>(A + i * V, vu, V) +
-                                  dvdy * static_cast<acc_t>(qu[i]));
-    const acc_t ki = static_cast<acc_t>(ku[i]);
-    for (int64_t x = 0; x < V; ++x) gk[x] += ki * A[i * V + x];
+    odk[i] = static_cast<scalar_t>(lane_dot<acc_t>(A + i * V, va, V) + dk[i] +
+                                   dvdy * static_cast<acc_t>(qu[i]));
   }
   for (int64_t x = 0; x < V; ++x) {
-    dv[x] = static_cast<scalar_t>(gk[x] + dqk * static_cast<acc_t>(dyu[x]));
+    odv[x] = static_cast<scalar_t>(dv[x] + dqk * static_cast<acc_t>(dyu[x]));
   }
 }
 
-// ranges of items (what the drivers call through function pointers): items it in [b, end)
-// are (node node_order[lo + it / H], head it % H) of one level, or (node it / H, head it % H)
+// What the item of head h reads of the other ends of the edges (en) of a node: issued one head
+// ahead, so that the misses overlap the work of the head before.
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
-                                int64_t end) {
-  acc_t* y = thread_scratch<acc_t>(p.V);
-  for (int64_t it = b; it < end; ++it) forward_item(p, p.node_order[lo + it / p.H], it % p.H, y);
+PLSTM_TARGET inline void prefetch_in_edges(const P<scalar_t, acc_t>& p, int64_t h,
+                                           const int64_t* eb, const int64_t* en, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], u = en[j];
+    PLSTM_NODE_PREFETCH(p.S + b * H + h);
+    PLSTM_NODE_PREFETCH(p.M + b * H + h);
+    PLSTM_NODE_PREFETCH(p.T + u * H + h);
+    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
+    prefetch_span(p.k + (u * H + h) * K, K);
+    prefetch_span(p.v + (u * H + h) * V, V);
+    prefetch_span(p.Hs + (u * H + h) * KV, KV);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void prefetch_out_edges(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
+                                            const int64_t* eb, const int64_t* en, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
+  prefetch_span(p.Hs + (u * H + h) * KV, KV);
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t b = eb[j], w = en[j];
+    PLSTM_NODE_PREFETCH(p.S + b * H + h);
+    PLSTM_NODE_PREFETCH(p.M + b * H + h);
+    PLSTM_NODE_PREFETCH(p.T + w * H + h);
+    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
+    prefetch_span(p.q + (w * H + h) * K, K);
+    prefetch_span(p.dy + (w * H + h) * V, V);
+    prefetch_span(p.F + (w * H + h) * KV, KV);
+  }
+}
+
+// backward, the readout pass (any order, after the carried one): node w, head h,
+// dq_w = sum_{b into w} DQ_b + D_w (v_w . dy_w) k_w and dD_w = (q_w . k_w)(v_w . dy_w)
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void readout_grad_item(const P<scalar_t, acc_t>& p, int64_t w, int64_t h,
+                                           const int64_t* eb, int64_t d) {
+  const int64_t H = p.H, K = p.K, V = p.V;
+  acc_t* __restrict__ dq = thread_scratch<acc_t>(K);
+  std::fill(dq, dq + K, acc_t(0));
+  for (int64_t j = 0; j < d; ++j) {
+    const acc_t* __restrict__ e = p.DQ + (eb[j] * H + h) * K;
+    for (int64_t i = 0; i < K; ++i) dq[i] += e[i];
+  }
+  const scalar_t* __restrict__ qw = p.q + (w * H + h) * K;
+  const scalar_t* __restrict__ kw = p.k + (w * H + h) * K;
+  const acc_t vdy_w = lane_dot<acc_t>(p.v + (w * H + h) * V, p.dy + (w * H + h) * V, V);
+  const acc_t dvdy = static_cast<acc_t>(p.D[w * H + h]) * vdy_w;
+  p.dD[w * H + h] = static_cast<scalar_t>(lane_dot<acc_t>(qw, kw, K) * vdy_w);
+  scalar_t* __restrict__ o = p.dq + (w * H + h) * K;
+  for (int64_t i = 0; i < K; ++i) {
+    o[i] = static_cast<scalar_t>(dq[i] + dvdy * static_cast<acc_t>(kw[i]));
+  }
+}
+
+// The edges of node x in ptr / edge and their other ends (end_of[b]), gathered once for all
+// heads: 2 deg indices in thread-local scratch, the ends after the edges.
+PLSTM_TARGET inline const int64_t* edge_ends(const int64_t* ptr, const int64_t* edge,
+                                             const int64_t* end_of, int64_t x) {
+  const int64_t j0 = ptr[x], d = ptr[x + 1] - j0;
+  int64_t* ix = thread_scratch<int64_t>(2 * d);
+  for (int64_t j = 0; j < d; ++j) ix[j] = edge[j0 + j];
+  for (int64_t j = 0; j < d; ++j) ix[d + j] = end_of[ix[j]];
+  return ix;
+}
+
+// ranges of items (what the drivers call through function pointers). Items share a node's
+// edge indices and cache lines across its heads: in a level pass, item it in [b, end) is node
+// node_order[lo + it / groups] with the heads of group it % groups (groups > 1 only to give
+// the threads of a narrow level enough items; the results do not depend on it); in the
+// readout pass item w is node w with all heads.
+PLSTM_TARGET inline void head_range(int64_t H, int64_t groups, int64_t g, int64_t* h0,
+                                    int64_t* h1) {
+  *h0 = g * H / groups;
+  *h1 = (g + 1) * H / groups;
+}
+
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
+                                int64_t b, int64_t end) {
+  for (int64_t it = b; it < end; ++it) {
+    const int64_t w = p.node_order[lo + it / groups], d = p.in_ptr[w + 1] - p.in_ptr[w];
+    int64_t h0, h1;
+    head_range(p.H, groups, it % groups, &h0, &h1);
+    const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
+    prefetch_in_edges(p, h0, ix, ix + d, d);
+    for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) prefetch_in_edges(p, h + 1, ix, ix + d, d);
+      forward_item(p, w, h, ix, ix + d, d);
+    }
+  }
 }
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int64_t end) {
-  acc_t* buf = thread_scratch<acc_t>(p.K + p.KV + p.V);
-  for (int64_t it = b; it < end; ++it) readout_grad_item(p, it / p.H, it % p.H, buf);
+  for (int64_t w = b; w < end; ++w) {
+    const int64_t j0 = p.in_ptr[w], d = p.in_ptr[w + 1] - j0;
+    for (int64_t j = 0; j < d; ++j) prefetch_span(p.DQ + p.in_edge[j0 + j] * p.H * p.K, p.H * p.K);
+    for (int64_t h = 0; h < p.H; ++h) readout_grad_item(p, w, h, p.in_edge + j0, d);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t b,
-                                   int64_t end) {
-  acc_t* buf = thread_scratch<acc_t>(2 * p.KV + 3 * p.V);
+PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
+                                   int64_t b, int64_t end) {
   for (int64_t it = b; it < end; ++it) {
-    carry_grad_item(p, p.node_order[lo + it / p.H], it % p.H, buf);
+    const int64_t u = p.node_order[lo + it / groups], d = p.out_ptr[u + 1] - p.out_ptr[u];
+    int64_t h0, h1;
+    head_range(p.H, groups, it % groups, &h0, &h1);
+    const int64_t* ix = edge_ends(p.out_ptr, p.out_edge, p.edge_dst, u);
+    prefetch_out_edges(p, u, h0, ix, ix + d, d);
+    for (int64_t h = h0; h < h1; ++h) {
+      if (h + 1 < h1) prefetch_out_edges(p, u, h + 1, ix, ix + d, d);
+      carry_grad_item(p, u, h, ix, ix + d, d);
+    }
   }
 }
 

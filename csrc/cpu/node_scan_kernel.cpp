@@ -2,22 +2,23 @@
 //
 // With the node state H_n = sum_{e into n} C_e and C_b = S_b k_u v_u^T + T_u H_u (b = u -> w):
 //
-// Forward, levels in order, one work item per (node w, head), pulling over w's in-edges:
+// Forward, levels in order, one work item per node w (all heads), pulling over its in-edges:
 //   H_w = sum_b (S_b k_u v_u^T + T_u H_u),
 //   y_w = sum_b M_b (S_b (q_w . k_u) v_u + T_u H_u^T q_w)
 // Backward, two passes:
-//   (a) any order, one item per (node w, head) over its in-edges (H is known):
-//       dM_b = S_b (q_w . k_u)(v_u . dy_w) + T_u q_w^T H_u dy_w,
-//       dq_w = sum_b M_b (S_b (v_u . dy_w) k_u + T_u H_u dy_w)
-//   (b) levels in reverse, one item per (node u, head) over its out-edges:
+//   (a) levels in reverse, one item per node u (all heads) over its out-edges:
 //       dC_b = T_w F_w + M_b q_w dy_w^T,  F_u = sum_b dC_b,  dT_u = <F_u, H_u>,
-//       dS_b = k_u^T dC_b v_u,  dk_u = sum_b S_b dC_b v_u,  dv_u = sum_b S_b dC_b^T k_u
+//       dS_b = k_u^T dC_b v_u,  dk_u = sum_b S_b dC_b v_u,  dv_u = sum_b S_b dC_b^T k_u,
+//       and the readout gradients of the same edges, where H_u is the item's own state:
+//       dM_b = S_b (q_w . k_u)(v_u . dy_w) + T_u q_w^T H_u dy_w,
+//       DQ_b = M_b (S_b (v_u . dy_w) k_u + T_u H_u dy_w)  (edge b's share of dq_w)
+//   (b) any order, one item per node w: dq_w = sum_{b into w} DQ_b (+ the direct term)
 // With the optional carry g_b (an edge mask's share of the transitions into edge b), T_u
 // reads g_b T_u for edge b, F_u = sum_b g_b dC_b and dg_b = T_u <dC_b, H_u>.
 //
 // Every output element is written by one item, which reads only rows of lower (forward) or
-// higher (backward pass b) levels, in a fixed order: no atomics, bitwise the same results on
-// any number of threads. The items of one level run through at::parallel_for when the level
+// higher (backward pass a) levels or of the pass before, in a fixed order: no atomics,
+// bitwise the same results on any number of threads. The items of one level run through at::parallel_for when the level
 // has enough work; a deep, narrow graph runs its levels inline on the calling thread.
 //
 // The schedule is checked completely before any memory is touched (ranges in checks.h; that
@@ -39,8 +40,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace plstm_graph {
@@ -111,6 +114,7 @@ struct P : FloatPtrs<scalar_t> {
   scalar_t* dcarry;
   const int64_t *edge_src, *edge_dst, *node_order, *in_ptr, *in_edge, *out_ptr, *out_edge;
   acc_t *Hs, *F;  // node states H and, backward, the F_u (both [N, H, K, V])
+  acc_t* DQ;      // backward: each edge's share of dq at its head ([E, H, K])
   int64_t KV;
 
   acc_t carry_of(int64_t b, int64_t h) const {
@@ -131,16 +135,20 @@ acc_t* thread_scratch(int64_t n) {
 // time as in the arc scan (isa.h).
 #define PLSTM_ISA node_base
 #define PLSTM_TARGET
+#define PLSTM_VEC_BYTES 16
 #include "node_scan_impl.h"  // NOLINT(build/include)
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
+#undef PLSTM_VEC_BYTES
 
 #ifdef PLSTM_HAVE_AVX2
 #define PLSTM_ISA node_avx2
 #define PLSTM_TARGET __attribute__((target("avx2,fma")))
+#define PLSTM_VEC_BYTES 32
 #include "node_scan_impl.h"  // NOLINT(build/include)
 #undef PLSTM_ISA
 #undef PLSTM_TARGET
+#undef PLSTM_VEC_BYTES
 #endif
 
 namespace {
@@ -148,9 +156,9 @@ namespace {
 template <typename scalar_t, typename acc_t>
 struct NodeKernels {
   using Ptr = P<scalar_t, acc_t>;
-  void (*forward_items)(const Ptr&, int64_t, int64_t, int64_t);
+  void (*forward_items)(const Ptr&, int64_t, int64_t, int64_t, int64_t);
   void (*readout_grad_items)(const Ptr&, int64_t, int64_t);
-  void (*carry_grad_items)(const Ptr&, int64_t, int64_t, int64_t);
+  void (*carry_grad_items)(const Ptr&, int64_t, int64_t, int64_t, int64_t);
 };
 
 template <typename scalar_t, typename acc_t>
@@ -179,6 +187,14 @@ void run_items(int64_t n, int64_t work, bool parallel, const F& f) {
   }
   const int64_t grain = std::max<int64_t>(1, n * kGrainWork / std::max<int64_t>(1, work));
   at::parallel_for(0, n, grain, f);
+}
+
+// Head groups per node in a level of `nodes` nodes: one (the heads share the gathered edges)
+// unless the threads would get fewer than about four items each.
+int64_t head_groups(bool parallel, int64_t nodes, int64_t H) {
+  if (!parallel || nodes <= 0) return 1;
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  return std::max<int64_t>(1, std::min<int64_t>(H, (want + nodes - 1) / nodes));
 }
 
 // flops of the items of nodes node_order[lo:hi] (all heads), counting the edges in `ptr`
@@ -234,8 +250,9 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
           d.H * level_work(p.node_order, p.in_ptr, lo, hi, 3 * p.KV, p.KV + p.V);
-      run_items((hi - lo) * d.H, work, parallel,
-                [&](int64_t b, int64_t e) { kern.forward_items(p, lo, b, e); });
+      const int64_t groups = head_groups(parallel, hi - lo, d.H);
+      run_items((hi - lo) * groups, work, parallel,
+                [&](int64_t b, int64_t e) { kern.forward_items(p, lo, groups, b, e); });
     }
   });
   return {out, states};
@@ -255,6 +272,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
   const at::Tensor dy = check_grad_out("node_scan_backward", f, grad_out);
   const at::Tensor Hs = check_states("node_scan_backward", f, states, d.N, /*required=*/true);
   at::Tensor fbuf = at::empty({d.N, d.H, d.K, d.V}, Hs.options());
+  at::Tensor dqbuf = at::empty({d.E, d.H, d.K}, Hs.options());
   const InputGrads grads(f);
   // (no carry: an empty gradient, which the autograd wrapper drops)
   at::Tensor dcarry =
@@ -266,20 +284,22 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
     grads.bind(p, dy);
     p.Hs = const_cast<acc_t*>(Hs.data_ptr<acc_t>());
     p.F = fbuf.data_ptr<acc_t>();
+    p.DQ = dqbuf.data_ptr<acc_t>();
     p.dcarry = in.carry.defined() ? dcarry.data_ptr<scalar_t>() : nullptr;
     const auto kern = node_kernels<scalar_t, acc_t>();
-    // (a) the readout gradients need H only: every node at once
-    run_items(d.N * d.H, d.H * (2 * d.E * p.KV + d.N * p.K), parallel,
-              [&](int64_t b, int64_t e) { kern.readout_grad_items(p, b, e); });
-    // (b) the carried gradients, levels in reverse
+    // the carried gradients, levels in reverse (with the edges' readout gradients)
     const int64_t* lp = iptr(in.s.node_level_ptr);
     for (int64_t l = in.s.levels - 1; l >= 0; --l) {
       const int64_t lo = lp[l], hi = lp[l + 1];
       const int64_t work =
-          d.H * level_work(p.node_order, p.out_ptr, lo, hi, 4 * p.KV, 2 * p.KV);
-      run_items((hi - lo) * d.H, work, parallel,
-                [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, b, e); });
+          d.H * level_work(p.node_order, p.out_ptr, lo, hi, 6 * p.KV, 3 * p.KV);
+      const int64_t groups = head_groups(parallel, hi - lo, d.H);
+      run_items((hi - lo) * groups, work, parallel,
+                [&](int64_t b, int64_t e) { kern.carry_grad_items(p, lo, groups, b, e); });
     }
+    // then dq (the sums of the edges' shares) and dD: every node at once
+    run_items(d.N, d.H * (d.E * p.K + d.N * (2 * p.K + p.V)), parallel,
+              [&](int64_t b, int64_t e) { kern.readout_grad_items(p, b, e); });
   });
   return {grads.dq, grads.dk, grads.dv, grads.dS, grads.dT, grads.dM, grads.dD, dcarry};
 }
