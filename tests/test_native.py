@@ -310,12 +310,23 @@ _ISA_SCRIPT = textwrap.dedent("""
             y = plstm_graph.plstm_dag(*(x[k] for k in names), ei, li, backend="native",
                                       algorithm=algorithm)
             res += [y.detach()] + list(torch.autograd.grad(y.sum(), [x[k] for k in names]))
+        # node-level transitions (one per node), with and without a carry
+        xn = random_inputs(96, ei.size(1), 96, heads=2, kdim=8, vdim=12, seed=2, dtype=dtype,
+                           requires_grad=True)
+        g = torch.Generator().manual_seed(3)  # the same carry in both processes
+        carry = torch.rand(ei.size(1), 2, generator=g, dtype=dtype).requires_grad_()
+        for c in (None, carry):
+            y = plstm_graph.plstm_dag(*(xn[k] for k in names), ei, None, backend="native",
+                                      algorithm="scan", carry=c)
+            wrt = [xn[k] for k in names] + ([c] if c is not None else [])
+            res += [y.detach()] + list(torch.autograd.grad(y.sum(), wrt))
     torch.save(res, sys.argv[1])
 """)
 
 
 def test_cpu_isa_variants_agree(tmp_path):
-    """The baseline and the AVX2 kernels (PLSTM_GRAPH_CPU_ISA=base forces the former) agree."""
+    """The baseline and the AVX2 kernels (PLSTM_GRAPH_CPU_ISA=base forces the former) agree:
+    the arc scan, the closed form and the node-level scan."""
     script = tmp_path / "isa.py"
     script.write_text(_ISA_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

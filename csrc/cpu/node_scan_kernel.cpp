@@ -133,23 +133,10 @@ acc_t* thread_scratch(int64_t n) {
 
 // The work items, once for the baseline instruction set and once for AVX2+FMA, chosen at run
 // time as in the arc scan (isa.h).
-#define PLSTM_ISA node_base
-#define PLSTM_TARGET
-#define PLSTM_VEC_BYTES 16
-#include "node_scan_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-#undef PLSTM_VEC_BYTES
-
-#ifdef PLSTM_HAVE_AVX2
-#define PLSTM_ISA node_avx2
-#define PLSTM_TARGET __attribute__((target("avx2,fma")))
-#define PLSTM_VEC_BYTES 32
-#include "node_scan_impl.h"  // NOLINT(build/include)
-#undef PLSTM_ISA
-#undef PLSTM_TARGET
-#undef PLSTM_VEC_BYTES
-#endif
+#define PLSTM_ISA_HEADER "node_scan_impl.h"
+#define PLSTM_ISA_BASE node_base
+#define PLSTM_ISA_AVX2 node_avx2
+#include "isa_variants.h"
 
 namespace {
 
@@ -223,23 +210,20 @@ P<scalar_t, acc_t> make_p(const NodeInputs& in) {
   return p;
 }
 
-#define PLSTM_NODE_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> node_scan_forward(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const at::Tensor& source, const at::Tensor& transition, const at::Tensor& mark,
-    const at::Tensor& direct, const c10::optional<at::Tensor>& carry, at::TensorList schedule) {
-  const NodeInputs in = node_inputs("node_scan_forward", query, key, value, source, transition,
-                                    mark, direct, carry, schedule);
+std::tuple<at::Tensor, at::Tensor> node_scan_forward(PLSTM_KERNEL_INPUTS,
+                                                     const c10::optional<at::Tensor>& carry,
+                                                     at::TensorList schedule) {
+  const NodeInputs in =
+      node_inputs("node_scan_forward", PLSTM_KERNEL_INPUT_NAMES, carry, schedule);
   const Dims& d = in.f.d;
   const auto acc_opts = in.f.q.options().dtype(acc_dtype(in.f.q.scalar_type()));
   at::Tensor states = at::empty({d.N, d.H, d.K, d.V}, acc_opts);
   at::Tensor out = at::empty({d.N, d.H, d.V}, in.f.q.options());
   const bool parallel = use_threads();
-  PLSTM_NODE_DISPATCH(in.f.q.scalar_type(), "plstm_graph::node_scan_forward", [&] {
+  PLSTM_DISPATCH_FLOATS(in.f.q.scalar_type(), "plstm_graph::node_scan_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_p<scalar_t, acc_t>(in);
     p.Hs = states.data_ptr<acc_t>();
@@ -260,13 +244,11 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
-node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at::Tensor& key,
-                   const at::Tensor& value, const at::Tensor& source,
-                   const at::Tensor& transition, const at::Tensor& mark,
-                   const at::Tensor& direct, const c10::optional<at::Tensor>& carry,
+node_scan_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
+                   const c10::optional<at::Tensor>& carry,
                    const c10::optional<at::Tensor>& states, at::TensorList schedule) {
-  const NodeInputs in = node_inputs("node_scan_backward", query, key, value, source,
-                                    transition, mark, direct, carry, schedule);
+  const NodeInputs in =
+      node_inputs("node_scan_backward", PLSTM_KERNEL_INPUT_NAMES, carry, schedule);
   const Dims& d = in.f.d;
   const Floats& f = in.f;
   const at::Tensor dy = check_grad_out("node_scan_backward", f, grad_out);
@@ -278,7 +260,7 @@ node_scan_backward(const at::Tensor& grad_out, const at::Tensor& query, const at
   at::Tensor dcarry =
       in.carry.defined() ? at::empty_like(in.carry) : at::empty({0}, f.q.options());
   const bool parallel = use_threads();
-  PLSTM_NODE_DISPATCH(f.q.scalar_type(), "plstm_graph::node_scan_backward", [&] {
+  PLSTM_DISPATCH_FLOATS(f.q.scalar_type(), "plstm_graph::node_scan_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto p = make_p<scalar_t, acc_t>(in);
     grads.bind(p, dy);
