@@ -469,39 +469,39 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   }
 }
 
-// What the item of head h reads of the other ends of the edges (en) of a node: issued one head
-// ahead, so that the misses overlap the work of the head before.
+// What the item of head h reads of the edges (eb) of a node and of their other ends (en): the
+// edge gates, the other end's transition, its two rows a [K] and b [V] and its state [K, V]
+// (forward: k, v, H; carried pass: q, dy, F). Issued one head ahead, so that the misses overlap
+// the work of the head before.
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void prefetch_edges(const P<scalar_t, acc_t>& p, int64_t h,
+                                        const int64_t* eb, const int64_t* en, int64_t d,
+                                        const scalar_t* a, const scalar_t* b,
+                                        const acc_t* state) {
+  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
+  for (int64_t j = 0; j < d; ++j) {
+    const int64_t e = eb[j], n = en[j];
+    PLSTM_NODE_PREFETCH(p.S + e * H + h);
+    PLSTM_NODE_PREFETCH(p.M + e * H + h);
+    PLSTM_NODE_PREFETCH(p.T + n * H + h);
+    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + e * H + h);
+    prefetch_span(a + (n * H + h) * K, K);
+    prefetch_span(b + (n * H + h) * V, V);
+    prefetch_span(state + (n * H + h) * KV, KV);
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void prefetch_in_edges(const P<scalar_t, acc_t>& p, int64_t h,
                                            const int64_t* eb, const int64_t* en, int64_t d) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], u = en[j];
-    PLSTM_NODE_PREFETCH(p.S + b * H + h);
-    PLSTM_NODE_PREFETCH(p.M + b * H + h);
-    PLSTM_NODE_PREFETCH(p.T + u * H + h);
-    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
-    prefetch_span(p.k + (u * H + h) * K, K);
-    prefetch_span(p.v + (u * H + h) * V, V);
-    prefetch_span(p.Hs + (u * H + h) * KV, KV);
-  }
+  prefetch_edges(p, h, eb, en, d, p.k, p.v, p.Hs);
 }
 
 template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void prefetch_out_edges(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
                                             const int64_t* eb, const int64_t* en, int64_t d) {
-  const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  prefetch_span(p.Hs + (u * H + h) * KV, KV);
-  for (int64_t j = 0; j < d; ++j) {
-    const int64_t b = eb[j], w = en[j];
-    PLSTM_NODE_PREFETCH(p.S + b * H + h);
-    PLSTM_NODE_PREFETCH(p.M + b * H + h);
-    PLSTM_NODE_PREFETCH(p.T + w * H + h);
-    if (p.carry != nullptr) PLSTM_NODE_PREFETCH(p.carry + b * H + h);
-    prefetch_span(p.q + (w * H + h) * K, K);
-    prefetch_span(p.dy + (w * H + h) * V, V);
-    prefetch_span(p.F + (w * H + h) * KV, KV);
-  }
+  prefetch_span(p.Hs + (u * p.H + h) * p.KV, p.KV);
+  prefetch_edges(p, h, eb, en, d, p.q, p.dy, p.F);
 }
 
 // backward, the readout pass (any order, after the carried one): node w, head h,
