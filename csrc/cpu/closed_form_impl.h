@@ -1,7 +1,7 @@
 // The per-(component, head) work of the CPU closed form, compiled once per instruction set.
 //
-// Included twice by closed_form_kernel.cpp with PLSTM_ISA (a namespace) and PLSTM_TARGET (a
-// function attribute) set, like scan_impl.h; it relies on CfPtrs and the includes there.
+// Compiled twice by closed_form_kernel.cpp through isa_variants.h (PLSTM_ISA, PLSTM_TARGET),
+// like scan_impl.h; it relies on CfPtrs and the includes there.
 // NOLINT(build/header_guard)
 //
 // Local layout of one component with nc nodes (positions in topological order) and ec edges

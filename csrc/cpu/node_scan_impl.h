@@ -1,8 +1,8 @@
 // The work items of the CPU node-level scan, compiled once per instruction set.
 //
-// Included twice by node_scan_kernel.cpp, with PLSTM_ISA (a namespace), PLSTM_TARGET (a
-// function attribute) and PLSTM_VEC_BYTES (the width of one vector register) set for the
-// baseline ISA and for AVX2+FMA. No include guard on purpose; it relies on the includes, P and
+// Compiled twice by node_scan_kernel.cpp through isa_variants.h, with PLSTM_ISA (a namespace),
+// PLSTM_TARGET (a function attribute) and PLSTM_VEC_BYTES (the width of one vector register)
+// set for the baseline ISA and for AVX2+FMA. No include guard on purpose; it relies on the includes, P and
 // thread_scratch of node_scan_kernel.cpp.
 //
 // Layout of the work (it is the whole cost): with K = V = 16 a row of a state is one or two
@@ -374,7 +374,7 @@ template <typename scalar_t, typename acc_t>
 PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
                                   const int64_t* eb, const int64_t* en, int64_t d) {
   const int64_t H = p.H, K = p.K, V = p.V, KV = p.KV;
-  Scratch<acc_t> sc(d * (2 * V + 3 * K + 3) + 2 * KV + 2 * K + 2 * V, d);
+  Scratch<acc_t> sc(d * (2 * V + 3 * K + 5) + 2 * KV + 2 * K + 2 * V, d);
   acc_t* __restrict__ dyb = sc.take(d * V);
   acc_t* __restrict__ Z = sc.take(d * V);
   acc_t* __restrict__ qb = sc.take(d * K);   // q_w
@@ -383,6 +383,8 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
   acc_t* __restrict__ gt = sc.take(d);       // g_b T_w
   acc_t* __restrict__ st = sc.take(d);       // S_b T_w
   acc_t* __restrict__ dsr = sc.take(d);      // M_b (q_w . k_u)(dy_w . v_u)
+  acc_t* __restrict__ kqb = sc.take(d);      // q_w . k_u
+  acc_t* __restrict__ dyvb = sc.take(d);     // dy_w . v_u
   acc_t* __restrict__ A = sc.take(KV);
   acc_t* __restrict__ HuT = sc.take(KV);
   acc_t* __restrict__ ka = sc.take(K);
@@ -420,6 +422,8 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
     gt[j] = g * tw;
     st[j] = s * tw;
     const acc_t kq = lane_dot<acc_t>(ka, qj, K), dyv = lane_dot<acc_t>(dyj, va, V);
+    kqb[j] = kq;
+    dyvb[j] = dyv;
     dsr[j] = m * kq * dyv;
     const acc_t smdyv = s * m * dyv, smkq = s * m * kq;
     for (int64_t i = 0; i < K; ++i) dk[i] += smdyv * qj[i];
@@ -440,8 +444,8 @@ PLSTM_TARGET inline void carry_grad_item(const P<scalar_t, acc_t>& p, int64_t u,
     const acc_t t = tu * p.carry_of(b, h);
     const acc_t* __restrict__ Gj = G + j * K;
     const acc_t qG = lane_dot<acc_t>(qb + j * K, Gj, K);  // q_w^T H_u dy_w
-    const acc_t dyv = lane_dot<acc_t>(dyb + j * V, va, V);
-    p.dM[b * H + h] = static_cast<scalar_t>(s * lane_dot<acc_t>(ka, qb + j * K, K) * dyv + t * qG);
+    const acc_t dyv = dyvb[j];
+    p.dM[b * H + h] = static_cast<scalar_t>(s * kqb[j] * dyv + t * qG);
     const acc_t msv = m * s * dyv, mt = m * t;
     acc_t* __restrict__ e = p.DQ + (b * H + h) * K;
     for (int64_t i = 0; i < K; ++i) e[i] = msv * ka[i] + mt * Gj[i];
@@ -491,17 +495,17 @@ PLSTM_TARGET inline void prefetch_edges(const P<scalar_t, acc_t>& p, int64_t h,
   }
 }
 
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void prefetch_in_edges(const P<scalar_t, acc_t>& p, int64_t h,
-                                           const int64_t* eb, const int64_t* en, int64_t d) {
-  prefetch_edges(p, h, eb, en, d, p.k, p.v, p.Hs);
-}
-
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline void prefetch_out_edges(const P<scalar_t, acc_t>& p, int64_t u, int64_t h,
-                                            const int64_t* eb, const int64_t* en, int64_t d) {
-  prefetch_span(p.Hs + (u * p.H + h) * p.KV, p.KV);
-  prefetch_edges(p, h, eb, en, d, p.q, p.dy, p.F);
+// the prefetches of the item of node n, head h, in the forward (its in-edges' tails: k, v, H)
+// or the carried pass (its own H_n and its out-edges' heads: q, dy, F)
+template <bool Forward, typename scalar_t, typename acc_t>
+PLSTM_TARGET inline void prefetch_item(const P<scalar_t, acc_t>& p, int64_t n, int64_t h,
+                                       const int64_t* eb, const int64_t* en, int64_t d) {
+  if constexpr (Forward) {
+    prefetch_edges(p, h, eb, en, d, p.k, p.v, p.Hs);
+  } else {
+    prefetch_span(p.Hs + (n * p.H + h) * p.KV, p.KV);
+    prefetch_edges(p, h, eb, en, d, p.q, p.dy, p.F);
+  }
 }
 
 // backward, the readout pass (any order, after the carried one): node w, head h,
@@ -549,18 +553,27 @@ PLSTM_TARGET inline void head_range(int64_t H, int64_t groups, int64_t g, int64_
   *h1 = (g + 1) * H / groups;
 }
 
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void forward_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
-                                int64_t b, int64_t end) {
+// The two level passes: the forward pulls over each node's in-edges, the carried backward
+// pass over its out-edges; the data of each next head is prefetched while a head computes.
+template <bool Forward, typename scalar_t, typename acc_t>
+PLSTM_TARGET void level_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
+                              int64_t b, int64_t end) {
+  const int64_t* ptr = Forward ? p.in_ptr : p.out_ptr;
+  const int64_t* edge = Forward ? p.in_edge : p.out_edge;
+  const int64_t* end_of = Forward ? p.edge_src : p.edge_dst;
   for (int64_t it = b; it < end; ++it) {
-    const int64_t w = p.node_order[lo + it / groups], d = p.in_ptr[w + 1] - p.in_ptr[w];
+    const int64_t n = p.node_order[lo + it / groups], d = ptr[n + 1] - ptr[n];
     int64_t h0, h1;
     head_range(p.H, groups, it % groups, &h0, &h1);
-    const int64_t* ix = edge_ends(p.in_ptr, p.in_edge, p.edge_src, w);
-    prefetch_in_edges(p, h0, ix, ix + d, d);
+    const int64_t* ix = edge_ends(ptr, edge, end_of, n);
+    prefetch_item<Forward>(p, n, h0, ix, ix + d, d);
     for (int64_t h = h0; h < h1; ++h) {
-      if (h + 1 < h1) prefetch_in_edges(p, h + 1, ix, ix + d, d);
-      forward_item(p, w, h, ix, ix + d, d);
+      if (h + 1 < h1) prefetch_item<Forward>(p, n, h + 1, ix, ix + d, d);
+      if constexpr (Forward) {
+        forward_item(p, n, h, ix, ix + d, d);
+      } else {
+        carry_grad_item(p, n, h, ix, ix + d, d);
+      }
     }
   }
 }
@@ -571,22 +584,6 @@ PLSTM_TARGET void readout_grad_items(const P<scalar_t, acc_t>& p, int64_t b, int
     const int64_t j0 = p.in_ptr[w], d = p.in_ptr[w + 1] - j0;
     for (int64_t j = 0; j < d; ++j) prefetch_span(p.DQ + p.in_edge[j0 + j] * p.H * p.K, p.H * p.K);
     for (int64_t h = 0; h < p.H; ++h) readout_grad_item(p, w, h, p.in_edge + j0, d);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void carry_grad_items(const P<scalar_t, acc_t>& p, int64_t lo, int64_t groups,
-                                   int64_t b, int64_t end) {
-  for (int64_t it = b; it < end; ++it) {
-    const int64_t u = p.node_order[lo + it / groups], d = p.out_ptr[u + 1] - p.out_ptr[u];
-    int64_t h0, h1;
-    head_range(p.H, groups, it % groups, &h0, &h1);
-    const int64_t* ix = edge_ends(p.out_ptr, p.out_edge, p.edge_dst, u);
-    prefetch_out_edges(p, u, h0, ix, ix + d, d);
-    for (int64_t h = h0; h < h1; ++h) {
-      if (h + 1 < h1) prefetch_out_edges(p, u, h + 1, ix, ix + d, d);
-      carry_grad_item(p, u, h, ix, ix + d, d);
-    }
   }
 }
 

@@ -18,8 +18,9 @@
 //
 // Every output element is written by one item, which reads only rows of lower (forward) or
 // higher (backward pass a) levels or of the pass before, in a fixed order: no atomics,
-// bitwise the same results on any number of threads. The items of one level run through at::parallel_for when the level
-// has enough work; a deep, narrow graph runs its levels inline on the calling thread.
+// bitwise the same results on any number of threads. The items of one level run through
+// at::parallel_for when the level has enough work; a deep, narrow graph runs its levels inline
+// on the calling thread.
 //
 // The schedule is checked completely before any memory is touched (ranges in checks.h; that
 // the CSRs are permutations consistent with edge_src / edge_dst, and that every edge climbs a
@@ -152,14 +153,14 @@ template <typename scalar_t, typename acc_t>
 NodeKernels<scalar_t, acc_t> node_kernels() {
 #ifdef PLSTM_HAVE_AVX2
   if (use_avx2()) {
-    return {&node_avx2::forward_items<scalar_t, acc_t>,
+    return {&node_avx2::level_items</*Forward=*/true, scalar_t, acc_t>,
             &node_avx2::readout_grad_items<scalar_t, acc_t>,
-            &node_avx2::carry_grad_items<scalar_t, acc_t>};
+            &node_avx2::level_items</*Forward=*/false, scalar_t, acc_t>};
   }
 #endif
-  return {&node_base::forward_items<scalar_t, acc_t>,
+  return {&node_base::level_items</*Forward=*/true, scalar_t, acc_t>,
           &node_base::readout_grad_items<scalar_t, acc_t>,
-          &node_base::carry_grad_items<scalar_t, acc_t>};
+          &node_base::level_items</*Forward=*/false, scalar_t, acc_t>};
 }
 
 bool use_threads() { return at::get_num_threads() > 1 && !at::in_parallel_region(); }
@@ -209,7 +210,6 @@ P<scalar_t, acc_t> make_p(const NodeInputs& in) {
   p.KV = f.d.K * f.d.V;
   return p;
 }
-
 
 }  // namespace
 

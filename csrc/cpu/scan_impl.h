@@ -1,8 +1,8 @@
 // The work items of the CPU scan, compiled once per instruction set.
 //
-// This file is included twice by scan_kernel.cpp, with PLSTM_ISA (a namespace) and
-// PLSTM_TARGET (a function attribute) set for the baseline ISA and for AVX2+FMA; the op picks
-// one at run time. It has no include guard on purpose and relies on the includes, Ptrs, Plan
+// scan_kernel.cpp compiles this file twice through isa_variants.h, with PLSTM_ISA (a
+// namespace) and PLSTM_TARGET (a function attribute) set for the baseline ISA and for
+// AVX2+FMA; the op picks one at run time. It has no include guard on purpose and relies on the includes, Ptrs, Plan
 // and the constants of scan_kernel.cpp. Only functions defined here carry the target
 // attribute, so nothing shared with other translation units is compiled for AVX2.
 // NOLINT(build/header_guard)
