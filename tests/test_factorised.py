@@ -3,7 +3,6 @@
 transitions written out on the line graph and fed to ``plstm_dag`` with ``line_index``."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import to_undirected

@@ -430,16 +430,17 @@ class PLSTMConv(MessagePassing):
         mask = edge_mask.to(node_logits[0].dtype).unsqueeze(-1) if edge_mask is not None \
             else None
         carry = None
+        if line_index is None and (self.mode != "P" or (edge_attr is not None and
+                                                        not factorised)):
+            raise ValueError("node-level transitions (line_index=None) exist in P-mode "
+                             "without edge features or with transition_form='factorised' "
+                             "only; pass the line graph")
+        source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
+        if mask is not None:
+            source = source * mask
+        mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
+        direct = torch.sigmoid(node_logits[2])
         if line_index is None:
-            if self.mode != "P" or (edge_attr is not None and not factorised):
-                raise ValueError("node-level transitions (line_index=None) exist in P-mode "
-                                 "without edge features or with transition_form='factorised' "
-                                 "only; pass the line graph")
-            source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
-            if mask is not None:
-                source = source * mask
-            mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
-            direct = torch.sigmoid(node_logits[2])
             if factorised:
                 transition, carry = self._factorised_transitions(node_logits, edge_index,
                                                                  edge_attr, x.size(0))
@@ -457,24 +458,20 @@ class PLSTMConv(MessagePassing):
         arc_in, arc_out = line_index[0], line_index[1]
         shared = dst[arc_in]
         two = (edge_attr, edge_attr) if edge_attr is not None else ()
-        source = torch.sigmoid(self.source_gate(node_logits[0], src, one, (slice(None),)))
-        mark = torch.sigmoid(self.mark_gate(node_logits[1], dst, one, (slice(None),)))
-        direct = torch.sigmoid(node_logits[2])
         if factorised:  # the same per-arc transitions, T_n g_b, on a given line graph
             node_t, factor = self._factorised_transitions(node_logits, edge_index, edge_attr,
                                                           x.size(0))
             transition = node_t[shared] * factor[arc_out]
-        elif self.mode == "D":
-            logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
-            transition = torch.tanh(logits)
         else:
             logits = self.transition_gate(node_logits[3], shared, two, (arc_in, arc_out))
-            axis = arc_in if self.normalize_over == "source" else arc_out
-            total = scatter(logits.abs(), axis, dim=0, dim_size=edge_index.size(1),
-                            reduce="sum")
-            transition = logits / (self.alpha + total[axis])
+            if self.mode == "D":
+                transition = torch.tanh(logits)
+            else:
+                axis = arc_in if self.normalize_over == "source" else arc_out
+                total = scatter(logits.abs(), axis, dim=0, dim_size=edge_index.size(1),
+                                reduce="sum")
+                transition = logits / (self.alpha + total[axis])
         if mask is not None:
-            source = source * mask
             transition = transition * mask[arc_out]
         gates = (source, transition, mark, direct)
         return gates + (carry,) if return_carry else gates
