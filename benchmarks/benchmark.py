@@ -165,6 +165,18 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
                          saved=fmt_bytes(saved), _fwdbwd=fwdbwd))
         print(f"# {name}: {impl}: fwd {fmt_time(fwd)}, fwd+bwd {fmt_time(fwdbwd)}", flush=True)
 
+    def record_call(impl, call):
+        """Times ``call()`` forward only (no grad) and forward + backward of its sum."""
+        def fwd():
+            with torch.no_grad():
+                call()
+
+        def fb():
+            call().sum().backward()
+
+        record(impl, median_seconds(fwd, device, repeat), median_seconds(fb, device, repeat),
+               saved_bytes(call))
+
     # the per-edge loop: only where it finishes in reasonable time
     if sizes is not None and len(sizes) <= args.max_loop_graphs and device == "cpu":
         def loop_fwd():
@@ -197,36 +209,17 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
                                          algorithm=algorithm, recompute=recompute,
                                          validate=False)
 
-        def fwd(call=call):
-            with torch.no_grad():
-                call()
-
-        def fb(call=call):
-            call().sum().backward()
-
         label = f"plstm_dag {backend}" + (" closed form" if algorithm == "closed_form" else "")
         label += " recompute" if recompute else ""
         if backend == "native" and not recompute and algorithm == resolve_algorithm(
                 None, "native", torch.device(device), sched, K, V):
             label += " (auto)"
-        record(label, median_seconds(fwd, device, repeat),
-               median_seconds(fb, device, repeat), saved_bytes(call))
+        record_call(label, call)
 
     # what a caller without a prebuilt schedule pays: levels, schedule and checks in the call
     if native_ok and E <= 100_000:
-        def unscheduled():
-            return plstm_graph.plstm_dag(*xs, edge_index, line)
-
-        def fwd_u():
-            with torch.no_grad():
-                unscheduled()
-
-        def fb_u():
-            unscheduled().sum().backward()
-
-        record("plstm_dag native (auto), schedule built in the call",
-               median_seconds(fwd_u, device, repeat), median_seconds(fb_u, device, repeat),
-               saved_bytes(unscheduled))
+        record_call("plstm_dag native (auto), schedule built in the call",
+                    lambda: plstm_graph.plstm_dag(*xs, edge_index, line))
 
     if args.layers and E <= 100_000:
         from torch_geometric.nn import GATConv, GINConv
@@ -243,15 +236,7 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
             "GINConv(MLP 96)": lambda: gin(x, edge_index),
         }
         for label, call in layer_calls.items():
-            def fwd(call=call):
-                with torch.no_grad():
-                    call()
-
-            def fb(call=call):
-                call().sum().backward()
-
-            record(label, median_seconds(fwd, device, repeat), median_seconds(fb, device, repeat),
-                   saved_bytes(call))
+            record_call(label, call)
 
 
 def print_table(rows, device):
