@@ -208,9 +208,11 @@ def default_threads() -> int:
 #: arguments that change the numbers; --resume only reuses folds run with the same values
 PROTOCOL_ARGS = ("epochs", "folds", "batch_size", "hidden", "layers", "heads", "pool",
                  "dropout", "lr", "weight_decay", "warmup_epochs", "clip", "edge_attr",
-                 "max_graphs", "seed", "transition_form", "mlp_ratio", "degree_dim")
+                 "max_graphs", "seed", "transition_form", "mlp_ratio", "degree_dim",
+                 "orient", "transition_bias", "gate_bias", "norm_eps")
 #: protocol arguments added later, with the value that files written before them ran with
-LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None}
+LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None,
+              "orient": "id", "transition_bias": None, "gate_bias": None, "norm_eps": None}
 
 
 def parse_models(parser, text: str, choices: Sequence[str]) -> List[str]:

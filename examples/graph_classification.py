@@ -73,18 +73,24 @@ def subset_indices(n: int, size: int, seed: int) -> List[int]:
     return sorted(torch.randperm(n, generator=gen)[:size].tolist())
 
 
-def load_graphs(name: str, root: Optional[str], max_graphs: Optional[int], seed: int = 0):
+def load_graphs(name: str, root: Optional[str], max_graphs: Optional[int], seed: int = 0,
+                orient: str = "id"):
     """``(graphs, info)`` with every graph prepared once by :class:`PrepareDAG`.
 
     ``max_graphs``: the Python-AST set is built with that many graphs (1000 if None); a TU set
     is cut to a seeded random subset of that size, prepared in memory (None or 0: all of
-    it)."""
+    it). ``orient``: how the undirected TU graphs become DAGs, ``"id"`` (lower to higher node
+    id) or ``"bfs"`` (away from the root of a breadth-first search); the ASTs keep their
+    direction."""
     if name in TU_SETS:
         from plstm_graph.datasets import default_root, load_tu
 
-        pre = PrepareDAG()  # undirected: oriented from lower to higher node id
+        pre = PrepareDAG(orient="auto" if orient == "id" else orient)
         if not max_graphs:
-            dataset = load_tu(name, root=prepared_root(root), pre_transform=pre)
+            # each orientation has its own cache (PyG does not reprocess a cached set)
+            cache = prepared_root(root) if orient == "id" else osp.join(prepared_root(root),
+                                                                        orient)
+            dataset = load_tu(name, root=cache, pre_transform=pre)
             graphs = prepare_list(dataset, pre)
         else:  # a small subset: not worth preparing (and caching) the whole set for it
             dataset = load_tu(name, root=osp.join(root or default_root(), "plain"))
@@ -170,7 +176,9 @@ def build_model(name: str, info: dict, args) -> torch.nn.Module:
             info["edge_dim"] if args.edge_attr else None, args.dropout, pool=args.pool,
             heads=args.heads, backend=None if args.backend == "auto" else args.backend,
             transition_form=args.transition_form,
-            **{k: v for k, v in (("mlp_ratio", args.mlp_ratio), ("degree_dim", args.degree_dim))
+            **{k: v for k, v in (("mlp_ratio", args.mlp_ratio), ("degree_dim", args.degree_dim),
+                                 ("transition_bias", args.transition_bias),
+                                 ("gate_bias", args.gate_bias), ("norm_eps", args.norm_eps))
                if v is not None})
     if name in BASELINES:
         # as many message-passing layers as PLSTMNet has pLSTM blocks (four per layer)
@@ -271,6 +279,15 @@ def plot_results(results: dict, path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
+def transition_bias_arg(text: str) -> dict:
+    """``--transition-bias P,D`` as the layer's ``{"P": ..., "D": ...}``."""
+    try:
+        p_mode, d_mode = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers 'P,D' (e.g. 6,2), got {text!r}")
+    return {"P": p_mode, "D": d_mode}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -295,6 +312,19 @@ def parse_args(argv=None):
     p.add_argument("--degree-dim", type=int, default=None,
                    help="PLSTMNet degree-encoding width, 0 disables it (None: the model's "
                         "default; an ablation)")
+    p.add_argument("--orient", choices=("id", "bfs"), default="id",
+                   help="how PLSTMNet's DAG is made from an undirected TU graph: lower to "
+                        "higher node id (the paper's), or away from the root of a "
+                        "breadth-first search per component (an ablation)")
+    p.add_argument("--transition-bias", type=transition_bias_arg, default=None,
+                   help="initial transition logits 'P,D' (None: the layer's default, 6,2; "
+                        "an ablation)")
+    p.add_argument("--gate-bias", type=float, default=None,
+                   help="initial source/mark/direct gate logit (None: the layer's default, "
+                        "0; an ablation)")
+    p.add_argument("--norm-eps", type=float, default=None,
+                   help="epsilon of the per-head RMSNorm (None: the layer's default, 1e-2; "
+                        "an ablation)")
     p.add_argument("--dropout", type=float, default=0.1,
                    help="dropout of every model (PLSTMNet's own default is 0: the paper's "
                         "protocol regularises its small training sets, and all the numbers "
@@ -346,6 +376,10 @@ def parse_args(argv=None):
         p.error(f"--max-graphs must be at least 2 x --folds ({2 * args.folds})")
     if args.resume and not args.output:
         p.error("--resume needs --output")
+    if args.orient != "id" and args.dataset == "python-ast":
+        p.error("--orient applies to the undirected TU sets; the ASTs keep their direction")
+    if args.norm_eps is not None and args.norm_eps <= 0:
+        p.error("--norm-eps must be positive")
     if args.plot and args.dataset == "all":
         p.error("--plot draws one data set; for the table use examples/paper_table.py")
     return args
@@ -389,7 +423,7 @@ def summarize(results: dict, run_folds: int, args) -> None:
 def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -> dict:
     """All requested models on one data set; ``save(results)`` is called after every fold."""
     t0 = time.perf_counter()
-    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed)
+    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed, args.orient)
     labels = [int(g.y) for g in graphs]
     print(f"{info['name']}: {info['num_graphs']} graphs, {info['num_features']} node features, "
           f"{info['edge_dim'] or 0} edge features, {info['num_classes']} classes | device "

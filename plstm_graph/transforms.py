@@ -34,10 +34,10 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import is_undirected
 
-from .dag import (DagSchedule, _multitree_checked, build_node_schedule, build_schedule,
-                  line_graph, to_dag, topological_levels)
+from .dag import (DagSchedule, _multitree_checked, bfs_rank, build_node_schedule,
+                  build_schedule, line_graph, to_dag, topological_levels)
 
-ORIENTATIONS = ("auto", "id", "none")
+ORIENTATIONS = ("auto", "id", "bfs", "none")
 #: the line graphs PrepareDAG can store: "P" the full one (line_index_p, and flipped for the
 #: reversed DAG), "D" the multitrees (line_index_d, line_index_d_rev)
 LINE_GRAPHS = ("P", "D")
@@ -95,6 +95,8 @@ def _orient(edge_index: Tensor, edge_attr: Optional[Tensor], num_nodes: int,
     if orient == "id" or (orient == "auto" and edge_index.numel() > 0 and
                           is_undirected(edge_index, num_nodes=num_nodes)):
         return to_dag(edge_index, edge_attr, num_nodes)
+    if orient == "bfs":
+        return to_dag(edge_index, edge_attr, num_nodes, rank=bfs_rank(edge_index, num_nodes))
     return edge_index, edge_attr
 
 
@@ -117,7 +119,10 @@ class PrepareDAG(BaseTransform):
     Args:
         orient (str, optional): :obj:`"auto"` orients graphs that store both directions of
             every edge (PyG's undirected convention) from lower to higher node id and takes any
-            other graph as a DAG; :obj:`"id"` always orients by id; :obj:`"none"` never does.
+            other graph as a DAG; :obj:`"id"` always orients by id; :obj:`"bfs"` orients
+            every edge away from a root, in the order of a breadth-first search from the
+            lowest id of each connected component (:func:`~plstm_graph.dag.bfs_rank`; the
+            input's directions are ignored); :obj:`"none"` never orients.
             (default: :obj:`"auto"`)
         reverse (bool, optional): Also prepare the reversed DAG. (default: :obj:`True`)
         level_method (str, optional): how the levels are computed, see

@@ -393,6 +393,42 @@ def test_to_dag_undirected(n, p, seed):
     assert arcs_of(to_dag(pyg, num_nodes=n)[0]) == got
 
 
+def nx_bfs_order(n, stored):
+    """Visiting order of networkx's BFS, one search per component from its lowest node,
+    neighbours in id order (the documented order of bfs_rank)."""
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(stored)
+    order = []
+    for root in range(n):
+        if root not in order:
+            order += [root] + [w for _, w in nx.bfs_edges(graph, root,
+                                                          sort_neighbors=sorted)]
+    return order
+
+
+@pytest.mark.parametrize("n,p,seed", [(1, 0.5, 0), (2, 1.0, 1), (8, 0.4, 2), (20, 0.2, 3),
+                                      (30, 0.1, 4), (40, 0.05, 5)])
+def test_bfs_orientation_against_networkx(n, p, seed):
+    from torch_geometric.data import Data
+    stored = random_undirected(n, p, seed)
+    edge_index = ei(stored) if stored else torch.empty(2, 0, dtype=torch.long)
+    order = nx_bfs_order(n, stored)
+    rank = plstm_graph.dag.bfs_rank(edge_index, n)
+    assert rank.tolist() == [order.index(v) for v in range(n)]
+    prepared = plstm_graph.PrepareDAG(orient="bfs")(Data(edge_index=edge_index, num_nodes=n))
+    got = arcs_of(prepared.dag_edge_index)
+    pos = {v: i for i, v in enumerate(order)}
+    expected = {(u, w) if pos[u] < pos[w] else (w, u) for u, w in stored}
+    assert sorted(got) == sorted(expected) and len(got) == len(expected)
+    # every BFS tree edge points from parent to child: a node's level is at most its distance
+    level = prepared.dag_level.tolist()
+    graph = nx.Graph(stored)
+    for root in {min(c) for c in nx.connected_components(graph)}:
+        for v, dist in nx.single_source_shortest_path_length(graph, root).items():
+            assert level[v] >= dist if v != root else level[v] == 0
+
+
 def test_to_dag_keeps_first_occurrence_attr_and_one_direction_input():
     edge_index = ei([(3, 1), (1, 3), (0, 2), (2, 0), (1, 2)])
     attr = torch.arange(5.0)[:, None]

@@ -79,6 +79,30 @@ def test_graph_classification_mutag(root, tmp_path, capsys):
     assert saved["summary"] == res["summary"]
 
 
+def test_graph_classification_ablation_options_reach_the_model(root):
+    from plstm_graph.dag import bfs_rank
+    args = graph_classification.parse_args([
+        "--orient", "bfs", "--transition-bias", "3,1.25", "--gate-bias", "-1",
+        "--norm-eps", "0.1", "--max-graphs", "30", "--root", root])
+    graphs, info = graph_classification.load_graphs("mutag", root, 30, 0, args.orient)
+    for g in graphs[:5]:
+        expected = plstm_graph.to_dag(g.edge_index, num_nodes=g.num_nodes,
+                                      rank=bfs_rank(g.edge_index, g.num_nodes))[0]
+        assert torch.equal(g.dag_edge_index, expected)
+    id_graphs, _ = graph_classification.load_graphs("mutag", root, 30, 0, "id")
+    assert any(not torch.equal(a.dag_edge_index, b.dag_edge_index)
+               for a, b in zip(graphs, id_graphs))
+    model = graph_classification.build_model("plstm", info, args)
+    convs = [block.conv for block in model.net.blocks]
+    assert [c.transition_bias for c in convs] == [3.0, 1.25, 3.0, 1.25]
+    assert all(c.gate_bias == -1.0 and c.norm_eps == 0.1 for c in convs)
+    assert float(convs[0].source_gate.node.bias[0]) == -1.0
+    for bad in (["--transition-bias", "3"], ["--norm-eps", "0"],
+                ["--dataset", "python-ast", "--orient", "bfs"]):
+        with pytest.raises(SystemExit):
+            graph_classification.parse_args(bad)
+
+
 def test_graph_classification_batches_are_dag_batches(root):
     graphs, info = graph_classification.load_graphs("mutag", root, 0)
     assert info["num_graphs"] == 188 and info["edge_dim"] == 4

@@ -2,7 +2,7 @@
 
 * :mod:`~plstm_graph.dag.validation`: ``check_edge_index``, ``check_line_index``,
   ``check_node_level``.
-* :mod:`~plstm_graph.dag.orientation`: ``to_dag``, ``reverse_dag``,
+* :mod:`~plstm_graph.dag.orientation`: ``to_dag``, ``bfs_rank``, ``reverse_dag``,
   ``weakly_connected_components``.
 * :mod:`~plstm_graph.dag.levels`: ``topological_levels`` and its backends.
 * :mod:`~plstm_graph.dag.line_graphs`: ``line_graph`` and the multitree pruning ``multitree``.
@@ -22,7 +22,7 @@ the line graph, which meet at the shared node ``edge_index[1, a] == edge_index[0
 """
 from .levels import LEVEL_METHODS, topological_levels
 from .line_graphs import _line_graph_torch, _multitree_checked, line_graph, multitree
-from .orientation import reverse_dag, to_dag, weakly_connected_components
+from .orientation import bfs_rank, reverse_dag, to_dag, weakly_connected_components
 from .schedule import (DagSchedule, NodeSchedule, build_node_schedule, build_schedule,
                        component_positions)
 from .validation import check_edge_index, check_line_index, check_node_level
@@ -35,6 +35,7 @@ __all__ = [
     "multitree",
     "topological_levels",
     "to_dag",
+    "bfs_rank",
     "reverse_dag",
     "weakly_connected_components",
     "component_positions",

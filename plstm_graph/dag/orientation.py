@@ -1,5 +1,6 @@
 """Orientation and connectivity: :func:`to_dag` (an undirected graph to a DAG),
-:func:`reverse_dag` and :func:`weakly_connected_components`."""
+:func:`bfs_rank` (an orientation from a root), :func:`reverse_dag` and
+:func:`weakly_connected_components`."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -58,6 +59,46 @@ def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
                           reduce="amin")
     out = torch.stack([lo[first], hi[first]], dim=0)
     return out, (edge_attr[first] if edge_attr is not None else None)
+
+
+def bfs_rank(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
+    """The order in which a breadth-first search visits the nodes, ``[N]``, as a ``rank``
+    for :func:`to_dag`: edge directions are ignored, every connected component is searched
+    from its lowest node id, components follow each other in the order of that id, and the
+    neighbours of a node are visited in id order.
+
+    ``to_dag(edge_index, rank=bfs_rank(edge_index))`` points every edge away from the root
+    (tree edges from parent to child; an edge inside one BFS layer from the earlier to the
+    later visited node), so the DAG's levels follow the distance from the root instead of
+    the numbering of the input file.
+    """
+    num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
+    src = torch.cat([edge_index[0], edge_index[1]]).cpu()
+    dst = torch.cat([edge_index[1], edge_index[0]]).cpu()
+    # neighbours sorted by (node, neighbour): a CSR walked by plain Python lists below, which
+    # for a graph of the size one prepares once (a molecule, a protein) is microseconds
+    order = torch.argsort(src * max(num_nodes, 1) + dst)
+    nbrs = dst[order].tolist()
+    ptr = [0] * (num_nodes + 1)
+    for node, count in enumerate(torch.bincount(src, minlength=num_nodes).tolist()):
+        ptr[node + 1] = ptr[node] + count
+    rank = [-1] * num_nodes
+    visited = 0
+    for root in range(num_nodes):
+        if rank[root] >= 0:
+            continue
+        rank[root] = visited
+        visited += 1
+        queue, head = [root], 0
+        while head < len(queue):
+            node = queue[head]
+            head += 1
+            for nb in nbrs[ptr[node]:ptr[node + 1]]:
+                if rank[nb] < 0:
+                    rank[nb] = visited
+                    visited += 1
+                    queue.append(nb)
+    return torch.tensor(rank, dtype=torch.long, device=edge_index.device)
 
 
 def reverse_dag(edge_index: Tensor) -> Tensor:
