@@ -9,6 +9,12 @@ their folds are merged per data set and model (a later file wins for the same fo
 refuses to mix runs of different protocols. ``--output`` writes the merged results (without
 learning curves) in the format of ``--dataset all``, so ``graph_classification.py --resume``
 can complete it.
+
+``--ablations`` reads single-data-set runs of one model instead, the first being the
+baseline, and prints one row per run: the options by which it departs from the baseline, its
+mean ± std and its difference to the baseline over the same folds.
+
+    python examples/paper_table.py --ablations base.json depth2.json bfs.json
 """
 from __future__ import annotations
 
@@ -149,12 +155,62 @@ def plot(table: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _flag(key: str, value) -> str:
+    """A protocol argument as the command-line option that sets it."""
+    if key == "edge_attr":
+        return "" if value else "--no-edge-attr"
+    if key == "transition_bias" and isinstance(value, dict):
+        value = f"{value['P']:g},{value['D']:g}"
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
+    """One row per run of ``model``: what it changes against the first run, its accuracy, and
+    the change of the mean over the folds both ran."""
+    runs = []
+    for path in paths:
+        with open(path) as fh:
+            (run,) = runs_of(json.load(fh))
+        if model not in run["models"]:
+            raise SystemExit(f"{path} has no {model!r} results")
+        args = {k: run["args"].get(k, LATER_ARGS.get(k)) for k in PROTOCOL_ARGS}
+        runs.append((path, run, args))
+    base_path, base, base_args = runs[0]
+    base_acc = {f["fold"]: f["test_acc"] for f in base["models"][model]["folds"]}
+    lines = [f"| {base['dataset']}: {model} | folds | test accuracy | change | per fold | s/fold |",
+             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    for path, run, args in runs:
+        if run["dataset"] != base["dataset"]:
+            raise SystemExit(f"{path} is {run['dataset']}, the baseline {base['dataset']}")
+        changed = [_flag(k, v) for k, v in args.items() if v != base_args[k]]
+        label = " ".join(c for c in changed if c) or "baseline (library defaults)"
+        folds = run["models"][model]["folds"]
+        acc = {f["fold"]: f["test_acc"] for f in folds}
+        shared = sorted(set(acc) & set(base_acc))
+        mean, std = mean_std(acc.values())
+        delta = (sum(acc[i] - base_acc[i] for i in shared) / len(shared)) if shared else None
+        change = "–" if path == base_path or delta is None else f"{delta:+.3f}"
+        per_fold = " ".join(f"{acc[i]:.3f}" for i in sorted(acc))
+        seconds = sum(f["seconds"] for f in folds) / len(folds)
+        lines.append(f"| `{label}` | {len(folds)} | {mean:.3f} ± {std:.3f} | {change} | "
+                     f"{per_fold} | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="JSON written by graph_classification.py")
     p.add_argument("--output", default=None, help="write the merged results here")
     p.add_argument("--plot", default=None, help="save the figure here (needs matplotlib)")
+    p.add_argument("--ablations", action="store_true",
+                   help="one row per input run against the first (see above)")
     args = p.parse_args(argv)
+    if args.ablations:
+        if args.output or args.plot:
+            p.error("--ablations prints a table only (no --output, no --plot)")
+        text = ablation_markdown(args.inputs)
+        print(text)
+        return dict(markdown=text)
     table = merge(args.inputs)
     if args.output:
         write_json(table, args.output)

@@ -338,3 +338,28 @@ def test_custom_dag_conversions_keep_direction():
     with pytest.raises(ValueError):
         g.add_edge(5, 9)
         custom_dag_dataset.from_networkx_dag(g)
+
+
+def test_paper_table_ablations(root, tmp_path, capsys):
+    tiny = TINY[:TINY.index("--run-folds")] + ["--run-folds", "2"] + \
+        TINY[TINY.index("--run-folds") + 2:]
+    paths = []
+    for name, extra in (("base", []), ("bfs", ["--orient", "bfs", "--transition-bias", "3,1.25"]),
+                        ("depth", ["--layers", "2", "--no-edge-attr"])):
+        path = tmp_path / f"{name}.json"
+        graph_classification.main(["--models", "plstm", "--root", root, "--output", str(path),
+                                   "--no-curves", *tiny, *extra])
+        paths.append(str(path))
+    capsys.readouterr()
+    text = paper_table.main(["--ablations", *paths])["markdown"]
+    lines = text.splitlines()
+    assert capsys.readouterr().out.strip() == text
+    assert lines[0].startswith("| MUTAG: plstm |") and len(lines) == 5
+    assert lines[2].startswith("| `baseline (library defaults)` | 2 |")
+    assert lines[3].startswith("| `--orient bfs --transition-bias 3,1.25` | 2 |")
+    assert lines[4].startswith("| `--layers 2 --no-edge-attr` | 2 |")
+    base, bfs = (json.loads(open(p).read())["models"]["plstm"]["folds"] for p in paths[:2])
+    delta = sum(b["test_acc"] - a["test_acc"] for a, b in zip(base, bfs)) / 2
+    assert f"| {delta:+.3f} |" in lines[3]
+    with pytest.raises(SystemExit):
+        paper_table.main(["--ablations", paths[0], "--plot", str(tmp_path / "x.png")])
