@@ -150,7 +150,9 @@ class PLSTMConv(MessagePassing):
     over the edges :math:`b'` leaving :math:`n` (``"source"``; ``"target"`` divides by
     :math:`\alpha + \deg_{in}(n) |t_n \beta_b|`), so the transitions leaving any incoming
     edge still sum to less than one in absolute value. This is :math:`T_n g_b` with
-    :math:`g_b` the op's ``carry``, O(E) without a line graph. The incoming edge's features
+    :math:`g_b` the op's ``carry``, O(E) without a line graph (on sparse graphs the layer
+    computes the same :math:`T_n g_b` per arc, as without edge features, because it is faster
+    there; :data:`NODE_LEVEL_MIN_ARCS_PER_EDGE`). The incoming edge's features
     :math:`\mathbf{a}_a` cannot enter: the node-level recurrence carries the *sum*
     :math:`\mathbf{H}_n = \sum_a \mathbf{C}_a` into every outgoing edge with one factor, and
     a term that depends on :math:`a` would have to weigh every :math:`\mathbf{C}_a`
