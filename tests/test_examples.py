@@ -180,7 +180,9 @@ def test_graph_classification_baselines_and_defaults():
 
     args = graph_classification.parse_args([])
     assert args.models == ["plstm", "gin"] and args.dataset == "mutag"  # make demo
-    assert not hasattr(args, "gate_bias")
+    # the ablation options default to the library's values (None: the layer decides)
+    assert (args.gate_bias, args.transition_bias, args.norm_eps, args.orient) == \
+        (None, None, None, "id")
     info = dict(num_features=7, num_classes=2, edge_dim=4)
     for name, cls in (("gin", GIN), ("gcn", GCN), ("gat", GAT)):
         model = graph_classification.build_model(name, info, args)
