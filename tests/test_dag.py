@@ -421,7 +421,8 @@ def test_bfs_orientation_against_networkx(n, p, seed):
     pos = {v: i for i, v in enumerate(order)}
     expected = {(u, w) if pos[u] < pos[w] else (w, u) for u, w in stored}
     assert sorted(got) == sorted(expected) and len(got) == len(expected)
-    # every BFS tree edge points from parent to child: a node's level is at most its distance
+    # every BFS tree edge points from parent to child, so a node's level (longest path from
+    # a source) is at least its distance from the root, and the root is a source
     level = prepared.dag_level.tolist()
     graph = nx.Graph(stored)
     for root in {min(c) for c in nx.connected_components(graph)}:

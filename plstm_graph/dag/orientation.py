@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._common import csr
 from .validation import check_edge_index
 
 
@@ -75,13 +76,13 @@ def bfs_rank(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
     num_nodes = check_edge_index(edge_index, num_nodes, allow_self_loops=True)
     src = torch.cat([edge_index[0], edge_index[1]]).cpu()
     dst = torch.cat([edge_index[1], edge_index[0]]).cpu()
-    # neighbours sorted by (node, neighbour): a CSR walked by plain Python lists below, which
-    # for a graph of the size one prepares once (a molecule, a protein) is microseconds
-    order = torch.argsort(src * max(num_nodes, 1) + dst)
-    nbrs = dst[order].tolist()
-    ptr = [0] * (num_nodes + 1)
-    for node, count in enumerate(torch.bincount(src, minlength=num_nodes).tolist()):
-        ptr[node + 1] = ptr[node] + count
+    # neighbours in id order within each node: sorted by id, then stably by node; the CSR is
+    # walked by plain Python lists below, which for a graph of the size one prepares once (a
+    # molecule, a protein) is microseconds
+    by_id = torch.sort(dst, stable=True).indices
+    ptr, perm = csr(src[by_id], num_nodes)
+    nbrs = dst[by_id][perm].tolist()
+    ptr = ptr.tolist()
     rank = [-1] * num_nodes
     visited = 0
     for root in range(num_nodes):
