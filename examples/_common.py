@@ -215,6 +215,18 @@ LATER_ARGS = {"transition_form": "arc", "mlp_ratio": None, "degree_dim": None,
               "orient": "id", "transition_bias": None, "gate_bias": None, "norm_eps": None}
 
 
+def runs_of(saved: dict) -> List[dict]:
+    """The per-data-set runs in a ``graph_classification.py --output`` file (one run, or the
+    ``"datasets"`` of ``--dataset all``)."""
+    return list(saved["datasets"].values()) if "datasets" in saved else [saved]
+
+
+def protocol_of(saved_args: dict) -> dict:
+    """A saved run's :data:`PROTOCOL_ARGS`, the ones added later at the values runs made
+    before them used (:data:`LATER_ARGS`)."""
+    return {k: saved_args.get(k, LATER_ARGS.get(k)) for k in PROTOCOL_ARGS}
+
+
 def parse_models(parser, text: str, choices: Sequence[str]) -> List[str]:
     """``--models``: a comma-separated, non-empty subset of ``choices``."""
     models = [m.strip() for m in text.split(",") if m.strip()]

@@ -49,9 +49,10 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
-    LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments,
-    default_threads, evaluate, finish, improves, mean_std, parse_models, prepare_list,
-    prepared_root, print_accuracy_table, split_loaders, stratified_folds, train_epoch, write_json)
+    MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments, default_threads,
+    evaluate, finish, improves, mean_std, parse_models, prepare_list, prepared_root,
+    print_accuracy_table, protocol_of, runs_of, split_loaders, stratified_folds, train_epoch,
+    write_json)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.nn import global_add_pool  # noqa: E402
@@ -391,14 +392,14 @@ def previous_folds(path: str, args) -> Dict[str, Dict[str, List[dict]]]:
         return {}
     with open(path) as fh:
         saved = json.load(fh)
-    runs = saved["datasets"].values() if "datasets" in saved else [saved]
     out: Dict[str, Dict[str, List[dict]]] = {}
-    for run in runs:
-        old = run["args"]
-        diff = [k for k in PROTOCOL_ARGS if old.get(k, LATER_ARGS.get(k)) != getattr(args, k)]
+    for run in runs_of(saved):
+        saved_args = run["args"]
+        old = protocol_of(saved_args)
+        diff = [k for k in PROTOCOL_ARGS if old[k] != getattr(args, k)]
         if diff:
             raise SystemExit(f"--resume: {path} holds {run['dataset']} run with other "
-                             f"settings ({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); "
+                             f"settings ({', '.join(f'{k}={saved_args.get(k)!r}' for k in diff)}); "
                              f"use another --output or drop --resume")
         out[run["dataset"]] = {m: r["folds"] for m, r in run["models"].items()}
     return out

@@ -26,15 +26,12 @@ import sys
 from typing import Dict, List, Optional
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import LATER_ARGS, MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, write_json  # noqa: E402
+from _common import (MODELS, PROTOCOL_ARGS, TU_SETS, mean_std, protocol_of,  # noqa: E402
+                     runs_of, write_json)
 
 #: column order of the table: the TU sets first, in the paper's order, then anything else
 ORDER = [name.upper() for name in TU_SETS]
 LABELS = {"plstm": "pLSTM (PLSTMNet)", "gin": "GIN", "gcn": "GCN", "gat": "GAT"}
-
-
-def runs_of(saved: dict) -> List[dict]:
-    return list(saved["datasets"].values()) if "datasets" in saved else [saved]
 
 
 def merge(paths: List[str]) -> dict:
@@ -48,9 +45,8 @@ def merge(paths: List[str]) -> dict:
         for run in runs_of(saved):
             name = run["dataset"]
             if name in merged:
-                old = merged[name]["args"]
-                diff = [k for k in PROTOCOL_ARGS
-                        if old.get(k, LATER_ARGS.get(k)) != run["args"].get(k, LATER_ARGS.get(k))]
+                old, new = protocol_of(merged[name]["args"]), protocol_of(run["args"])
+                diff = [k for k in PROTOCOL_ARGS if old[k] != new[k]]
                 if diff:
                     raise SystemExit(f"{path}: {name} was run with other settings than an "
                                      f"earlier file ({', '.join(diff)}); not merging them")
@@ -173,8 +169,7 @@ def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
             (run,) = runs_of(json.load(fh))
         if model not in run["models"]:
             raise SystemExit(f"{path} has no {model!r} results")
-        args = {k: run["args"].get(k, LATER_ARGS.get(k)) for k in PROTOCOL_ARGS}
-        runs.append((path, run, args))
+        runs.append((path, run, protocol_of(run["args"])))
     base_path, base, base_args = runs[0]
     base_acc = {f["fold"]: f["test_acc"] for f in base["models"][model]["folds"]}
     lines = [f"| {base['dataset']}: {model} | folds | test accuracy | change | per fold | s/fold |",
