@@ -1,6 +1,6 @@
 """``torch.compile`` of a PLSTMNet training step on prepared batches, against eager.
 
-The batches come from a shuffled ``DataLoader`` over the bundled MUTAG after ``PrepareDAG``
+The batches come from a shuffled ``DAGDataLoader`` over the bundled MUTAG after ``PrepareDAG``
 (batches of 64, the last one smaller, so graph sizes and batch sizes change every step). The
 plan of every batch is built eagerly, outside the compiled function
 (``DAGPlan.from_data(batch).build()``): index bookkeeping is data-dependent Python and C++
@@ -28,9 +28,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
-from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
+from plstm_graph import DAGDataLoader, DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
 from plstm_graph.datasets import load_mutag  # noqa: E402
-from torch_geometric.loader import DataLoader  # noqa: E402
 
 
 def step_fn(model):
@@ -46,8 +45,8 @@ def run(args):
     torch.manual_seed(0)
     root = tempfile.mkdtemp(prefix="plstm_bench_compile_")  # processed with PrepareDAG here
     dataset = load_mutag(root=root, pre_transform=PrepareDAG())
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DAGDataLoader(dataset, batch_size=args.batch_size, shuffle=True,
+                           generator=torch.Generator().manual_seed(0))
     batches = [(b, DAGPlan.from_data(b).build()) for _ in range(args.epochs) for b in loader]
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

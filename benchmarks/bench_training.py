@@ -6,7 +6,8 @@ backward, step), batches from a shuffled ``DataLoader``. Rows:
 * ``plstm plain``: ``PLSTMNet(in, hidden, out, num_layers=1)(x, edge_index, edge_attr, batch)``
   on raw PyG batches (the layer orients and prepares the DAG of every batch itself);
 * ``plstm prepared``: the same model on batches of graphs that went through
-  :class:`~plstm_graph.PrepareDAG` once (``pre_transform``), with ``DAGPlan.from_data(batch)``;
+  :class:`~plstm_graph.PrepareDAG` once (``pre_transform``), batched by
+  :class:`~plstm_graph.DAGDataLoader`, with ``DAGPlan.from_data(batch)``;
 * ``plstm linear-op``: the prepared model with the pLSTM op replaced by a plain linear map of
   the values (what the backbone around the op costs);
 * ``gin``: PyG's ``GIN`` with four ``GINConv`` layers of the same width, batch norm, sum pooling
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
-from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
+from plstm_graph import DAGDataLoader, DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
 from torch_geometric.data import Data  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 from torch_geometric.nn import GIN, global_add_pool  # noqa: E402
@@ -182,8 +183,8 @@ def time_models(spec, epochs: int, hidden: int, breakdown: bool = False,
     torch.manual_seed(0)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     raw = DataLoader(spec["raw"], batch_size=spec["batch"], shuffle=True, generator=gen())
-    prepared = DataLoader(spec["prepared"], batch_size=spec["batch"], shuffle=True,
-                          generator=gen())
+    prepared = DAGDataLoader(spec["prepared"], batch_size=spec["batch"], shuffle=True,
+                             generator=gen())
     args = (spec["in_channels"], hidden, spec["out"], spec["edge_dim"])
     runs = {
         "gin": (make_epoch(GINModel(*args[:3]), raw, spec["task"]), None),

@@ -62,9 +62,8 @@ except ImportError:  # running from a source checkout without installing
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _common import prepared_root, stratified_folds  # noqa: E402
 
-from torch_geometric.loader import DataLoader  # noqa: E402
 
-from plstm_graph import DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
+from plstm_graph import DAGDataLoader, DAGPlan, PLSTMNet, PrepareDAG  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,9 +272,9 @@ def run(args, rank, world, local_rank, device) -> dict:
     train_set = dataset[train_idx]
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                  seed=args.seed)
-    train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
+    train_loader = DAGDataLoader(train_set, batch_size=args.batch_size, sampler=sampler)
     # test shards without DistributedSampler's padding, so that every graph counts once
-    test_loader = DataLoader(dataset[test_idx[rank::world]], batch_size=256)
+    test_loader = DAGDataLoader(dataset[test_idx[rank::world]], batch_size=256)
 
     # DistributedSampler repeats a few graphs so that every rank gets as many batches
     pad = world * len(sampler) - len(train_set)
