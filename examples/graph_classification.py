@@ -30,8 +30,10 @@ Every graph goes through :class:`~plstm_graph.PrepareDAG` exactly once, as the d
 are offset by edge counts, and each training step only builds the batch's ``DAGPlan``.
 
 Run ``python examples/graph_classification.py`` (a few minutes on two CPU cores) or
-``--help`` for the options. Ends with a one-line ``SUMMARY`` per data set. ``make paper`` runs
-the whole table (``--dataset all --models plstm,gin,gcn,gat``, hours on a CPU) and
+``--help`` for the options. Ends with a one-line ``SUMMARY`` per data set. ``--workers 2``
+trains two folds at a time, each in its own process (the same numbers as one process: every
+fold seeds itself). ``make paper`` runs the whole table (``--dataset all --models
+plstm,gin,gcn,gat --workers 2 --threads 1``, hours on a CPU) and
 ``examples/paper_table.py`` turns its JSON into the README table and a figure.
 """
 from __future__ import annotations
@@ -43,6 +45,8 @@ import os
 import os.path as osp
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -369,6 +373,10 @@ def parse_args(argv=None):
                    help="save a PNG of per-fold accuracy and learning curves (needs "
                         "matplotlib; one data set only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1,
+                   help="folds trained at the same time, each in its own process with "
+                        "--threads threads (e.g. --workers 2 --threads 1 on two cores); the "
+                        "numbers are those of --workers 1")
     args = p.parse_args(argv)
     args.models = parse_models(p, args.models, MODELS)
     if len(set(args.models)) != len(args.models):
@@ -383,6 +391,8 @@ def parse_args(argv=None):
         p.error(f"--max-graphs must be at least 2 x --folds ({2 * args.folds})")
     if args.resume and not args.output:
         p.error("--resume needs --output")
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
     if args.orient != "id" and args.dataset == "python-ast":
         p.error("--orient applies to the undirected TU sets; the ASTs keep their direction")
     if args.norm_eps is not None and args.norm_eps <= 0:
@@ -427,6 +437,24 @@ def summarize(results: dict, run_folds: int, args) -> None:
                           f"test accuracy: {summary} | total {results['seconds']:.0f}s")
 
 
+# ``--workers``: folds in separate processes. Every fold seeds itself and builds its own model,
+# loaders and optimiser, so a fold gives the same numbers in any process and order.
+_WORKER: dict = {}
+
+
+def _start_worker(dataset: str, args) -> None:
+    device = apply_runtime_arguments(args)
+    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed, args.orient)
+    splits = list(cv_splits([int(g.y) for g in graphs], args.folds, args.seed))
+    _WORKER.update(args=args, device=device, graphs=graphs, info=info, splits=splits)
+
+
+def _worker_fold(name: str, fold: int) -> dict:
+    w = _WORKER
+    return run_fold(name, w["info"], w["args"], w["graphs"], w["splits"][fold], fold,
+                    w["device"])
+
+
 def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -> dict:
     """All requested models on one data set; ``save(results)`` is called after every fold."""
     t0 = time.perf_counter()
@@ -452,22 +480,33 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
                   if name in MODELS else 0)
         results["models"][name] = dict(mean=0.0, std=0.0, params=params, folds=folds,
                                        seconds=sum(f["seconds"] for f in folds))
-    for name in args.models:
+    def record(name: str, f: dict) -> None:
         entry = results["models"][name]
-        have = {f["fold"] for f in entry["folds"]}
-        outer = tqdm(range(run_folds), desc=f"{info['name']} {name} folds", disable=args.quiet,
-                     dynamic_ncols=True)
-        for fold in outer:
-            if fold in have:
-                continue
-            f = run_fold(name, info, args, graphs, splits[fold], fold, device, position=1)
-            entry["folds"] = sorted(entry["folds"] + [f], key=lambda g: g["fold"])
-            entry["seconds"] += f["seconds"]
-            results["seconds"] = time.perf_counter() - t0
-            summarize(results, run_folds, args)
-            save(results)
-            outer.set_postfix(mean_test=f"{entry['mean']:.3f}")
-        outer.close()
+        entry["folds"] = sorted(entry["folds"] + [f], key=lambda g: g["fold"])
+        entry["seconds"] += f["seconds"]
+        results["seconds"] = time.perf_counter() - t0
+        summarize(results, run_folds, args)
+        save(results)
+
+    todo = [(name, fold) for name in args.models for fold in range(run_folds)
+            if fold not in {f["fold"] for f in results["models"][name]["folds"]}]
+    if args.workers > 1 and len(todo) > 1:
+        quiet = argparse.Namespace(**dict(vars(args), quiet=True))
+        bar = tqdm(total=len(todo), desc=f"{info['name']} folds ({args.workers} processes)",
+                   disable=args.quiet, dynamic_ncols=True)
+        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)),
+                                 mp_context=get_context("spawn"), initializer=_start_worker,
+                                 initargs=(dataset, quiet)) as pool:
+            jobs = {pool.submit(_worker_fold, name, fold): name for name, fold in todo}
+            for job in as_completed(jobs):
+                record(jobs[job], job.result())
+                bar.update()
+        bar.close()
+    else:
+        for name, fold in tqdm(todo, desc=f"{info['name']} folds", disable=args.quiet,
+                               dynamic_ncols=True):
+            record(name, run_fold(name, info, args, graphs, splits[fold], fold, device,
+                                  position=1))
     results["seconds"] = time.perf_counter() - t0
     summarize(results, run_folds, args)
     save(results)

@@ -365,3 +365,24 @@ def test_paper_table_ablations(root, tmp_path, capsys):
     assert f"| {delta:+.3f} |" in lines[3]
     with pytest.raises(SystemExit):
         paper_table.main(["--ablations", paths[0], "--plot", str(tmp_path / "x.png")])
+
+
+def test_graph_classification_workers_give_the_same_folds(root, tmp_path):
+    # two processes (spawned, each loading the data itself) against one: the same numbers,
+    # folds in fold order whatever finished first, and --resume skips folds in both
+    base = ["--dataset", "mutag", "--models", "plstm,gin", "--run-folds", "3", "--epochs", "1",
+            "--hidden", "8", "--max-graphs", "60", "--root", root, "--quiet", "--threads", "1"]
+    one = graph_classification.main(base + ["--output", str(tmp_path / "one.json")])
+    out = str(tmp_path / "two.json")
+    two = graph_classification.main(base + ["--workers", "2", "--output", out,
+                                            "--run-folds", "2"])
+    two = graph_classification.main(base + ["--workers", "2", "--output", out, "--resume"])
+    for name in ("plstm", "gin"):
+        strip = [[{k: v for k, v in f.items() if k != "seconds"}
+                  for f in r["models"][name]["folds"]]
+                 for r in (one, two)]
+        assert [f["fold"] for f in strip[1]] == [0, 1, 2]
+        assert strip[0] == strip[1]
+    assert json.loads(open(out).read())["summary"] == two["summary"]
+    with pytest.raises(SystemExit):
+        graph_classification.main(base + ["--workers", "0"])
