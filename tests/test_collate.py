@@ -39,26 +39,30 @@ def _same_batch(got, want):
         assert torch.equal(got._inc_dict[key], want._inc_dict[key]), key
 
 
+def _refuse(*args, **kwargs):
+    raise AssertionError("collate_dags fell back to Batch.from_data_list")
+
+
 @pytest.fixture
 def no_pyg(monkeypatch):
     """Make the PyG fallback fail, so that a test proves the fast path ran."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("collate_dags fell back to Batch.from_data_list")
-    monkeypatch.setattr(collate_mod.Batch, "from_data_list", refuse)
-    return Batch.from_data_list
+    monkeypatch.setattr(collate_mod.Batch, "from_data_list", _refuse)
+
+
+def _check_fast_path(graphs, monkeypatch, **kwargs):
+    """``collate_dags`` with PyG's collation made to fail, against PyG's own batch."""
+    want = Batch.from_data_list(graphs, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(collate_mod.Batch, "from_data_list", _refuse)
+        got = collate_dags(graphs, **kwargs)
+    _same_batch(got, want)
+    return got
 
 
 @pytest.mark.parametrize("count", [1, 2, 7, 19])
 @pytest.mark.parametrize("seed", [0, 3])
 def test_prepared_batches_equal_pyg(count, seed, monkeypatch):
-    graphs = _graphs(count, seed)
-    want = Batch.from_data_list(graphs)
-    with monkeypatch.context() as m:
-        m.setattr(collate_mod.Batch, "from_data_list",
-                  lambda *a, **k: pytest.fail("fell back to PyG"))
-        got = collate_dags(graphs)
-    _same_batch(got, want)
-    assert isinstance(got, DAGData)
+    assert isinstance(_check_fast_path(_graphs(count, seed), monkeypatch), DAGData)
 
 
 def test_line_graph_indices_are_offset_by_edges(no_pyg):
@@ -88,12 +92,7 @@ def test_follow_batch_and_exclude_keys(monkeypatch):
     for kwargs in (dict(follow_batch=["dag_edge_index", "x", "y"]),
                    dict(exclude_keys=["edge_attr", "line_index_p"]),
                    dict(follow_batch=["dag_level"], exclude_keys=["y"])):
-        want = Batch.from_data_list(graphs, **kwargs)
-        with monkeypatch.context() as m:
-            m.setattr(collate_mod.Batch, "from_data_list",
-                      lambda *a, **k: pytest.fail("fell back to PyG"))
-            got = collate_dags(graphs, **kwargs)
-        _same_batch(got, want)
+        _check_fast_path(graphs, monkeypatch, **kwargs)
 
 
 def test_plain_data_with_int32_index_and_scalars(monkeypatch):
@@ -102,13 +101,7 @@ def test_plain_data_with_int32_index_and_scalars(monkeypatch):
         ei = random_dag(6 + i, 0.4, seed=i)
         graphs.append(Data(x=torch.randn(6 + i, 2), edge_index=ei.to(torch.int32),
                            label=torch.tensor(float(i)), face_index=ei[:1].clone()))
-    want = Batch.from_data_list(graphs)
-    with monkeypatch.context() as m:
-        m.setattr(collate_mod.Batch, "from_data_list",
-                  lambda *a, **k: pytest.fail("fell back to PyG"))
-        got = collate_dags(graphs)
-    _same_batch(got, want)
-    assert got.edge_index.dtype == torch.int32
+    assert _check_fast_path(graphs, monkeypatch).edge_index.dtype == torch.int32
 
 
 class _Custom(Data):
