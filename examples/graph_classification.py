@@ -299,6 +299,16 @@ def transition_bias_arg(text: str) -> dict:
     return {"P": p_mode, "D": d_mode}
 
 
+def fold_ids_arg(text: str) -> List[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected fold numbers like 5,6,7, got {text!r}")
+    if len(set(ids)) != len(ids) or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"fold numbers must be distinct and >= 0, got {text!r}")
+    return sorted(ids)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -373,6 +383,10 @@ def parse_args(argv=None):
                    help="save a PNG of per-fold accuracy and learning curves (needs "
                         "matplotlib; one data set only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--fold-ids", type=fold_ids_arg, default=None,
+                   help="run only these folds, 0-based as 'fold' in the JSON (e.g. 5,6,7), "
+                        "instead of the first --run-folds; for paired ablations against "
+                        "folds of a baseline that ran elsewhere")
     p.add_argument("--workers", type=int, default=1,
                    help="folds trained at the same time, each in its own process with "
                         "--threads threads (e.g. --workers 2 --threads 1 on two cores); the "
@@ -391,6 +405,8 @@ def parse_args(argv=None):
         p.error(f"--max-graphs must be at least 2 x --folds ({2 * args.folds})")
     if args.resume and not args.output:
         p.error("--resume needs --output")
+    if args.fold_ids is not None and max(args.fold_ids) >= args.folds:
+        p.error(f"--fold-ids: folds are numbered 0 to {args.folds - 1}")
     if args.workers < 1:
         p.error("--workers must be at least 1")
     if args.orient != "id" and args.dataset == "python-ast":
@@ -466,6 +482,9 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
           f"data ready in {time.perf_counter() - t0:.1f}s", flush=True)
     splits = list(cv_splits(labels, args.folds, args.seed))
     run_folds = args.folds if args.run_folds is None else max(1, min(args.run_folds, args.folds))
+    fold_ids = range(run_folds) if args.fold_ids is None else args.fold_ids
+    if args.fold_ids is not None:
+        run_folds = len(fold_ids)
 
     stored = {k: v for k, v in vars(args).items() if k not in ("models",)}
     results = dict(dataset=info["name"], args=dict(stored, dataset=dataset, models=args.models),
@@ -488,7 +507,7 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
         summarize(results, run_folds, args)
         save(results)
 
-    todo = [(name, fold) for name in args.models for fold in range(run_folds)
+    todo = [(name, fold) for name in args.models for fold in fold_ids
             if fold not in {f["fold"] for f in results["models"][name]["folds"]}]
     if args.workers > 1 and len(todo) > 1:
         quiet = argparse.Namespace(**dict(vars(args), quiet=True))

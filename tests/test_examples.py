@@ -386,3 +386,16 @@ def test_graph_classification_workers_give_the_same_folds(root, tmp_path):
     assert json.loads(open(out).read())["summary"] == two["summary"]
     with pytest.raises(SystemExit):
         graph_classification.main(base + ["--workers", "0"])
+
+
+def test_graph_classification_fold_ids(root, tmp_path):
+    base = ["--dataset", "mutag", "--models", "gin", "--epochs", "1", "--hidden", "8",
+            "--max-graphs", "40", "--folds", "4", "--root", root, "--quiet"]
+    res = graph_classification.main(base + ["--fold-ids", "3,1"])
+    assert [f["fold"] for f in res["models"]["gin"]["folds"]] == [1, 3]
+    full = graph_classification.main(base)
+    by_fold = {f["fold"]: f["test_acc"] for f in full["models"]["gin"]["folds"]}
+    assert [f["test_acc"] for f in res["models"]["gin"]["folds"]] == [by_fold[1], by_fold[3]]
+    for bad in ("4", "1,1", "a"):
+        with pytest.raises(SystemExit):
+            graph_classification.main(base + ["--fold-ids", bad])
