@@ -293,6 +293,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def machine_info() -> dict:
+    """Where a run ran. Other CPUs (and other torch/MKL builds) round differently, and with one
+    seed per fold that moves single folds by a few per cent, so every result file says where
+    its numbers come from; runs compare fold by fold only on the same machine."""
+    import platform
+
+    info = dict(arch=platform.machine(), cpus=os.cpu_count(), torch=torch.__version__)
+    fields: Dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if not line.strip():
+                    break  # the first processor describes them all
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    info["cpu"] = fields.get("model name") or platform.processor() or None
+    if fields:
+        info["cpu_id"] = "/".join(fields.get(k, "?") for k in ("vendor_id", "cpu family",
+                                                                "model", "stepping"))
+        flags = set(fields.get("flags", "").split())
+        info["isa"] = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    return info
+
+
 def write_json(obj: dict, path: str) -> None:
     # Rewritten after every fold of runs that take hours: never leave a truncated file.
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)

@@ -54,8 +54,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
     MODELS, PROTOCOL_ARGS, TU_SETS, SymmetrizeEdges, apply_runtime_arguments, default_threads,
-    evaluate, finish, fixed_batches, improves, mean_std, parse_models, prepare_list,
-    prepared_root, print_accuracy_table, protocol_of, runs_of, skip_loader_passes,
+    evaluate, finish, fixed_batches, improves, machine_info, mean_std, parse_models,
+    prepare_list, prepared_root, print_accuracy_table, protocol_of, runs_of, skip_loader_passes,
     split_loaders, stratified_folds, train_epoch, write_json)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
@@ -488,7 +488,8 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
 
     stored = {k: v for k, v in vars(args).items() if k not in ("models",)}
     results = dict(dataset=info["name"], args=dict(stored, dataset=dataset, models=args.models),
-                   info=info, native=plstm_graph.WITH_NATIVE, models={})
+                   info=info, native=plstm_graph.WITH_NATIVE,
+                   machine=machine_info(), models={})
     # Every fold already in the file (also of models not requested now, or beyond --run-folds)
     # is part of every save: an interrupted --resume run must never lose folds it was given.
     for name in list(done) + [m for m in args.models if m not in done]:

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the shared helpers next to this file
 from _common import (  # noqa: E402
     SymmetrizeEdges, add_runtime_arguments, apply_runtime_arguments, evaluate, finish, improves,
-    masked_targets, mean_std, parse_models, prepare_list, prepared_root, print_accuracy_table,
-    split_loaders, train_epoch)
+    machine_info, masked_targets, mean_std, parse_models, prepare_list, prepared_root,
+    print_accuracy_table, split_loaders, train_epoch)
 
 import plstm_graph  # noqa: E402  (importable after _common set up the path)
 from torch_geometric.nn import GAT, GCN  # noqa: E402
@@ -209,7 +209,8 @@ def main(argv=None) -> dict:
     majority = mean_std(majority_baseline(graphs, splits[s]) for s in seeds)[0]
 
     results = dict(dataset=info["name"], args=vars(args).copy(), info=info,
-                   native=plstm_graph.WITH_NATIVE, majority=majority, models={})
+                   native=plstm_graph.WITH_NATIVE, machine=machine_info(),
+                   majority=majority, models={})
     for name in args.models:
         start = time.perf_counter()
         runs = [run_seed(name, info, args, graphs, splits[s], s, device) for s in seeds]

@@ -4,8 +4,9 @@ Layout: :mod:`plstm_graph.dag` (orientation, levels, line graphs, multitree, the
 schedule), :mod:`plstm_graph.transforms` (per-graph preparation for ``DataLoader`` batches),
 :mod:`plstm_graph.ops` (``plstm_dag`` and its torch/native backends), :mod:`plstm_graph.nn`
 (``PLSTMConv`` and blocks), :mod:`plstm_graph.models` (``PLSTMNet``) and
-:mod:`plstm_graph.datasets` (bundled data), :mod:`plstm_graph.collate` (``DAGDataLoader``: PyG's batches of prepared
-graphs, built faster), :mod:`plstm_graph.loader` (mini-batches of one large DAG).
+:mod:`plstm_graph.datasets` (bundled data), :mod:`plstm_graph.collate` (``DAGDataLoader``:
+PyG's batches of prepared graphs, built faster), :mod:`plstm_graph.loader` (mini-batches of
+one large DAG).
 """
 from .collate import DAGDataLoader, collate_dags
 from .dag import line_graph, multitree, reverse_dag, to_dag, topological_levels

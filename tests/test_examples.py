@@ -77,6 +77,7 @@ def test_graph_classification_mutag(root, tmp_path, capsys):
     assert "plstm" in printed[-1] and "gin" in printed[-1]
     saved = json.loads(out.read_text())
     assert saved["summary"] == res["summary"]
+    assert saved["machine"] == _common.machine_info()
 
 
 def test_graph_classification_ablation_options_reach_the_model(root):
@@ -399,3 +400,10 @@ def test_graph_classification_fold_ids(root, tmp_path):
     for bad in ("4", "1,1", "a"):
         with pytest.raises(SystemExit):
             graph_classification.main(base + ["--fold-ids", bad])
+
+
+def test_result_files_say_where_they_ran():
+    info = _common.machine_info()
+    assert info["cpus"] >= 1 and info["torch"] == torch.__version__
+    assert info["arch"] and "cpu" in info
+    json.dumps(info)  # goes into the result files as it is
