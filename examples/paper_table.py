@@ -50,8 +50,13 @@ def merge(paths: List[str]) -> dict:
                 if diff:
                     raise SystemExit(f"{path}: {name} was run with other settings than an "
                                      f"earlier file ({', '.join(diff)}); not merging them")
+            # the machines the folds ran on (files before 2026-12-04 do not say)
+            machines = merged.get(name, {}).get("machines", [])
+            for m in run.get("machines", []) + ([run["machine"]] if "machine" in run else []):
+                if m not in machines:
+                    machines.append(m)
             merged[name] = dict(dataset=name, args=dict(run["args"]), info=run["info"],
-                                native=run.get("native"))
+                                native=run.get("native"), machines=machines)
             for model, r in run["models"].items():
                 params.setdefault(name, {})[model] = r["params"]
                 slot = folds.setdefault(name, {}).setdefault(model, {})

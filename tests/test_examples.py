@@ -267,6 +267,7 @@ def test_paper_table(all_table, tmp_path, capsys):
     # the merged file is in the --dataset all format, ready for --resume
     merged = json.loads(merged_path.read_text())
     assert set(merged["datasets"]) == set(TU_WIDTHS)
+    assert all(run["machines"] == [_common.machine_info()] for run in merged["datasets"].values())
     args = graph_classification.parse_args(["--dataset", "all", *TINY])
     done = graph_classification.previous_folds(str(merged_path), args)
     assert [f["fold"] for f in done["PTC_FM"]["gat"]] == [0]
