@@ -61,9 +61,11 @@ def _fast_path_ok(data_list: Sequence, exclude: set) -> bool:
         if value.dtype == torch.bool and _incremented(cls, key):
             return False  # bool + an int offset promotes; PyG's per-graph add decides
     for data in data_list[1:]:
+        if type(data) is not cls:
+            return False
         other = data._store._mapping
         # PyG ignores keys that only later graphs have; let it decide those
-        if type(data) is not cls or len(other) != len(first):
+        if len(other) != len(first):
             return False
         for key, value in first.items():
             if key in exclude or key == "num_nodes":
@@ -75,9 +77,12 @@ def _fast_path_ok(data_list: Sequence, exclude: set) -> bool:
     return True
 
 
-def _missing(data_list: Sequence, exclude: set) -> None:
+def _check_graphs(data_list: Sequence, exclude: set) -> None:
     first = data_list[0]._store._mapping
     for i, data in enumerate(data_list):
+        if not isinstance(data, Data):
+            raise TypeError(f"graph {i} of the batch is a {type(data).__name__}, graph 0 a "
+                            f"{type(data_list[0]).__name__}; a batch holds graphs of one kind")
         lacks = [k for k in first if k not in exclude and k not in data._store._mapping]
         if lacks:
             raise ValueError(f"graph {i} of the batch has no attribute {lacks[0]!r}, which graph "
@@ -94,6 +99,7 @@ def collate_dags(data_list: Sequence[Data], follow_batch: Optional[Sequence[str]
 
     Raises:
         ValueError: for an empty list, or a graph that lacks an attribute of graph 0.
+        TypeError: for a list that mixes graphs with other objects.
     """
     if not isinstance(data_list, (list, tuple)):
         data_list = list(data_list)
@@ -102,7 +108,7 @@ def collate_dags(data_list: Sequence[Data], follow_batch: Optional[Sequence[str]
     exclude = set(exclude_keys or ())
     follow = set(follow_batch or ())
     if isinstance(data_list[0], Data) and type(data_list[0]) in _FAST_CLASSES:
-        _missing(data_list, exclude)
+        _check_graphs(data_list, exclude)
     if not _fast_path_ok(data_list, exclude):
         return Batch.from_data_list(list(data_list), follow_batch=follow_batch,
                                     exclude_keys=exclude_keys)

@@ -171,6 +171,10 @@ def test_refusals_name_the_problem():
     del graphs[1].line_index_p
     with pytest.raises(ValueError, match=r"graph 1 .*'line_index_p'.*exclude_keys"):
         collate_dags(graphs)
+    h = HeteroData()
+    h["a"].x = torch.ones(2, 1)
+    with pytest.raises(TypeError, match="graph 1 of the batch is a HeteroData"):
+        collate_dags([graphs[0], h])
     # excluding the key is the way out, and then the batch is PyG's
     _same_batch(collate_dags(graphs, exclude_keys=["line_index_p"]),
                 Batch.from_data_list(graphs, exclude_keys=["line_index_p"]))
