@@ -458,10 +458,16 @@ def summarize(results: dict, run_folds: int, args) -> None:
 _WORKER: dict = {}
 
 
+def fold_inputs(dataset: str, args):
+    """``(graphs, info, splits)``: the prepared graphs and the folds every run of ``dataset``
+    trains on."""
+    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed, args.orient)
+    return graphs, info, list(cv_splits([int(g.y) for g in graphs], args.folds, args.seed))
+
+
 def _start_worker(dataset: str, args) -> None:
     device = apply_runtime_arguments(args)
-    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed, args.orient)
-    splits = list(cv_splits([int(g.y) for g in graphs], args.folds, args.seed))
+    graphs, info, splits = fold_inputs(dataset, args)
     _WORKER.update(args=args, device=device, graphs=graphs, info=info, splits=splits)
 
 
@@ -474,13 +480,11 @@ def _worker_fold(name: str, fold: int) -> dict:
 def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -> dict:
     """All requested models on one data set; ``save(results)`` is called after every fold."""
     t0 = time.perf_counter()
-    graphs, info = load_graphs(dataset, args.root, args.max_graphs, args.seed, args.orient)
-    labels = [int(g.y) for g in graphs]
+    graphs, info, splits = fold_inputs(dataset, args)
     print(f"{info['name']}: {info['num_graphs']} graphs, {info['num_features']} node features, "
           f"{info['edge_dim'] or 0} edge features, {info['num_classes']} classes | device "
           f"{device}, {args.threads} thread(s), native kernels: {plstm_graph.WITH_NATIVE} | "
           f"data ready in {time.perf_counter() - t0:.1f}s", flush=True)
-    splits = list(cv_splits(labels, args.folds, args.seed))
     run_folds = args.folds if args.run_folds is None else max(1, min(args.run_folds, args.folds))
     fold_ids = range(run_folds) if args.fold_ids is None else args.fold_ids
     if args.fold_ids is not None:
@@ -508,8 +512,9 @@ def run_dataset(dataset: str, args, device, done: Dict[str, List[dict]], save) -
         summarize(results, run_folds, args)
         save(results)
 
+    have = {name: {f["fold"] for f in results["models"][name]["folds"]} for name in args.models}
     todo = [(name, fold) for name in args.models for fold in fold_ids
-            if fold not in {f["fold"] for f in results["models"][name]["folds"]}]
+            if fold not in have[name]]
     if args.workers > 1 and len(todo) > 1:
         quiet = argparse.Namespace(**dict(vars(args), quiet=True))
         bar = tqdm(total=len(todo), desc=f"{info['name']} folds ({args.workers} processes)",

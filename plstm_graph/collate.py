@@ -39,6 +39,10 @@ def _incremented(cls, key: str) -> str:
     return ""
 
 
+def _plain_tensor(value) -> bool:
+    return type(value) is Tensor and value.layout == torch.strided and not value.is_nested
+
+
 def _cumsum0(sizes: Tensor) -> Tensor:
     out = sizes.new_zeros(sizes.numel() + 1)
     torch.cumsum(sizes, 0, out=out[1:])
@@ -55,8 +59,7 @@ def _fast_path_ok(data_list: Sequence, exclude: set) -> bool:
             continue
         if key == "ptr" or "batch" in key:
             return False
-        if (type(value) is not Tensor or value.layout != torch.strided
-                or value.is_nested):
+        if not _plain_tensor(value):
             return False
         if value.dtype == torch.bool and _incremented(cls, key):
             return False  # bool + an int offset promotes; PyG's per-graph add decides
@@ -71,8 +74,7 @@ def _fast_path_ok(data_list: Sequence, exclude: set) -> bool:
             if key in exclude or key == "num_nodes":
                 continue
             mine = other[key]
-            if (type(mine) is not Tensor or mine.dtype != value.dtype
-                    or mine.layout != torch.strided or mine.is_nested):
+            if not _plain_tensor(mine) or mine.dtype != value.dtype:
                 return False
     return True
 
@@ -107,7 +109,7 @@ def collate_dags(data_list: Sequence[Data], follow_batch: Optional[Sequence[str]
         raise ValueError("collate_dags needs at least one graph, got an empty list")
     exclude = set(exclude_keys or ())
     follow = set(follow_batch or ())
-    if isinstance(data_list[0], Data) and type(data_list[0]) in _FAST_CLASSES:
+    if type(data_list[0]) in _FAST_CLASSES:
         _check_graphs(data_list, exclude)
     if not _fast_path_ok(data_list, exclude):
         return Batch.from_data_list(list(data_list), follow_batch=follow_batch,
@@ -134,7 +136,8 @@ def _collate(data_list: Sequence[Data], follow: set, exclude: set) -> Batch:
             out._store._num_nodes = values
             out_map["num_nodes"] = sum(values)
             continue
-        cat_dim = -1 if ("index" in key or key == "face") else 0
+        kind = _incremented(cls, key)
+        cat_dim = -1 if kind else 0  # Data.__cat_dim__: the incremented keys are index keys
         if first.dim() == 0:
             value = torch.stack(values)
             sizes = torch.ones(len(values), dtype=torch.long)
@@ -142,20 +145,18 @@ def _collate(data_list: Sequence[Data], follow: set, exclude: set) -> Batch:
             value = torch.cat(values, dim=cat_dim)
             sizes = torch.tensor([v.size(cat_dim) for v in values], dtype=torch.long)
         slices = _cumsum0(sizes)
-        kind = _incremented(cls, key)
-        if kind == "nodes":
+        if not kind:
+            incs = torch.zeros(len(values), dtype=torch.long)
+        elif kind == "nodes":
             if num_nodes is None:
                 num_nodes = torch.tensor([s.num_nodes for s in stores], dtype=torch.long)
-            repeats = num_nodes
-        elif kind == "edges":
+            incs = _cumsum0(num_nodes[:-1])
+        else:
             if num_edges is None:
                 num_edges = torch.tensor([m["dag_edge_index"].size(1) for m in maps],
                                          dtype=torch.long)
-            repeats = num_edges
-        else:
-            repeats = torch.zeros(len(values), dtype=torch.long)
-        incs = _cumsum0(repeats[:-1])
-        if int(incs[-1]) != 0:
+            incs = _cumsum0(num_edges[:-1])
+        if kind and int(incs[-1]) != 0:
             offset = torch.repeat_interleave(incs.to(value.device), sizes.to(value.device))
             shape = [1] * value.dim()
             shape[cat_dim] = -1
@@ -171,12 +172,12 @@ def _collate(data_list: Sequence[Data], follow: set, exclude: set) -> Batch:
             out_map[f"{key}_ptr"] = slices.to(device)
 
     if stores[0].can_infer_num_nodes:
-        counts = num_nodes.tolist() if num_nodes is not None else \
-            [s.num_nodes or 0 for s in stores]
-        out_map["batch"] = torch.repeat_interleave(
-            torch.arange(len(counts), device=device),
-            torch.tensor(counts, dtype=torch.long, device=device))
-        out_map["ptr"] = _cumsum0(torch.tensor(counts, dtype=torch.long, device=device))
+        counts = (num_nodes if num_nodes is not None else
+                  torch.tensor([s.num_nodes or 0 for s in stores], dtype=torch.long))
+        counts = counts.to(device)
+        out_map["batch"] = torch.repeat_interleave(torch.arange(len(stores), device=device),
+                                                   counts)
+        out_map["ptr"] = _cumsum0(counts)
     out._num_graphs = len(data_list)
     out._slice_dict = slice_dict
     out._inc_dict = inc_dict
@@ -203,8 +204,8 @@ class DAGCollater:
 
 class DAGDataLoader(DataLoader):
     """PyG's :class:`~torch_geometric.loader.DataLoader` with :func:`collate_dags` as its
-    collation: the same batches, about 3x faster to build for prepared molecules (see the
-    README's speed section). Takes the same arguments; a ``collate_fn`` is ignored, as PyG's
+    collation: the same batches, about 2x faster to build for prepared molecules
+    (``benchmarks/bench_prepare.py``). Takes the same arguments; a ``collate_fn`` is ignored, as PyG's
     loader ignores it."""
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False,
