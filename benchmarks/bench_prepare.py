@@ -1,7 +1,8 @@
 """What a plain PyG batch costs before the kernels run: the DAG preparation of one batch
 (orientation by id, levels of both directions, the line graph, both D-mode multitrees, the
-four schedules), native against the Python reference, and ``plstm_dag`` forward+backward with
-and without a prebuilt schedule.
+four schedules), native against the Python reference; the collation of prepared graphs,
+``collate_dags`` (``DAGDataLoader``) against PyG's ``Batch.from_data_list``; and
+``plstm_dag`` forward+backward with and without a prebuilt schedule.
 
     python benchmarks/bench_prepare.py --threads 1
 """
@@ -21,10 +22,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
-from plstm_graph import dag  # noqa: E402
+from plstm_graph import collate_dags, dag  # noqa: E402
 from plstm_graph.datasets import load_tu  # noqa: E402
 from plstm_graph.nn.inputs import orient_by_id  # noqa: E402
 from plstm_graph.transforms import DAGPlan, PrepareDAG  # noqa: E402
+from torch_geometric.data import Batch  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 
@@ -76,6 +78,15 @@ def main(argv=None):
               f"{slow * 1e3:.2f} ms | {slow / fast:.0f}x |")
 
     prepared = load_tu("MUTAG", root=tempfile.mkdtemp(), pre_transform=PrepareDAG())
+    print("\n| batch of prepared graphs | collate_dags | Batch.from_data_list | speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for size in (32, 64, 128):
+        graphs = [prepared[i % len(prepared)] for i in range(size)]
+        fast = median_time(lambda: collate_dags(graphs), args.repeat)
+        slow = median_time(lambda: Batch.from_data_list(graphs), args.repeat)
+        print(f"| {size} molecules | {fast * 1e3:.2f} ms | {slow * 1e3:.2f} ms | "
+              f"{slow / fast:.1f}x |")
+
     batch = next(iter(DataLoader(prepared, batch_size=32)))
     edge_index, line_index = batch.dag_edge_index, batch.line_index_p
     n, e, arcs = batch.num_nodes, edge_index.size(1), line_index.size(1)

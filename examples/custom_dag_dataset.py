@@ -12,7 +12,7 @@ How to bring your own directed acyclic graphs:
    directions) on disk next to the data. ``orient="none"`` keeps *your* edge directions: the
    default ``"auto"`` would orient graphs that store both directions of every edge by node id.
 3. Batch with :class:`~plstm_graph.DAGDataLoader` (PyG's ``DataLoader`` gives the same
-   batches, built about 3x slower); the batches are ``DAGData`` batches, and
+   batches, built about 2x slower); the batches are ``DAGData`` batches, and
    ``DAGPlan.from_data(batch)`` gives the model the precomputed schedule.
 
 The toy task needs long-range propagation along directed paths. Every graph has a *spine*, a
