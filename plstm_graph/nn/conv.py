@@ -17,6 +17,7 @@ from ..dag import (DagSchedule, NodeSchedule, _multitree_checked, build_node_sch
                    build_schedule, check_edge_index, line_graph, topological_levels)
 from ..ops import plstm_dag
 from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
+from .functional import rms_norm, split_linear
 
 MODES = ("P", "D")
 # how a P-mode layer with edge features computes T_{a->b}: one logit per arc from
@@ -397,16 +398,15 @@ class PLSTMConv(MessagePassing):
         and transition gates ``[N, H]`` each, from one matrix product (one pass over ``x``
         instead of seven)."""
         gates = self._gate_modules()
-        weight = torch.cat([self.lin_query.weight, self.lin_key.weight, self.lin_value.weight] +
-                           [g.node.weight for g in gates])
-        qkv = self.heads * (2 * self.key_dim + self.value_dim)
-        bias = torch.cat([self.norm_weight.new_zeros(qkv)] + [g.node.bias for g in gates])
-        out = F.linear(x, weight, bias)
+        gate_weight = torch.cat([g.node.weight for g in gates])
+        q, k, v, logits = split_linear(x, (self.lin_query.weight, self.lin_key.weight,
+                                           self.lin_value.weight, gate_weight))
+        # only the gates have a bias: added to their few columns after the product, it spares
+        # a broadcast copy into all [N, 3HK + ...] outputs and its reduction in backward
+        logits = logits + torch.cat([g.node.bias for g in gates])
         n, h = x.size(0), self.heads
-        q, k, v, *node_gates = out.split([h * self.key_dim, h * self.key_dim,
-                                          h * self.value_dim] + [h] * len(gates), dim=-1)
         return (q.reshape(n, h, self.key_dim), k.reshape(n, h, self.key_dim),
-                v.reshape(n, h, self.value_dim), node_gates)
+                v.reshape(n, h, self.value_dim), logits.split(h, dim=-1))
 
     def gates(self, x: Tensor, edge_index: Tensor, line_index: Tensor,
               edge_attr: Optional[Tensor] = None, node_logits=None,
@@ -683,7 +683,7 @@ class PLSTMConv(MessagePassing):
                         recompute=self.recompute, carry=carry)
         # the per-head norm weight scales the output projection's columns instead of the
         # [N, H, V] activations: the same function, one [N, H, V] product less each way
-        out = F.rms_norm(out, (self.value_dim,), None, self.norm_eps)
+        out = rms_norm(out, self.norm_eps)
         out = out.reshape(num_nodes, heads * self.value_dim)
         weight = self.lin_out.weight * self.norm_weight.reshape(1, -1)
         out = F.linear(out, weight, self.lin_out.bias)
