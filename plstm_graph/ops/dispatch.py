@@ -42,6 +42,40 @@ IMPLEMENTATIONS = {
 
 def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> None:
     """``line_index=None``: node-level transitions, ``transition`` is ``[N, H]``."""
+    if not _well_formed(tensors, edge_index, line_index):
+        _report_malformed(tensors, edge_index, line_index)
+    _check_finite_gates(tensors)
+
+
+def _well_formed(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> bool:
+    """Whether every type, dtype, device and shape is right (a few comparisons, since every
+    call pays for them); :func:`_report_malformed` finds what is wrong otherwise."""
+    q, k, v, s, t, m, d = tensors.values()
+    if not (type(q) is Tensor and type(k) is Tensor and type(v) is Tensor and
+            type(s) is Tensor and type(t) is Tensor and type(m) is Tensor and
+            type(d) is Tensor and type(edge_index) is Tensor and
+            (line_index is None or type(line_index) is Tensor)):
+        return False
+    dtype, device = q.dtype, q.device
+    if dtype not in _FLOAT_DTYPES or any(x.dtype != dtype or x.device != device
+                                         for x in (k, v, s, t, m, d)):
+        return False
+    if edge_index.device != device or (line_index is not None and
+                                       (line_index.device != device or line_index.dim() != 2)):
+        return False
+    if q.dim() != 3 or v.dim() != 3 or k.shape != q.shape or edge_index.dim() != 2:
+        return False
+    num_nodes, heads = q.shape[:2]
+    num_edges = edge_index.size(1)
+    rows = num_nodes if line_index is None else line_index.size(1)
+    return (v.shape[:2] == q.shape[:2] and s.shape == (num_edges, heads) and
+            m.shape == (num_edges, heads) and t.shape == (rows, heads) and
+            d.shape == (num_nodes, heads))
+
+
+def _report_malformed(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor]) -> None:
+    """Raise the error that names what :func:`_well_formed` found wrong (or return, where the
+    DAG checks report the exact problem of an index tensor)."""
     node_level_t = line_index is None
     index_args = [("edge_index", edge_index)] + ([] if node_level_t else
                                                  [("line_index", line_index)])
@@ -96,12 +130,17 @@ def _check_inputs(tensors: dict, edge_index: Tensor, line_index: Optional[Tensor
                         "per-arc transitions [L, H] pass line_index")
             raise ValueError(f"{name} must have shape [{what[name]}={rows}, H={heads}], got "
                              f"{shape}{hint}")
+
+
+def _check_finite_gates(tensors: dict) -> None:
     gates = ("source", "transition", "mark", "direct")
-    # one reduction and one host sync for the common case: a NaN or inf in any gate makes
-    # the total non-finite (so does an overflow of the sum, and then the exact check below
-    # finds nothing to report and passes)
-    total = sum(tensors[name].sum(dtype=torch.float64) for name in gates)
-    if bool(torch.isfinite(total)):
+    # one reduction per gate and one host sync for the common case: a NaN or inf in any gate
+    # makes the total non-finite (so does an overflow of the sum, and then the exact check
+    # below finds nothing to report and passes); half types sum in float32, where gate
+    # values of order one cannot overflow
+    acc = torch.float32 if tensors["source"].element_size() < 4 else None
+    total = sum(tensors[name].detach().sum(dtype=acc) for name in gates)
+    if bool(total.isfinite()):
         return
     for name in gates:
         if tensors[name].numel() and not bool(torch.isfinite(tensors[name]).all()):
