@@ -5,8 +5,15 @@ level scan, its closed form (where components are small enough for padding), the
 scan, the native closed form (where components are small enough; "(auto)" marks what
 ``plstm_dag`` picks by default), and ``PLSTMConv(96, 96, heads=4)`` next to
 ``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches. Graphs: batches of 1, 32,
-128 and 1024 MUTAG-sized random DAGs, a 20,000-node chain and a random DAG with 300k edges.
-H=4, K=V=24, float32.
+128 and 1024 MUTAG-sized random DAGs, a dense random DAG (600 nodes, 14k edges, 215k
+line-graph arcs), a 20,000-node chain and a random DAG with 300k edges. H=4, K=V=24, float32.
+
+The column "transitions" says what the op ran on: ``arc`` is one transition per line-graph
+arc (``transition [L, H]`` with ``line_index``), ``node`` one per shared node
+(``transition [N, H]``, ``line_index=None``, docs/contract.md "Node-level transitions": no line
+graph, O(E) work; what ``PLSTMConv`` runs in P-mode without edge features on dense graphs). The
+layer row "plain call" is ``conv(x, edge_index)`` as a PyG user calls it (the layer prepares and
+caches the DAG, and picks node-level transitions where the line graph is dense).
 
     python benchmarks/benchmark.py                 # full table (CPU: a few minutes)
     python benchmarks/benchmark.py --quick         # small sizes only
@@ -30,11 +37,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import plstm_graph  # noqa: E402
-from plstm_graph.dag import build_schedule, line_graph, topological_levels  # noqa: E402
+from plstm_graph.dag import (build_node_schedule, build_schedule, line_graph,  # noqa: E402
+                             topological_levels)
 from plstm_graph.ops.dispatch import CLOSED_FORM_MAX_NODES, resolve_algorithm  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the shared helpers
 from _timing import median_seconds  # noqa: E402
+from bench_dense import random_dag as dense_dag  # noqa: E402
 
 H, K, V = 4, 24, 24
 
@@ -160,12 +169,13 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
                 schedule=fmt_time(t_sched))
     repeat = args.repeat
 
-    def record(impl, fwd, fwdbwd, saved=None):
-        rows.append(dict(base, impl=impl, fwd=fmt_time(fwd), fwd_bwd=fmt_time(fwdbwd),
-                         saved=fmt_bytes(saved), _fwdbwd=fwdbwd))
-        print(f"# {name}: {impl}: fwd {fmt_time(fwd)}, fwd+bwd {fmt_time(fwdbwd)}", flush=True)
+    def record(impl, fwd, fwdbwd, saved=None, transitions="arc"):
+        rows.append(dict(base, impl=impl, transitions=transitions, fwd=fmt_time(fwd),
+                         fwd_bwd=fmt_time(fwdbwd), saved=fmt_bytes(saved), _fwdbwd=fwdbwd))
+        print(f"# {name}: {impl} ({transitions}): fwd {fmt_time(fwd)}, fwd+bwd "
+              f"{fmt_time(fwdbwd)}", flush=True)
 
-    def record_call(impl, call):
+    def record_call(impl, call, transitions="arc"):
         """Times ``call()`` forward only (no grad) and forward + backward of its sum."""
         def fwd():
             with torch.no_grad():
@@ -175,7 +185,7 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
             call().sum().backward()
 
         record(impl, median_seconds(fwd, device, repeat), median_seconds(fb, device, repeat),
-               saved_bytes(call))
+               saved_bytes(call), transitions)
 
     # the per-edge loop: only where it finishes in reasonable time
     if sizes is not None and len(sizes) <= args.max_loop_graphs and device == "cpu":
@@ -189,11 +199,13 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         record("per-edge loop", median_seconds(loop_fwd, device, 5),
                median_seconds(loop_fb, device, 5))
 
+    arc_budget = args.max_arc_state is None or E + L <= args.max_arc_state
+
     native_ok = plstm_graph.ops.native.available(torch.device(device))
     closed_ok = (plstm_graph.ops.native.closed_form_available(torch.device(device)) and
                  sched.max_component_nodes <= CLOSED_FORM_MAX_NODES)
-    variants = [("torch", "scan", False)]
-    if args.recompute:
+    variants = [("torch", "scan", False)] if arc_budget else []
+    if args.recompute and arc_budget:
         variants.append(("torch", "scan", True))
     if resolve_algorithm(None, "torch", torch.device(device), sched, K, V) == "closed_form":
         variants.append(("torch", "closed_form", False))
@@ -221,6 +233,18 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         record_call("plstm_dag native (auto), schedule built in the call",
                     lambda: plstm_graph.plstm_dag(*xs, edge_index, line))
 
+    # node-level transitions: one gate per shared node, no line graph
+    node_sched = build_node_schedule(edge_index, num_nodes, node_level=level)
+    xs_node = list(xs)
+    xs_node[4] = inputs(num_nodes, E, num_nodes, device)[4]  # transition [N, H]
+    node_backends = ["torch"] + (["native"] if plstm_graph.ops.native.node_scan_available(
+        torch.device(device)) else [])
+    for backend in node_backends:
+        record_call(f"plstm_dag {backend} scan",
+                    lambda backend=backend: plstm_graph.plstm_dag(
+                        *xs_node, edge_index, None, schedule=node_sched, backend=backend,
+                        validate=False), transitions="node")
+
     if args.layers and E <= 100_000:
         from torch_geometric.nn import GATConv, GINConv
 
@@ -229,18 +253,24 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
         gat = GATConv(96, 24, heads=4).to(device)
         gin = GINConv(torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.ReLU(),
                                           torch.nn.Linear(96, 96))).to(device)
+        conv(x, edge_index)  # prepares and caches the DAG, as a PyG user's first call
+        plain = "node" if conv.prepare(edge_index, num_nodes).line_index is None else "arc"
         layer_calls = {
-            "PLSTMConv(96,96,heads=4)": lambda: conv(x, edge_index, line_index=line,
-                                                     node_level=level, schedule=sched),
-            "GATConv(96,24,heads=4)": lambda: gat(x, edge_index),
-            "GINConv(MLP 96)": lambda: gin(x, edge_index),
+            "PLSTMConv(96,96,heads=4), prepared": (
+                lambda: conv(x, edge_index, line_index=line, node_level=level,
+                             schedule=sched), "arc"),
+            "PLSTMConv(96,96,heads=4), plain call": (lambda: conv(x, edge_index), plain),
+            "GATConv(96,24,heads=4)": (lambda: gat(x, edge_index), "-"),
+            "GINConv(MLP 96)": (lambda: gin(x, edge_index), "-"),
         }
-        for label, call in layer_calls.items():
-            record_call(label, call)
+        for label, (call, transitions) in layer_calls.items():
+            if transitions != "arc" or arc_budget:
+                record_call(label, call, transitions)
 
 
 def print_table(rows, device):
-    cols = ["graph", "N", "E", "L", "levels", "schedule", "impl", "fwd", "fwd_bwd", "saved"]
+    cols = ["graph", "N", "E", "L", "levels", "schedule", "impl", "transitions", "fwd",
+            "fwd_bwd", "saved"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("| " + " | ".join(c.ljust(widths[c]) for c in cols) + " | x loop |")
     print("|" + "|".join("-" * (widths[c] + 2) for c in cols) + "|--------|")
@@ -268,6 +298,12 @@ def main(argv=None):
     parser.add_argument("--no-layers", dest="layers", action="store_false")
     parser.add_argument("--recompute", action="store_true", help="also time recompute=True")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dense", default="600,14000",
+                        help="nodes,edges of the dense random DAG ('' to skip it)")
+    parser.add_argument("--max-arc-state", type=int, default=None,
+                        help="skip the per-arc torch rows and the prepared layer row on graphs "
+                             "with more than this many edges + arcs (the torch scan on the "
+                             "dense DAG takes seconds)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -281,6 +317,10 @@ def main(argv=None):
     for b in [int(x) for x in args.batches.split(",") if x]:
         n, ei, sizes = batch_of(b)
         run_case(f"{b} x MUTAG-sized", n, ei, sizes, args.device, args, rows)
+    if args.dense:
+        n, e = (int(v) for v in args.dense.split(","))
+        run_case(f"dense DAG {n} nodes", n, dense_dag(n, e, seed=1), None, args.device, args,
+                 rows)
     if not args.quick:
         n, ei, _ = chain(args.chain)
         run_case(f"chain {args.chain}", n, ei, None, args.device, args, rows)
