@@ -33,3 +33,15 @@ def test_benchmark_table_has_arc_and_node_rows(benchmark_module, capsys):
         assert all(r["_fwdbwd"] > 0 for r in rows if r["graph"] == graph)
     # the per-edge loop only where its graphs are known (the batches)
     assert {r["graph"] for r in rows if r["impl"] == "per-edge loop"} == {"2 x MUTAG-sized"}
+
+
+def test_bench_layer_reports_both_layers_and_their_ratio(benchmark_module, capsys):
+    import bench_layer
+
+    out = bench_layer.main(["--graphs", "2", "--channels", "8", "--rounds", "3", "--warmup",
+                            "1"])
+    text = capsys.readouterr().out
+    assert "PLSTMConv(8, 8, heads=4)" in text and "GATConv(8, 2, heads=4)" in text
+    plstm, gat = out["PLSTMConv(8, 8, heads=4)"], out["GATConv(8, 2, heads=4)"]
+    assert plstm > 0 and gat > 0
+    assert out["ratio"] == pytest.approx(plstm / gat)
