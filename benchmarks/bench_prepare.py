@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import plstm_graph  # noqa: E402
 from plstm_graph import collate_dags, dag  # noqa: E402
 from plstm_graph.datasets import load_tu  # noqa: E402
-from plstm_graph.nn.inputs import orient_by_id  # noqa: E402
+from plstm_graph.dag.orientation import orient  # noqa: E402
 from plstm_graph.transforms import DAGPlan, PrepareDAG  # noqa: E402
 from torch_geometric.data import Batch  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
@@ -54,7 +54,7 @@ def median_time(fn, repeat: int) -> float:
 
 def prepare_plain(batch):
     """What PLSTMNet does with a plain batch: orient, plan, all four schedules."""
-    dag_edges, _ = orient_by_id(batch.edge_index, batch.num_nodes)
+    dag_edges, _, _ = orient(batch.edge_index, batch.num_nodes, "id")
     return DAGPlan.from_graph(dag_edges, batch.num_nodes, orient="none").build()
 
 

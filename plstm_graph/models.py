@@ -11,7 +11,8 @@ from torch_geometric.utils import degree
 
 from .nn import PLSTMBlock
 from .nn.conv import prefers_node_level
-from .nn.inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
+from .dag.orientation import ORIENTATIONS, orient
+from .nn.inputs import GraphCache
 from .transforms import DAGPlan
 
 POOLS = {"mean": global_mean_pool, "sum": global_add_pool}
@@ -54,6 +55,15 @@ class PLSTMNet(torch.nn.Module):
             (default: :obj:`8`)
         mlp_ratio (int, optional): Hidden width of each MLP block as a multiple of
             ``hidden_channels`` (the paper's 4). (default: :obj:`4`)
+        orient (str, optional): How a plain graph (no ``plan``) becomes the DAG:
+            :obj:`"auto"` orients a graph that stores both directions of every edge from
+            the lower to the higher node id (the paper's) and takes any other graph as a DAG;
+            :obj:`"bfs"` points every edge away from the root of a breadth-first search per
+            connected component (lowest id first), whatever the node numbering, which was
+            more accurate on the large TU sets (README, "Ablations"); :obj:`"id"` orients
+            every graph by id; :obj:`"none"` takes every graph as a DAG. With a ``plan`` the
+            orientation is the one :class:`~plstm_graph.transforms.PrepareDAG` (``orient``)
+            chose. (default: :obj:`"auto"`)
         transition_form (str, optional): :obj:`"arc"` or :obj:`"factorised"` transitions
             with edge features in the P-mode blocks (see
             :class:`~plstm_graph.nn.PLSTMConv`); the D-mode blocks always use the per-arc
@@ -61,8 +71,8 @@ class PLSTMNet(torch.nn.Module):
         **kwargs (optional): Further :class:`~plstm_graph.nn.PLSTMConv` arguments
             (``backend``, ``transition_bias``, ...).
 
-    Called with a plain PyG graph (no ``plan``), the model orients it (undirected graphs by
-    node id), prepares the DAG of both directions and keeps that preparation while the same
+    Called with a plain PyG graph (no ``plan``), the model orients it (``orient``: undirected
+    graphs by node id unless told otherwise), prepares the DAG of both directions and keeps that preparation while the same
     ``edge_index`` tensor comes back unmodified (one graph, many steps). Batches of many graphs
     are fastest prepared once per graph with :class:`~plstm_graph.transforms.PrepareDAG` and
     passed as ``plan=DAGPlan.from_data(batch)``.
@@ -71,10 +81,13 @@ class PLSTMNet(torch.nn.Module):
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int,
                  num_layers: int = 1, heads: int = 4, edge_dim: Optional[int] = None,
                  pool: Optional[str] = "mean", dropout: float = 0.0, degree_dim: int = 8,
-                 mlp_ratio: int = 4, transition_form: str = "arc", **kwargs):
+                 mlp_ratio: int = 4, transition_form: str = "arc", orient: str = "auto",
+                 **kwargs):
         super().__init__()
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)} or None, got {pool!r}")
+        if orient not in ORIENTATIONS:
+            raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.out_channels = out_channels
@@ -83,6 +96,7 @@ class PLSTMNet(torch.nn.Module):
         self.pool = pool
         self.degree_dim = degree_dim
         self.transition_form = transition_form
+        self.orient = orient
         self.encoder = torch.nn.Linear(in_channels + 2 * degree_dim, hidden_channels)
         # (mode, reversed) of the four blocks of one layer
         self.block_roles = [("P", False), ("D", False), ("P", True), ("D", True)]
@@ -172,11 +186,7 @@ class PLSTMNet(torch.nn.Module):
         hit = self._cache.get(edge_index, key)
         if hit is not None:
             return hit
-        edge_map = first = None
-        dag = edge_index
-        if is_undirected(edge_index, num_nodes):
-            dag, edge_map = orient_by_id(edge_index, num_nodes)
-            first = first_occurrence(edge_map, dag.size(1))
+        dag, edge_map, first = orient(edge_index, num_nodes, self.orient)
         plan = DAGPlan.from_graph(dag, num_nodes, orient="none")
         self._cache.put(edge_index, key, (plan, edge_map, first))
         return plan, edge_map, first

@@ -36,8 +36,8 @@ from torch_geometric.utils import is_undirected
 
 from .dag import (DagSchedule, _multitree_checked, bfs_rank, build_node_schedule,
                   build_schedule, line_graph, to_dag, topological_levels)
+from .dag.orientation import ORIENTATIONS
 
-ORIENTATIONS = ("auto", "id", "bfs", "none")
 #: the line graphs PrepareDAG can store: "P" the full one (line_index_p, and flipped for the
 #: reversed DAG), "D" the multitrees (line_index_d, line_index_d_rev)
 LINE_GRAPHS = ("P", "D")

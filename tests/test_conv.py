@@ -469,7 +469,7 @@ def test_explainer_edge_masks_act_on_the_given_edges():
     set_masks(model, raw, g.edge_index, apply_sigmoid=True)
     explained = model.conv(g.x, g.edge_index)
     clear_masks(model)
-    dag, edge_map = plstm_graph.nn.inputs.orient_by_id(g.edge_index, 12)
+    dag, edge_map, _ = plstm_graph.dag.orientation.orient(g.edge_index, 12, "id")
     dag_mask = torch.ones(dag.size(1), dtype=torch.float64).scatter_reduce(
         0, edge_map, raw.sigmoid(), "prod")
     torch.testing.assert_close(explained, model.conv(g.x, dag, edge_mask=dag_mask))
@@ -495,3 +495,20 @@ def test_to_dag_tuple_gets_a_hint():
         PLSTMConv(4, 8)(torch.randn(3, 4), plstm_graph.to_dag(ei))
     out = PLSTMConv(4, 8)(torch.randn(3, 4), plstm_graph.to_dag(ei)[0])
     assert out.shape == (3, 8)
+
+
+def test_orient_bfs_runs_on_the_bfs_dag():
+    from torch_geometric.utils import to_undirected
+    gen = torch.Generator().manual_seed(3)
+    n = 11
+    iu = torch.triu_indices(n, n, offset=1)
+    edge_index = to_undirected(iu[:, torch.rand(iu.size(1), generator=gen) < 0.35])
+    x = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+    conv = PLSTMConv(6, 8, heads=2, orient="bfs").double()
+    perturb(conv)
+    dag = plstm_graph.to_dag(edge_index, rank=plstm_graph.dag.bfs_rank(edge_index, n))[0]
+    plain = PLSTMConv(6, 8, heads=2, orient="none").double()
+    plain.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x, edge_index), plain(x, dag))
+    with pytest.raises(ValueError, match="orient must be one of"):
+        PLSTMConv(6, 8, orient="random")

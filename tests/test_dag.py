@@ -622,3 +622,22 @@ def test_ancestor_pairs_match_networkx(seed, per_edge, monkeypatch):
     g.add_edges_from(edge_index.t().tolist())
     assert s.ancestor_pairs == sum(len(nx.ancestors(g, v)) for v in g)
     assert s.ancestor_pairs <= s.component_pairs
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("by", ["id", "bfs", "permutation"])
+def test_orient_maps_every_input_edge_to_its_oriented_dag_edge(seed, by):
+    from plstm_graph.dag.orientation import orient_pairs
+    n = 15
+    stored = random_undirected(n, 0.3, seed)
+    edge_index = ei(stored)  # PyG's both directions, shuffled
+    rank = {"id": None, "bfs": plstm_graph.dag.bfs_rank(edge_index, n),
+            "permutation": torch.randperm(n, generator=torch.Generator().manual_seed(seed))}[by]
+    dag, edge_map = orient_pairs(edge_index, n, rank)
+    key = torch.arange(n) if rank is None else rank
+    assert dag.size(1) == len(stored) // 2
+    assert bool((key[dag[0]] < key[dag[1]]).all())  # every DAG edge climbs in rank
+    for i, (u, w) in enumerate(edge_index.t().tolist()):
+        a, b = dag[:, edge_map[i]].tolist()
+        assert {a, b} == {u, w}
+    assert dag.tolist() == plstm_graph.to_dag(edge_index, rank=rank)[0].tolist()

@@ -279,10 +279,9 @@ def test_explainer_edge_masks(node_level_everywhere):
     set_masks(model, raw, edge_index, apply_sigmoid=True)
     explained = model.conv(x, edge_index, edge_attr)
     clear_masks(model)
-    oriented, edge_map = plstm_graph.nn.inputs.orient_by_id(edge_index, 12)
+    oriented, edge_map, first = plstm_graph.dag.orientation.orient(edge_index, 12, "id")
     dag_mask = torch.ones(oriented.size(1), dtype=torch.float64).scatter_reduce(
         0, edge_map, raw.sigmoid(), "prod")
-    first = plstm_graph.nn.inputs.first_occurrence(edge_map, oriented.size(1))
     torch.testing.assert_close(explained, reference(model.conv, x, oriented, edge_attr[first],
                                                     dag_mask), **TIGHT)
 

@@ -359,3 +359,26 @@ def test_node_level_view_errors():
     view = plan.view("P", node_level_transitions=True)
     with pytest.raises(ValueError, match="NodeSchedule"):
         conv(torch.randn(plan.num_nodes, HIDDEN, dtype=torch.float64), **view)
+
+
+@pytest.mark.parametrize("edge_dim", [EDGE_DIM, None])
+def test_plain_call_with_orient_bfs_equals_the_bfs_transform_plan(edge_dim):
+    raw = graphs()
+    model = make_model(pool="mean", edge_dim=edge_dim, orient="bfs")
+    data = [PrepareDAG(orient="bfs")(g) for g in raw]
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    attr = batch.edge_attr if edge_dim is not None else None
+    with torch.no_grad():
+        planned = run(model, batch, use_edges=edge_dim is not None)
+        by_itself = model(batch.x, batch.edge_index, attr, batch.batch)
+        by_id = make_model(pool="mean", edge_dim=edge_dim)
+        by_id.load_state_dict(model.state_dict())
+        id_out = by_id(batch.x, batch.edge_index, attr, batch.batch)
+    torch.testing.assert_close(planned, by_itself, rtol=1e-12, atol=1e-12)
+    # a different DAG (the graphs' ids are no BFS order), so a different function
+    assert not torch.allclose(by_itself, id_out)
+
+
+def test_orient_is_checked():
+    with pytest.raises(ValueError, match="orient must be one of"):
+        PLSTMNet(IN, HIDDEN, OUT, orient="random")

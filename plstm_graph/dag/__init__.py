@@ -2,8 +2,8 @@
 
 * :mod:`~plstm_graph.dag.validation`: ``check_edge_index``, ``check_line_index``,
   ``check_node_level``.
-* :mod:`~plstm_graph.dag.orientation`: ``to_dag``, ``bfs_rank``, ``reverse_dag``,
-  ``weakly_connected_components``.
+* :mod:`~plstm_graph.dag.orientation`: ``to_dag``, ``bfs_rank``, ``orient`` (what a layer
+  does to a plain PyG graph), ``reverse_dag``, ``weakly_connected_components``.
 * :mod:`~plstm_graph.dag.levels`: ``topological_levels`` and its backends.
 * :mod:`~plstm_graph.dag.line_graphs`: ``line_graph`` and the multitree pruning ``multitree``.
 * :mod:`~plstm_graph.dag.schedule`: ``DagSchedule`` / ``build_schedule``, ``NodeSchedule`` /

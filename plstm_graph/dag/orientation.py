@@ -1,6 +1,6 @@
 """Orientation and connectivity: :func:`to_dag` (an undirected graph to a DAG),
-:func:`bfs_rank` (an orientation from a root), :func:`reverse_dag` and
-:func:`weakly_connected_components`."""
+:func:`bfs_rank` (an orientation from a root), :func:`orient` (what a layer does to a plain
+PyG graph), :func:`reverse_dag` and :func:`weakly_connected_components`."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -34,32 +34,40 @@ def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
         shape = list(edge_attr.shape) if isinstance(edge_attr, Tensor) else type(edge_attr)
         raise ValueError(f"edge_attr must have one row per edge ({edge_index.size(1)}), got "
                          f"{shape}")
-    if rank is None:
-        position = None
-        key_u, key_w = edge_index[0], edge_index[1]
-    else:
+    if rank is not None:
         if rank.dim() != 1 or rank.numel() != num_nodes:
             raise ValueError(f"rank must have shape [{num_nodes}], got {list(rank.shape)}")
         if torch.unique(rank).numel() != num_nodes:
             raise ValueError("rank must give every node a distinct value")
-        # dense positions 0..N-1 in rank order, so that the pair key below is collision-free
-        position = torch.empty(num_nodes, dtype=torch.long, device=rank.device)
-        position[torch.argsort(rank)] = torch.arange(num_nodes, device=rank.device)
-        key_u, key_w = position[edge_index[0]], position[edge_index[1]]
-    flip = key_u > key_w
-    lo = torch.where(flip, edge_index[1], edge_index[0])
-    hi = torch.where(flip, edge_index[0], edge_index[1])
-    if position is None:
-        sort_key = lo * max(num_nodes, 1) + hi
-    else:
-        sort_key = position[lo] * max(num_nodes, 1) + position[hi]
-    uniq, inverse = torch.unique(sort_key, return_inverse=True)
-    first = torch.full((uniq.numel(),), edge_index.size(1), dtype=torch.long,
-                       device=edge_index.device)
-    first.scatter_reduce_(0, inverse, torch.arange(edge_index.size(1), device=edge_index.device),
-                          reduce="amin")
-    out = torch.stack([lo[first], hi[first]], dim=0)
-    return out, (edge_attr[first] if edge_attr is not None else None)
+    dag, inverse = orient_pairs(edge_index, num_nodes, rank)
+    first = first_occurrence(inverse, dag.size(1))
+    return dag, (edge_attr[first] if edge_attr is not None else None)
+
+
+def orient_pairs(edge_index: Tensor, num_nodes: int,
+                 rank: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The work of :func:`to_dag` on checked input: the DAG's edges, sorted by the (tail,
+    head) positions in id or ``rank`` order, and for every input edge the DAG edge it became
+    (both stored directions of an undirected edge map to one)."""
+    n = max(num_nodes, 1)
+    if rank is None:
+        pos_u, pos_w = edge_index[0], edge_index[1]
+    else:  # dense positions 0..N-1 in rank order keep the pair key collision-free
+        node_at = torch.argsort(rank)
+        position = torch.empty_like(node_at)
+        position[node_at] = torch.arange(node_at.numel(), device=node_at.device)
+        pos_u, pos_w = position[edge_index[0]], position[edge_index[1]]
+    key, inverse = torch.unique(torch.minimum(pos_u, pos_w) * n + torch.maximum(pos_u, pos_w),
+                                return_inverse=True)
+    dag = torch.stack([key // n, key % n])
+    return (dag if rank is None else node_at[dag]), inverse
+
+
+def first_occurrence(inverse: Tensor, size: int) -> Tensor:
+    """For every DAG edge the first input edge that maps to it (whose attributes it keeps)."""
+    first = torch.full((size,), inverse.numel(), dtype=torch.long, device=inverse.device)
+    return first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(),
+                                                          device=inverse.device), "amin")
 
 
 def bfs_rank(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
@@ -100,6 +108,36 @@ def bfs_rank(edge_index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
                     visited += 1
                     queue.append(nb)
     return torch.tensor(rank, dtype=torch.long, device=edge_index.device)
+
+
+# How a layer turns a plain PyG graph into its DAG: "auto" orients a graph that stores both
+# directions of every edge by node id and takes any other graph as a DAG; "id" and "bfs"
+# orient every graph (by id, or away from the root of a breadth-first search per component);
+# "none" takes every graph as a DAG.
+ORIENTATIONS = ("auto", "id", "bfs", "none")
+
+
+def orient(edge_index: Tensor, num_nodes: int,
+           how: str) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``(dag, edge_map, first)``: the DAG a layer runs on, for every input edge the DAG edge
+    it became and for every DAG edge the input edge whose attributes it keeps (both ``None``
+    when the input is taken as it is)."""
+    if how == "none" or (how == "auto" and not is_undirected(edge_index, num_nodes)):
+        return edge_index, None, None
+    check_edge_index(edge_index, num_nodes)  # a self-loop cannot be oriented
+    rank = bfs_rank(edge_index, num_nodes) if how == "bfs" else None
+    dag, edge_map = orient_pairs(edge_index, num_nodes, rank)
+    return dag, edge_map, first_occurrence(edge_map, dag.size(1))
+
+
+def is_undirected(edge_index: Tensor, num_nodes: int) -> bool:
+    """Whether every edge is stored in both directions (PyG's undirected convention)."""
+    if edge_index.numel() == 0:
+        return False
+    n = max(num_nodes, 1)
+    fwd = torch.sort(edge_index[0] * n + edge_index[1]).values
+    rev = torch.sort(edge_index[1] * n + edge_index[0]).values
+    return bool(torch.equal(fwd, rev))
 
 
 def reverse_dag(edge_index: Tensor) -> Tensor:

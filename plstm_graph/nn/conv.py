@@ -16,14 +16,14 @@ from torch_geometric.utils import scatter
 from ..dag import (DagSchedule, NodeSchedule, _multitree_checked, build_node_schedule,
                    build_schedule, check_edge_index, line_graph, topological_levels)
 from ..ops import plstm_dag
-from .inputs import GraphCache, first_occurrence, is_undirected, orient_by_id
+from ..dag.orientation import ORIENTATIONS, orient
+from .inputs import GraphCache
 from .functional import rms_norm, split_linear
 
 MODES = ("P", "D")
 # how a P-mode layer with edge features computes T_{a->b}: one logit per arc from
 # [x_n; e_a; e_b] (O(L)), or a node factor times an outgoing-edge factor (O(E), no line graph)
 TRANSITION_FORMS = ("arc", "factorised")
-ORIENTATIONS = ("auto", "id", "none")
 # MessagePassing arguments whose other values the recurrence cannot honour
 _SUM_AGGRS = (None, "add", "sum")
 # Transition bias that starts an arc with a single successor deep in the carrying regime:
@@ -217,7 +217,10 @@ class PLSTMConv(MessagePassing):
         orient (str, optional): How :meth:`forward` turns ``edge_index`` into a DAG:
             :obj:`"auto"` orients a graph that stores both directions of every edge from the
             lower to the higher node id and takes any other graph as a DAG; :obj:`"id"` always
-            orients by id; :obj:`"none"` never does. (default: :obj:`"auto"`)
+            orients by id; :obj:`"bfs"` points every edge away from the root of a
+            breadth-first search per connected component (the numbering of the input does
+            not matter; see ``PLSTMNet``'s ``orient``); :obj:`"none"` never orients.
+            (default: :obj:`"auto"`)
         cached (bool, optional): Reuse the DAG preparation while the same unmodified
             ``edge_index`` tensor comes back (see above; cleared by
             :meth:`reset_parameters`). (default: :obj:`True`)
@@ -559,14 +562,7 @@ class PLSTMConv(MessagePassing):
             hit = self._cache.get(edge_index, key)
             if hit is not None:
                 return hit
-        edge_map = first = None
-        if self.orient == "id" or (self.orient == "auto" and
-                                   is_undirected(edge_index, num_nodes)):
-            check_edge_index(edge_index, num_nodes)  # a self-loop cannot be oriented
-            dag, edge_map = orient_by_id(edge_index, num_nodes)
-            first = first_occurrence(edge_map, dag.size(1))
-        else:
-            dag = edge_index
+        dag, edge_map, first = orient(edge_index, num_nodes, self.orient)
         if self.flow == "target_to_source":
             dag = dag.flip(0)
         try:

@@ -1,39 +1,11 @@
-"""How the layers take an ordinary PyG graph: orientation of undirected input by node id, and
-the cache that lets a layer reuse the preparation of a graph it sees again."""
+"""The cache that lets a layer reuse the preparation of a graph it sees again (the orientation
+of plain PyG graphs is :func:`plstm_graph.dag.orientation.orient`)."""
 from __future__ import annotations
 
 import weakref
-from typing import Optional, Tuple
+from typing import Optional
 
-import torch
 from torch import Tensor
-
-
-def orient_by_id(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
-    """The DAG of an undirected graph by node id (as :func:`~plstm_graph.to_dag`) and, for every
-    input edge, the DAG edge it became (both stored directions map to one DAG edge)."""
-    lo = torch.minimum(edge_index[0], edge_index[1])
-    hi = torch.maximum(edge_index[0], edge_index[1])
-    key, inverse = torch.unique(lo * max(num_nodes, 1) + hi, return_inverse=True)
-    dag = torch.stack([key // max(num_nodes, 1), key % max(num_nodes, 1)])
-    return dag, inverse
-
-
-def first_occurrence(inverse: Tensor, size: int) -> Tensor:
-    """For every DAG edge the first input edge that maps to it (whose attributes it keeps)."""
-    first = torch.full((size,), inverse.numel(), dtype=torch.long, device=inverse.device)
-    return first.scatter_reduce_(0, inverse, torch.arange(inverse.numel(),
-                                                          device=inverse.device), "amin")
-
-
-def is_undirected(edge_index: Tensor, num_nodes: int) -> bool:
-    """Whether every edge is stored in both directions (PyG's undirected convention)."""
-    if edge_index.numel() == 0:
-        return False
-    n = max(num_nodes, 1)
-    fwd = torch.sort(edge_index[0] * n + edge_index[1]).values
-    rev = torch.sort(edge_index[1] * n + edge_index[0]).values
-    return bool(torch.equal(fwd, rev))
 
 
 class GraphCache:
