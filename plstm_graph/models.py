@@ -72,9 +72,9 @@ class PLSTMNet(torch.nn.Module):
             (``backend``, ``transition_bias``, ...).
 
     Called with a plain PyG graph (no ``plan``), the model orients it (``orient``: undirected
-    graphs by node id unless told otherwise), prepares the DAG of both directions and keeps that preparation while the same
-    ``edge_index`` tensor comes back unmodified (one graph, many steps). Batches of many graphs
-    are fastest prepared once per graph with :class:`~plstm_graph.transforms.PrepareDAG` and
+    graphs by node id unless told otherwise), prepares the DAG of both directions and keeps
+    that preparation while the same ``edge_index`` tensor comes back unmodified (one graph,
+    many steps). Batches of many graphs are fastest prepared once per graph with :class:`~plstm_graph.transforms.PrepareDAG` and
     passed as ``plan=DAGPlan.from_data(batch)``.
     """
 

@@ -32,11 +32,10 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
-from torch_geometric.utils import is_undirected
 
-from .dag import (DagSchedule, _multitree_checked, bfs_rank, build_node_schedule,
-                  build_schedule, line_graph, to_dag, topological_levels)
-from .dag.orientation import ORIENTATIONS
+from .dag import (DagSchedule, _multitree_checked, build_node_schedule, build_schedule,
+                  line_graph, topological_levels)
+from .dag.orientation import ORIENTATIONS, check_edge_attr_rows, orient
 
 #: the line graphs PrepareDAG can store: "P" the full one (line_index_p, and flipped for the
 #: reversed DAG), "D" the multitrees (line_index_d, line_index_d_rev)
@@ -89,15 +88,15 @@ def required_line_graphs(model: torch.nn.Module) -> Tuple[str, ...]:
 
 
 def _orient(edge_index: Tensor, edge_attr: Optional[Tensor], num_nodes: int,
-            orient: str) -> Tuple[Tensor, Optional[Tensor]]:
-    if orient not in ORIENTATIONS:
-        raise ValueError(f"orient must be one of {ORIENTATIONS}, got {orient!r}")
-    if orient == "id" or (orient == "auto" and edge_index.numel() > 0 and
-                          is_undirected(edge_index, num_nodes=num_nodes)):
-        return to_dag(edge_index, edge_attr, num_nodes)
-    if orient == "bfs":
-        return to_dag(edge_index, edge_attr, num_nodes, rank=bfs_rank(edge_index, num_nodes))
-    return edge_index, edge_attr
+            how: str) -> Tuple[Tensor, Optional[Tensor]]:
+    """The DAG and its edge features, oriented as the layers orient a plain graph."""
+    if how not in ORIENTATIONS:
+        raise ValueError(f"orient must be one of {ORIENTATIONS}, got {how!r}")
+    dag, _, first = orient(edge_index, num_nodes, how)
+    if first is None:
+        return dag, edge_attr
+    check_edge_attr_rows(edge_index, edge_attr)
+    return dag, (edge_attr[first] if edge_attr is not None else None)
 
 
 class PrepareDAG(BaseTransform):

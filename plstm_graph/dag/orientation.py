@@ -29,11 +29,7 @@ def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
     Self-loops cannot be oriented and raise ``ValueError``.
     """
     num_nodes = check_edge_index(edge_index, num_nodes)
-    if edge_attr is not None and (not isinstance(edge_attr, Tensor) or
-                                  edge_attr.size(0) != edge_index.size(1)):
-        shape = list(edge_attr.shape) if isinstance(edge_attr, Tensor) else type(edge_attr)
-        raise ValueError(f"edge_attr must have one row per edge ({edge_index.size(1)}), got "
-                         f"{shape}")
+    check_edge_attr_rows(edge_index, edge_attr)
     if rank is not None:
         if rank.dim() != 1 or rank.numel() != num_nodes:
             raise ValueError(f"rank must have shape [{num_nodes}], got {list(rank.shape)}")
@@ -42,6 +38,15 @@ def to_dag(edge_index: Tensor, edge_attr: Optional[Tensor] = None,
     dag, inverse = orient_pairs(edge_index, num_nodes, rank)
     first = first_occurrence(inverse, dag.size(1))
     return dag, (edge_attr[first] if edge_attr is not None else None)
+
+
+def check_edge_attr_rows(edge_index: Tensor, edge_attr: Optional[Tensor]) -> None:
+    """``edge_attr`` (if any) must have one row per edge of ``edge_index``."""
+    if edge_attr is not None and (not isinstance(edge_attr, Tensor) or
+                                  edge_attr.size(0) != edge_index.size(1)):
+        shape = list(edge_attr.shape) if isinstance(edge_attr, Tensor) else type(edge_attr)
+        raise ValueError(f"edge_attr must have one row per edge ({edge_index.size(1)}), got "
+                         f"{shape}")
 
 
 def orient_pairs(edge_index: Tensor, num_nodes: int,
