@@ -1,4 +1,5 @@
-// The per-(component, head) work of the CPU closed form, compiled once per instruction set.
+// The per-component work of the CPU closed form (all heads of a component in one task),
+// compiled once per instruction set.
 //
 // Compiled twice by closed_form_kernel.cpp through isa_variants.h (PLSTM_ISA, PLSTM_TARGET),
 // like scan_impl.h; it relies on CfPtrs and the includes there.
@@ -92,28 +93,95 @@ PLSTM_TARGET PLSTM_CF_INLINE void cf_rows(const scalar_t* x, int64_t stride, con
   }
 }
 
-// W [ec, np] and Gate [nc, np] of component c, head h.
+// The path weights and gates of all heads at once, heads innermost: W [ec, np, H] and
+// Gate [nc, np, H]. Element (m, h) of a row is at m * H + h, so one pass over a row serves
+// every head, and per head the arithmetic and its order are those of one head alone.
+
+// The H gate values of one row (S, T, M are [*, H]) as acc_t: in place, or converted into buf.
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t h, int64_t np,
-                           acc_t* __restrict__ W, acc_t* __restrict__ Gate) {
-  const int64_t H = p.H;
+PLSTM_TARGET PLSTM_CF_INLINE const acc_t* cf_heads(const scalar_t* g, int64_t H, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return g;
+  } else {
+    for (int64_t h = 0; h < H; ++h) buf[h] = static_cast<acc_t>(g[h]);
+    return buf;
+  }
+}
+
+// y[m, h] += a[h] x[m, h] for m < len; HF is H when known at compile time, else 0
+template <typename acc_t, int64_t HF>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy_heads(acc_t* __restrict__ y,
+                                                const acc_t* __restrict__ a,
+                                                const acc_t* __restrict__ x, int64_t len,
+                                                int64_t H) {
+  if constexpr (HF > 0) {
+    acc_t coef[HF];
+    for (int64_t h = 0; h < HF; ++h) coef[h] = a[h];
+    for (int64_t m = 0; m < len; ++m) {
+      for (int64_t h = 0; h < HF; ++h) y[m * HF + h] += coef[h] * x[m * HF + h];
+    }
+  } else {
+    for (int64_t m = 0; m < len; ++m) {
+      for (int64_t h = 0; h < H; ++h) y[m * H + h] += a[h] * x[m * H + h];
+    }
+  }
+}
+
+// y[m, h] = a[h] x[m, h] for m < len
+template <typename acc_t, int64_t HF>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_scale_heads(acc_t* __restrict__ y,
+                                                 const acc_t* __restrict__ a,
+                                                 const acc_t* __restrict__ x, int64_t len,
+                                                 int64_t H) {
+  const int64_t Hn = HF > 0 ? HF : H;
+  for (int64_t m = 0; m < len; ++m) {
+    for (int64_t h = 0; h < Hn; ++h) y[m * Hn + h] = a[h] * x[m * Hn + h];
+  }
+}
+
+// out[h] = sum_{m < len} a[m, h] b[m, h], len a multiple of kBlock, each head summed in the
+// order of cf_dot_blocks (lane r takes the m = r mod kBlock); part holds kBlock * H values
+template <typename acc_t, int64_t HF>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_dot_heads(const acc_t* __restrict__ a,
+                                               const acc_t* __restrict__ b, int64_t len,
+                                               int64_t H, acc_t* __restrict__ part,
+                                               acc_t* __restrict__ out) {
+  const int64_t Hn = HF > 0 ? HF : H;
+  std::fill(part, part + kBlock * Hn, acc_t(0));
+  for (int64_t i = 0; i < len; i += kBlock) {
+    const acc_t* __restrict__ ai = a + i * Hn;
+    const acc_t* __restrict__ bi = b + i * Hn;
+    for (int64_t x = 0; x < kBlock * Hn; ++x) part[x] += ai[x] * bi[x];
+  }
+  for (int64_t h = 0; h < Hn; ++h) {
+    acc_t lane[kBlock];
+    for (int64_t r = 0; r < kBlock; ++r) lane[r] = part[r * Hn + h];
+    out[h] = cf_sum_lanes(lane);
+  }
+}
+
+// W and Gate of component c (all heads); gbuf holds H values.
+template <typename scalar_t, typename acc_t, int64_t HF>
+PLSTM_TARGET void cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t np,
+                           acc_t* __restrict__ W, acc_t* __restrict__ Gate, acc_t* gbuf) {
+  const int64_t H = HF > 0 ? HF : p.H, row = np * H;
   const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
   const int64_t nc = p.comp_node_ptr[c + 1] - p.comp_node_ptr[c];
-  std::fill(W, W + ec * np, acc_t(0));
-  std::fill(Gate, Gate + nc * np, acc_t(0));
+  std::fill(W, W + ec * row, acc_t(0));
+  std::fill(Gate, Gate + nc * row, acc_t(0));
   for (int64_t j = 0; j < ec; ++j) {
     const int64_t e = p.comp_edge[e0 + j];
     const int64_t u = p.node_pos[p.edge_src[e]];
-    acc_t* __restrict__ Wj = W + j * np;
-    Wj[u] = static_cast<acc_t>(p.S[e * H + h]);
+    acc_t* __restrict__ Wj = W + j * row;
+    for (int64_t h = 0; h < H; ++h) Wj[u * H + h] = static_cast<acc_t>(p.S[e * H + h]);
     for (int64_t r = p.in_ptr[e]; r < p.in_ptr[e + 1]; ++r) {
       const int64_t a = p.in_arc[r];
       const int64_t pe = p.arc_src[a];
-      cf_axpy_blocks(Wj, static_cast<acc_t>(p.T[a * H + h]), W + p.edge_pos[pe] * np,
-                     cf_round(p.node_pos[p.edge_src[pe]] + 1));
+      cf_axpy_heads<acc_t, HF>(Wj, cf_heads(p.T + a * H, H, gbuf), W + p.edge_pos[pe] * row,
+                               cf_round(p.node_pos[p.edge_src[pe]] + 1), H);
     }
-    cf_axpy_blocks(Gate + p.node_pos[p.edge_dst[e]] * np, static_cast<acc_t>(p.M[e * H + h]),
-                   Wj, cf_round(u + 1));
+    cf_axpy_heads<acc_t, HF>(Gate + p.node_pos[p.edge_dst[e]] * row,
+                             cf_heads(p.M + e * H, H, gbuf), Wj, cf_round(u + 1), H);
   }
 }
 
@@ -197,142 +265,255 @@ struct CfScratch {
   int64_t acc, words, ints;
 };
 
-inline CfScratch cf_forward_scratch(int64_t nc, int64_t ec, int64_t K, int64_t V) {
+// A task is one component with all its heads: the ancestor lists are the same for every head,
+// and a node's rows of all heads are contiguous, so one visit of a (node, ancestor) pair does
+// the work of every head. Per head the arithmetic, and its order, is that of a task per head.
+inline CfScratch cf_forward_scratch(int64_t nc, int64_t ec, int64_t H, int64_t K, int64_t V) {
   const int64_t np = cf_round(std::max<int64_t>(nc, 1));
-  return {nc * (2 * K + V) + ec * np + nc * np + V, nc * ((nc + 63) / 64),
+  return {nc * H * (2 * K + V) + H * (ec * np + nc * np) + H * V + H, nc * ((nc + 63) / 64),
           nc + 1 + nc * (nc - 1) / 2};
 }
-inline CfScratch cf_backward_scratch(int64_t nc, int64_t ec, int64_t K, int64_t V) {
+inline CfScratch cf_backward_scratch(int64_t nc, int64_t ec, int64_t H, int64_t K, int64_t V) {
   const int64_t np = cf_round(std::max<int64_t>(nc, 1));
-  return {nc * (3 * K + 3 * V) + 2 * ec * np + 2 * nc * np + K, nc * ((nc + 63) / 64),
-          nc + 1 + nc * (nc - 1) / 2};
+  return {nc * H * (3 * K + 3 * V) + 2 * H * ec * np + 2 * H * nc * np + H * K +
+              (kBlock + 2) * H,
+          nc * ((nc + 63) / 64), nc + 1 + nc * (nc - 1) / 2};
+}
+
+// <a[0:n], b[0:n]> and y += a x for head rows whose width is KF (0: known at run time only)
+template <typename acc_t, int64_t KF>
+PLSTM_TARGET PLSTM_CF_INLINE acc_t cf_dot_w(const acc_t* __restrict__ a,
+                                            const acc_t* __restrict__ b, int64_t n) {
+  if constexpr (KF > 0) {
+    return cf_dot_fixed<acc_t, KF>(a, b);
+  } else {
+    return cf_dot(a, b, n);
+  }
+}
+template <typename acc_t, int64_t VF>
+PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy_w(acc_t* __restrict__ y, acc_t a,
+                                            const acc_t* __restrict__ x, int64_t n) {
+  if constexpr (VF > 0) {
+    cf_axpy_fixed<acc_t, VF>(y, a, x);
+  } else {
+    cf_axpy(y, a, x, n);
+  }
+}
+
+// Rows of every head of the component's nodes (cf_rows over the [H * width] node rows).
+template <typename scalar_t, typename acc_t>
+struct CfRows {
+  const acc_t **q, **k, **v, **dy;
+};
+
+template <typename scalar_t, typename acc_t, int64_t KF, int64_t VF>
+PLSTM_TARGET void cf_forward_nodes(const CfPtrs<scalar_t, acc_t>& p, const int64_t* nodes,
+                                   int64_t nc, int64_t np, const CfRows<scalar_t, acc_t>& r,
+                                   const acc_t* __restrict__ Gate, acc_t* __restrict__ y,
+                                   const int32_t* off, const int32_t* list) {
+  const int64_t H = p.H, K = KF > 0 ? KF : p.K, V = VF > 0 ? VF : p.V;
+  for (int64_t n = 0; n < nc; ++n) {
+    const acc_t* __restrict__ qn = r.q[n];
+    const acc_t* __restrict__ kn = r.k[n];
+    const acc_t* __restrict__ vn = r.v[n];
+    for (int64_t h = 0; h < H; ++h) {
+      const acc_t ann = static_cast<acc_t>(p.D[nodes[n] * H + h]) *
+                        cf_dot_w<acc_t, KF>(qn + h * K, kn + h * K, K);
+      for (int64_t x = 0; x < V; ++x) y[h * V + x] = ann * vn[h * V + x];
+    }
+    for (int32_t t = off[n]; t < off[n + 1]; ++t) {
+      const int64_t m = list[t];
+      const acc_t* __restrict__ km = r.k[m];
+      const acc_t* __restrict__ vm = r.v[m];
+      const acc_t* __restrict__ g = Gate + (n * np + m) * H;
+      for (int64_t h = 0; h < H; ++h) {
+        const acc_t a = g[h] * cf_dot_w<acc_t, KF>(qn + h * K, km + h * K, K);
+        cf_axpy_w<acc_t, VF>(y + h * V, a, vm + h * V, V);
+      }
+    }
+    scalar_t* __restrict__ out = p.out + nodes[n] * H * V;
+    for (int64_t x = 0; x < H * V; ++x) out[x] = static_cast<scalar_t>(y[x]);
+  }
 }
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t h,
-                                  acc_t* buf, const int32_t* ints, const acc_t** rowbuf) {
+PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
+                                  const int32_t* ints, const acc_t** rowbuf) {
   const int64_t H = p.H, K = p.K, V = p.V;
   const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
   const int64_t ec = p.comp_edge_ptr[c + 1] - p.comp_edge_ptr[c];
   const int64_t np = cf_round(nc);
   const int64_t* nodes = p.comp_node + n0;
-  const acc_t** qr = rowbuf;
-  const acc_t** kr = qr + nc;
-  const acc_t** vr = kr + nc;
-  acc_t* conv = buf;  // [nc, 2K + V] converted rows (half types only)
-  acc_t* W = conv + nc * (2 * K + V);
-  acc_t* Gate = W + ec * np;
-  acc_t* __restrict__ y = Gate + nc * np;
+  const CfRows<scalar_t, acc_t> r{rowbuf, rowbuf + nc, rowbuf + 2 * nc, nullptr};
+  acc_t* conv = buf;  // [nc, H (2K + V)] converted rows (half types only)
+  acc_t* W = conv + nc * H * (2 * K + V);  // [ec, np, H]
+  acc_t* Gate = W + H * ec * np;            // [nc, np, H]
+  acc_t* y = Gate + H * nc * np;            // [H * V]
+  acc_t* gbuf = y + H * V;                  // [H]
   const int32_t* off = ints;  // the ancestor lists of cf_ancestors
   const int32_t* list = off + nc + 1;
-  cf_rows(p.q, p.q_stride, nodes, nc, h, K, qr, conv);
-  cf_rows(p.k, p.k_stride, nodes, nc, h, K, kr, conv + nc * K);
-  cf_rows(p.v, p.v_stride, nodes, nc, h, V, vr, conv + 2 * nc * K);
-  cf_paths(p, c, h, np, W, Gate);
-  for (int64_t n = 0; n < nc; ++n) {
-    const acc_t* __restrict__ qn = qr[n];
-    const acc_t direct = static_cast<acc_t>(p.D[nodes[n] * H + h]);
-    const acc_t ann = direct * cf_dot(qn, kr[n], K);
-    const acc_t* __restrict__ vn = vr[n];
-    for (int64_t x = 0; x < V; ++x) y[x] = ann * vn[x];
-    const acc_t* __restrict__ g = Gate + n * np;
-    for (int32_t t = off[n]; t < off[n + 1]; ++t) {
-      const int64_t m = list[t];
-      cf_axpy(y, g[m] * cf_dot(qn, kr[m], K), vr[m], V);
-    }
-    scalar_t* __restrict__ out = p.out + (nodes[n] * H + h) * V;
-    for (int64_t x = 0; x < V; ++x) out[x] = static_cast<scalar_t>(y[x]);
+  cf_rows(p.q, p.q_stride, nodes, nc, 0, H * K, r.q, conv);
+  cf_rows(p.k, p.k_stride, nodes, nc, 0, H * K, r.k, conv + nc * H * K);
+  cf_rows(p.v, p.v_stride, nodes, nc, 0, H * V, r.v, conv + 2 * nc * H * K);
+  if (H == 4) {
+    cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf);
+  } else {
+    cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
+  }
+  if (K == 24 && V == 24) {
+    cf_forward_nodes<scalar_t, acc_t, 24, 24>(p, nodes, nc, np, r, Gate, y, off, list);
+  } else if (K == 16 && V == 16) {
+    cf_forward_nodes<scalar_t, acc_t, 16, 16>(p, nodes, nc, np, r, Gate, y, off, list);
+  } else if (K == 32 && V == 32) {
+    cf_forward_nodes<scalar_t, acc_t, 32, 32>(p, nodes, nc, np, r, Gate, y, off, list);
+  } else {
+    cf_forward_nodes<scalar_t, acc_t, 0, 0>(p, nodes, nc, np, r, Gate, y, off, list);
   }
 }
 
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t h,
-                                   acc_t* buf, const int32_t* ints, const acc_t** rowbuf) {
-  const int64_t H = p.H, K = p.K, V = p.V;
-  const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
-  const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
-  const int64_t np = cf_round(nc);
-  const int64_t* nodes = p.comp_node + n0;
-  const acc_t** qr = rowbuf;
-  const acc_t** kr = qr + nc;
-  const acc_t** vr = kr + nc;
-  const acc_t** dyr = vr + nc;
-  acc_t* conv = buf;  // [nc, 2K + 2V] converted rows (half types only)
-  acc_t* W = conv + nc * (2 * K + 2 * V);
-  acc_t* dW = W + ec * np;
-  acc_t* Gate = dW + ec * np;
-  acc_t* dGate = Gate + nc * np;
-  acc_t* __restrict__ dK = dGate + nc * np;  // [nc, K]
-  acc_t* __restrict__ dV = dK + nc * K;      // [nc, V]
-  acc_t* __restrict__ dq = dV + nc * V;      // [K]
-  const int32_t* off = ints;  // the ancestor lists of cf_ancestors
-  const int32_t* list = off + nc + 1;
-  cf_rows(p.q, p.q_stride, nodes, nc, h, K, qr, conv);
-  cf_rows(p.k, p.k_stride, nodes, nc, h, K, kr, conv + nc * K);
-  cf_rows(p.v, p.v_stride, nodes, nc, h, V, vr, conv + 2 * nc * K);
-  cf_rows(p.dy, H * V, nodes, nc, h, V, dyr, conv + 2 * nc * K + nc * V);
-  cf_paths(p, c, h, np, W, Gate);
-  std::fill(dGate, dGate + nc * np, acc_t(0));
-  std::fill(dK, dK + nc * K, acc_t(0));
-  std::fill(dV, dV + nc * V, acc_t(0));
+// The attention part of the backward pass: dD, dq, and the key, value and Gate gradients
+// (dK [nc, H K], dV [nc, H V] by position, dGate [H, nc, np]).
+template <typename scalar_t, typename acc_t, int64_t KF, int64_t VF>
+PLSTM_TARGET void cf_backward_nodes(const CfPtrs<scalar_t, acc_t>& p, const int64_t* nodes,
+                                    int64_t nc, int64_t np, const CfRows<scalar_t, acc_t>& r,
+                                    const acc_t* __restrict__ Gate, acc_t* __restrict__ dGate,
+                                    acc_t* __restrict__ dK, acc_t* __restrict__ dV,
+                                    acc_t* __restrict__ dq, const int32_t* off,
+                                    const int32_t* list) {
+  const int64_t H = p.H, K = KF > 0 ? KF : p.K, V = VF > 0 ? VF : p.V;
+  const int64_t HK = H * K, HV = H * V;
   for (int64_t n = 0; n < nc; ++n) {
     const int64_t node = nodes[n];
-    const acc_t* __restrict__ qn = qr[n];
-    const acc_t* __restrict__ kn = kr[n];
-    const acc_t* __restrict__ dyn = dyr[n];
-    const acc_t direct = static_cast<acc_t>(p.D[node * H + h]);
-    const acc_t qk_nn = cf_dot(qn, kn, K), da_nn = cf_dot(dyn, vr[n], V);
-    p.dD[node * H + h] = static_cast<scalar_t>(da_nn * qk_nn);
-    const acc_t dqk_nn = da_nn * direct;
-    for (int64_t i = 0; i < K; ++i) dq[i] = dqk_nn * kn[i];
-    cf_axpy(dK + n * K, dqk_nn, qn, K);
-    cf_axpy(dV + n * V, direct * qk_nn, dyn, V);
-    const acc_t* __restrict__ g = Gate + n * np;
-    acc_t* __restrict__ dg = dGate + n * np;
+    const acc_t* __restrict__ qn = r.q[n];
+    const acc_t* __restrict__ kn = r.k[n];
+    const acc_t* __restrict__ vn = r.v[n];
+    const acc_t* __restrict__ dyn = r.dy[n];
+    for (int64_t h = 0; h < H; ++h) {
+      const acc_t direct = static_cast<acc_t>(p.D[node * H + h]);
+      const acc_t qk_nn = cf_dot_w<acc_t, KF>(qn + h * K, kn + h * K, K);
+      const acc_t da_nn = cf_dot_w<acc_t, VF>(dyn + h * V, vn + h * V, V);
+      p.dD[node * H + h] = static_cast<scalar_t>(da_nn * qk_nn);
+      const acc_t dqk_nn = da_nn * direct;
+      for (int64_t i = 0; i < K; ++i) dq[h * K + i] = dqk_nn * kn[h * K + i];
+      cf_axpy_w<acc_t, KF>(dK + n * HK + h * K, dqk_nn, qn + h * K, K);
+      cf_axpy_w<acc_t, VF>(dV + n * HV + h * V, direct * qk_nn, dyn + h * V, V);
+    }
     for (int32_t t = off[n]; t < off[n + 1]; ++t) {
       const int64_t m = list[t];
-      // qk = q_n . k_m, da = dy_n . v_m (the gradient of the attention weight)
-      const acc_t qk = cf_dot(qn, kr[m], K), da = cf_dot(dyn, vr[m], V);
-      dg[m] = da * qk;
-      const acc_t dqk = da * g[m];
-      cf_axpy(dq, dqk, kr[m], K);
-      cf_axpy(dK + m * K, dqk, qn, K);
-      cf_axpy(dV + m * V, g[m] * qk, dyn, V);
+      const acc_t* __restrict__ km = r.k[m];
+      const acc_t* __restrict__ vm = r.v[m];
+      const acc_t* __restrict__ gm = Gate + (n * np + m) * H;
+      acc_t* __restrict__ dgm = dGate + (n * np + m) * H;
+      for (int64_t h = 0; h < H; ++h) {
+        // qk = q_n . k_m, da = dy_n . v_m (the gradient of the attention weight)
+        const acc_t g = gm[h];
+        const acc_t qk = cf_dot_w<acc_t, KF>(qn + h * K, km + h * K, K);
+        const acc_t da = cf_dot_w<acc_t, VF>(dyn + h * V, vm + h * V, V);
+        dgm[h] = da * qk;
+        const acc_t dqk = da * g;
+        cf_axpy_w<acc_t, KF>(dq + h * K, dqk, km + h * K, K);
+        cf_axpy_w<acc_t, KF>(dK + m * HK + h * K, dqk, qn + h * K, K);
+        cf_axpy_w<acc_t, VF>(dV + m * HV + h * V, g * qk, dyn + h * V, V);
+      }
     }
-    scalar_t* __restrict__ out = p.dq + (node * H + h) * K;
-    for (int64_t i = 0; i < K; ++i) out[i] = static_cast<scalar_t>(dq[i]);
+    scalar_t* __restrict__ out = p.dq + node * HK;
+    for (int64_t i = 0; i < HK; ++i) out[i] = static_cast<scalar_t>(dq[i]);
   }
-  for (int64_t n = 0; n < nc; ++n) {
-    const int64_t node = nodes[n];
-    scalar_t* __restrict__ ok = p.dk + (node * H + h) * K;
-    scalar_t* __restrict__ ov = p.dv + (node * H + h) * V;
-    for (int64_t i = 0; i < K; ++i) ok[i] = static_cast<scalar_t>(dK[n * K + i]);
-    for (int64_t x = 0; x < V; ++x) ov[x] = static_cast<scalar_t>(dV[n * V + x]);
-  }
+}
+
+// The gate gradients of component c from dGate: the mark gates, then back along the arcs.
+template <typename scalar_t, typename acc_t, int64_t HF>
+PLSTM_TARGET void cf_gate_grads(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t np,
+                                const acc_t* __restrict__ W, const acc_t* __restrict__ dGate,
+                                acc_t* __restrict__ dW, acc_t* gbuf) {
+  const int64_t H = HF > 0 ? HF : p.H, row = np * H;
+  const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
+  acc_t* part = gbuf + H;       // [kBlock, H]
+  acc_t* dot = part + kBlock * H;  // [H]
   // Mark gates, and dW[j] = M_e dGate[dst e] over W's support (rounded up to the block end:
   // past the support W is zero, so whatever dW holds there is multiplied by zero below).
   for (int64_t j = 0; j < ec; ++j) {
     const int64_t e = p.comp_edge[e0 + j];
     const int64_t len = cf_round(p.node_pos[p.edge_src[e]] + 1);
-    const acc_t* __restrict__ dg = dGate + p.node_pos[p.edge_dst[e]] * np;
-    const acc_t mark = static_cast<acc_t>(p.M[e * H + h]);
-    p.dM[e * H + h] = static_cast<scalar_t>(cf_dot_blocks(dg, W + j * np, len));
-    acc_t* __restrict__ dWj = dW + j * np;
-    for (int64_t m = 0; m < len; ++m) dWj[m] = mark * dg[m];
+    const acc_t* __restrict__ dg = dGate + p.node_pos[p.edge_dst[e]] * row;
+    cf_dot_heads<acc_t, HF>(dg, W + j * row, len, H, part, dot);
+    for (int64_t h = 0; h < H; ++h) p.dM[e * H + h] = static_cast<scalar_t>(dot[h]);
+    cf_scale_heads<acc_t, HF>(dW + j * row, cf_heads(p.M + e * H, H, gbuf), dg, len, H);
   }
   // back along the arcs, successors first (level order reversed)
   for (int64_t j = ec - 1; j >= 0; --j) {
     const int64_t e = p.comp_edge[e0 + j];
-    const acc_t* __restrict__ dWj = dW + j * np;
-    p.dS[e * H + h] = static_cast<scalar_t>(dWj[p.node_pos[p.edge_src[e]]]);
+    const acc_t* __restrict__ dWj = dW + j * row;
+    const int64_t u = p.node_pos[p.edge_src[e]];
+    for (int64_t h = 0; h < H; ++h) p.dS[e * H + h] = static_cast<scalar_t>(dWj[u * H + h]);
     for (int64_t r = p.in_ptr[e]; r < p.in_ptr[e + 1]; ++r) {
       const int64_t a = p.in_arc[r];
       const int64_t pe = p.arc_src[a];
       const int64_t pj = p.edge_pos[pe];
       const int64_t len = cf_round(p.node_pos[p.edge_src[pe]] + 1);
-      p.dT[a * H + h] = static_cast<scalar_t>(cf_dot_blocks(dWj, W + pj * np, len));
-      cf_axpy_blocks(dW + pj * np, static_cast<acc_t>(p.T[a * H + h]), dWj, len);
+      cf_dot_heads<acc_t, HF>(dWj, W + pj * row, len, H, part, dot);
+      for (int64_t h = 0; h < H; ++h) p.dT[a * H + h] = static_cast<scalar_t>(dot[h]);
+      cf_axpy_heads<acc_t, HF>(dW + pj * row, cf_heads(p.T + a * H, H, gbuf), dWj, len, H);
     }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
+                                   const int32_t* ints, const acc_t** rowbuf) {
+  const int64_t H = p.H, K = p.K, V = p.V;
+  const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
+  const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
+  const int64_t np = cf_round(nc);
+  const int64_t* nodes = p.comp_node + n0;
+  const CfRows<scalar_t, acc_t> r{rowbuf, rowbuf + nc, rowbuf + 2 * nc, rowbuf + 3 * nc};
+  acc_t* conv = buf;  // [nc, H (2K + 2V)] converted rows (half types only)
+  acc_t* W = conv + nc * H * (2 * K + 2 * V);  // [ec, np, H]
+  acc_t* dW = W + H * ec * np;                  // [ec, np, H]
+  acc_t* Gate = dW + H * ec * np;               // [nc, np, H]
+  acc_t* dGate = Gate + H * nc * np;            // [nc, np, H]
+  acc_t* dK = dGate + H * nc * np;              // [nc, H K]
+  acc_t* dV = dK + nc * H * K;                  // [nc, H V]
+  acc_t* dq = dV + nc * H * V;                  // [H K]
+  acc_t* gbuf = dq + H * K;                     // [(kBlock + 2) H]
+  const int32_t* off = ints;  // the ancestor lists of cf_ancestors
+  const int32_t* list = off + nc + 1;
+  cf_rows(p.q, p.q_stride, nodes, nc, 0, H * K, r.q, conv);
+  cf_rows(p.k, p.k_stride, nodes, nc, 0, H * K, r.k, conv + nc * H * K);
+  cf_rows(p.v, p.v_stride, nodes, nc, 0, H * V, r.v, conv + 2 * nc * H * K);
+  cf_rows(p.dy, H * V, nodes, nc, 0, H * V, r.dy, conv + 2 * nc * H * K + nc * H * V);
+  if (H == 4) {
+    cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf);
+  } else {
+    cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
+  }
+  std::fill(dGate, dGate + H * nc * np, acc_t(0));
+  std::fill(dK, dK + nc * H * K, acc_t(0));
+  std::fill(dV, dV + nc * H * V, acc_t(0));
+  if (K == 24 && V == 24) {
+    cf_backward_nodes<scalar_t, acc_t, 24, 24>(p, nodes, nc, np, r, Gate, dGate, dK, dV, dq,
+                                               off, list);
+  } else if (K == 16 && V == 16) {
+    cf_backward_nodes<scalar_t, acc_t, 16, 16>(p, nodes, nc, np, r, Gate, dGate, dK, dV, dq,
+                                               off, list);
+  } else if (K == 32 && V == 32) {
+    cf_backward_nodes<scalar_t, acc_t, 32, 32>(p, nodes, nc, np, r, Gate, dGate, dK, dV, dq,
+                                               off, list);
+  } else {
+    cf_backward_nodes<scalar_t, acc_t, 0, 0>(p, nodes, nc, np, r, Gate, dGate, dK, dV, dq,
+                                             off, list);
+  }
+  for (int64_t n = 0; n < nc; ++n) {
+    const int64_t node = nodes[n];
+    scalar_t* __restrict__ ok = p.dk + node * H * K;
+    scalar_t* __restrict__ ov = p.dv + node * H * V;
+    for (int64_t i = 0; i < H * K; ++i) ok[i] = static_cast<scalar_t>(dK[n * H * K + i]);
+    for (int64_t x = 0; x < H * V; ++x) ov[x] = static_cast<scalar_t>(dV[n * H * V + x]);
+  }
+  if (H == 4) {
+    cf_gate_grads<scalar_t, acc_t, 4>(p, c, np, W, dGate, dW, gbuf);
+  } else {
+    cf_gate_grads<scalar_t, acc_t, 0>(p, c, np, W, dGate, dW, gbuf);
   }
 }
 

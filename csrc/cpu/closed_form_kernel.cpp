@@ -9,9 +9,9 @@
 // and nothing but the inputs is kept for backward (W and Gate are recomputed there, they cost
 // (E + L) n). The Python dispatcher picks this op when the schedule says it is cheaper.
 //
-// Work items are (component, head) pairs; each writes its own rows of every output, in a fixed
-// order, so results are bitwise reproducible whatever the thread count. The component layout
-// is checked completely before any memory is touched.
+// Work items are components, each with all its heads; each writes its own rows of every
+// output, in a fixed order, so results are bitwise reproducible whatever the thread count. The
+// component layout is checked completely before any memory is touched.
 #include "../checks.h"
 #include "float_ptrs.h"
 #include "isa.h"
@@ -207,8 +207,8 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in, const Layout& l
   return p;
 }
 
-// For every component: its ancestor lists once (ancestors(c, words, ints)), then
-// task(c, h, scratch, ints, rows) for each head; over the threads when the work is large
+// For every component: its ancestor lists (ancestors(c, words, ints)), then
+// task(c, scratch, ints, rows), which does all heads; over the threads when the work is large
 // enough. `scratch_size(nc, ec)` gives the buffer sizes.
 template <typename acc_t, typename Size, typename Ancestors, typename Task>
 void for_each_component(const ClosedFormInputs& in, const Size& scratch_size,
@@ -236,7 +236,7 @@ void for_each_component(const ClosedFormInputs& in, const Size& scratch_size,
       int32_t* ints = task_scratch<int32_t>(size.ints, own_ints);
       const acc_t** rows = task_scratch<const acc_t*>(4 * nc, own_rows);
       ancestors(c, task_scratch<uint64_t>(size.words, own_words), ints);
-      for (int64_t h = 0; h < H; ++h) task(c, h, buf, ints, rows);
+      task(c, buf, ints, rows);
     }
   };
   if (at::get_num_threads() > 1 && !at::in_parallel_region() && C > grain) {
@@ -253,7 +253,7 @@ void run_closed_form(const ClosedFormInputs& in, const CfPtrs<scalar_t, acc_t>& 
   using P = CfPtrs<scalar_t, acc_t>;
   void (*ancestors)(const P&, int64_t, uint64_t*, int32_t*, int32_t*) =
       &cf_base::cf_ancestors<scalar_t, acc_t>;
-  void (*task)(const P&, int64_t, int64_t, acc_t*, const int32_t*, const acc_t**) =
+  void (*task)(const P&, int64_t, acc_t*, const int32_t*, const acc_t**) =
       backward ? &cf_base::cf_backward_task<scalar_t, acc_t>
                : &cf_base::cf_forward_task<scalar_t, acc_t>;
 #ifdef PLSTM_HAVE_AVX2
@@ -263,18 +263,18 @@ void run_closed_form(const ClosedFormInputs& in, const CfPtrs<scalar_t, acc_t>& 
                     : &cf_avx2::cf_forward_task<scalar_t, acc_t>;
   }
 #endif
-  const int64_t K = p.K, V = p.V;
+  const int64_t H = p.H, K = p.K, V = p.V;
   for_each_component<acc_t>(
       in,
       [&](int64_t nc, int64_t ec) {
-        return backward ? cf_base::cf_backward_scratch(nc, ec, K, V)
-                        : cf_base::cf_forward_scratch(nc, ec, K, V);
+        return backward ? cf_base::cf_backward_scratch(nc, ec, H, K, V)
+                        : cf_base::cf_forward_scratch(nc, ec, H, K, V);
       },
       [&](int64_t c, uint64_t* words, int32_t* ints) {
         ancestors(p, c, words, ints, ints + (p.comp_node_ptr[c + 1] - p.comp_node_ptr[c] + 1));
       },
-      [&](int64_t c, int64_t h, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-        task(p, c, h, buf, ints, rows);
+      [&](int64_t c, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+        task(p, c, buf, ints, rows);
       });
 }
 
