@@ -635,3 +635,21 @@ def test_cuda_bad_index_raises():
     with pytest.raises((ValueError, RuntimeError)):
         OPS.scan_forward(*args)
     torch.cuda.synchronize()  # the context is still usable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_all_finite(dtype):
+    """The gate check of every plstm_dag call: any NaN or infinity anywhere, in any of the
+    tensors, at any position (the vectorised body and its tail), strided or empty."""
+    x = torch.rand(1003, dtype=dtype)
+    assert OPS.all_finite([x, x[::3], torch.empty(0, 4, dtype=dtype)])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 500, 1002):
+            y = x.clone()
+            y[pos] = bad
+            assert not OPS.all_finite([x, y])
+            assert not OPS.all_finite([y.view(17, 59).t()])  # not contiguous
+    big = torch.full((7,), torch.finfo(dtype).max, dtype=dtype)
+    assert OPS.all_finite([big])  # large but finite values are fine (no sum to overflow)
+    with pytest.raises(TypeError, match="floating"):
+        OPS.all_finite([torch.ones(3, dtype=torch.long)])

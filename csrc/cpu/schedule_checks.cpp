@@ -1,3 +1,5 @@
+// all_finite (schema in ops/prepare.cpp): the finiteness check of plstm_dag's gates.
+//
 // check_dag_schedule (schema in ops/prepare.cpp): the complete structural check of a
 // DagSchedule, for a schedule that did not come from build_schedule (which builds consistent
 // ones from a checked graph). The kernels check only what keeps their memory accesses in
@@ -11,6 +13,9 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <ATen/Dispatch.h>
+
+#include <type_traits>
 #include <vector>
 
 namespace plstm_graph {
@@ -79,10 +84,38 @@ void check_dag_schedule(at::TensorList schedule, int64_t num_nodes) {
             });
 }
 
+// x - x is 0 for every finite x and NaN (which compares unequal to everything) for NaN and
+// the infinities; the loop has no branch and an integer reduction, so it vectorises
+template <typename scalar_t>
+bool finite_values(const scalar_t* x, int64_t n) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const acc_t v = static_cast<acc_t>(x[i]);
+    bad |= static_cast<int>((v - v) != acc_t(0));
+  }
+  return bad == 0;
+}
+
+bool all_finite(at::TensorList tensors) {
+  for (const at::Tensor& t : tensors) {
+    TORCH_CHECK_VALUE(t.defined() && t.device().is_cpu(), "all_finite: CPU tensors only");
+    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()),
+                     "all_finite: floating tensors only, got ", t.scalar_type());
+    const at::Tensor c = t.contiguous();
+    bool ok = true;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "all_finite",
+                                    [&] { ok = finite_values(c.data_ptr<scalar_t>(), c.numel()); });
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace plstm_graph
 
 TORCH_LIBRARY_IMPL(plstm_graph, CPU, m) {
   m.impl("check_dag_schedule", &plstm_graph::cpu::check_dag_schedule);
+  m.impl("all_finite", &plstm_graph::cpu::all_finite);
 }

@@ -19,6 +19,9 @@ TORCH_LIBRARY_FRAGMENT(plstm_graph, m) {
   // Everything the kernels rely on in a DagSchedule (its tensors() and node count): what
   // DagSchedule.check() runs on a schedule that build_schedule did not make.
   m.def("check_dag_schedule(Tensor[] schedule, int num_nodes) -> ()");
+  // Whether every value of every (floating) tensor is finite: the gate check of every
+  // plstm_dag call, in one pass instead of a reduction and a host sync per gate.
+  m.def("all_finite(Tensor[] tensors) -> bool");
   m.def(
       "build_schedule(Tensor edge_index, Tensor line_index, Tensor node_level, int num_nodes, "
       "bool validate) -> (Tensor[] index, Tensor sizes)");
