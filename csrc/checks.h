@@ -111,7 +111,9 @@ constexpr int64_t kAnyLength = -1;
   X(comp_node_ptr, Place::kDevice, x.C + 1, x.N)          \
   X(comp_node, Place::kDevice, x.N, x.N - 1)              \
   X(comp_edge_ptr, Place::kDevice, x.C + 1, x.E)          \
-  X(comp_edge, Place::kDevice, x.E, x.E - 1)
+  X(comp_edge, Place::kDevice, x.E, x.E - 1)              \
+  X(node_pos, Place::kDevice, x.N, x.N - 1)               \
+  X(edge_pos, Place::kDevice, x.E, x.E - 1)
 
 // The same for plstm_graph.dag.NodeSchedule (node-level transitions: no line graph).
 #define PLSTM_NODE_SCHEDULE_FIELDS(X)                     \

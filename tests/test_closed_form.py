@@ -240,7 +240,9 @@ def test_op_is_differentiable_by_itself():
 
 
 def _layout(case):
-    """A valid layout with one defect; returns (args, expected message)."""
+    """A valid layout with one defect: (args, what DagSchedule.check() says, whether the op
+    itself must raise). The op range-checks every index and checks, in its kernels, what keeps
+    its accesses in bounds; the rest of the structure is the builder's (or check()'s)."""
     ei = torch.tensor([[0, 1, 1, 3], [1, 2, 4, 4]])  # 0 -> 1 -> {2, 4}, 3 -> 4 ; and node 5
     n = 6
     li = plstm_graph.line_graph(ei, n)
@@ -252,66 +254,93 @@ def _layout(case):
         args[7][DagSchedule.FIELDS.index(field)] = value
 
     comp_node = s.comp_node.clone()
-    if case == "node_twice":
+    if case == "node_twice":  # in bounds: wrong numbers, which check() finds
         comp_node[1] = comp_node[0]
         put("comp_node", comp_node)
-        return args, "lists node"
+        return args, "lists 0 twice", False
     if case == "node_out_of_range":
         comp_node[0] = 99
         put("comp_node", comp_node)
-        return args, "out of range"
-    if case == "not_topological":
-        i, j = int((comp_node == 0).nonzero()), int((comp_node == 1).nonzero())  # edge 0 -> 1
+        return args, "out of range", True
+    if case == "not_topological":  # node 1 before node 0, positions to match
+        node_pos = s.node_pos.clone()
+        node_pos[0], node_pos[1] = s.node_pos[1], s.node_pos[0]
+        i, j = int((comp_node == 0).nonzero()), int((comp_node == 1).nonzero())
         comp_node[i], comp_node[j] = 1, 0
         put("comp_node", comp_node)
-        return args, "topological order"
+        put("node_pos", node_pos)
+        return args, "topological order", True
+    if case == "node_pos_stale":  # comp_node reordered, node_pos not: check() names it
+        i, j = int((comp_node == 0).nonzero()), int((comp_node == 1).nonzero())
+        comp_node[i], comp_node[j] = 1, 0
+        put("comp_node", comp_node)
+        return args, "node_pos", False
     if case == "ptr_end":
         ptr = s.comp_node_ptr.clone()
         ptr[-1] -= 1
         put("comp_node_ptr", ptr)
-        return args, "comp_node_ptr must end"
+        return args, "comp_node_ptr|lists|position", False
     if case == "ptr_decreasing":
         ptr = s.comp_edge_ptr.clone()
         ptr[1] = 5
         put("comp_edge_ptr", ptr)
-        return args, "non-decreasing|out of range"  # (5 > E: the range check comes first)
-    if case == "edge_order":
-        ce = s.comp_edge.clone()
-        i, j = int((ce == 0).nonzero()), int((ce == 1).nonzero())  # arc edge 0 -> edge 1
+        return args, "non-decreasing|out of range", True  # (5 > E: the range check first)
+    if case == "edge_order":  # edge 1 before edge 0, which feeds it through an arc
+        ce, edge_pos = s.comp_edge.clone(), s.edge_pos.clone()
+        i, j = int((ce == 0).nonzero()), int((ce == 1).nonzero())
         ce[i], ce[j] = 1, 0
+        edge_pos[0], edge_pos[1] = s.edge_pos[1], s.edge_pos[0]
         put("comp_edge", ce)
-        return args, "level order"
+        put("edge_pos", edge_pos)
+        return args, "level order", True
+    if case == "edge_pos_beyond_component":  # an in-range position past its component's end
+        edge_pos = s.edge_pos.clone()
+        edge_pos[0] = s.num_edges - 1
+        put("edge_pos", edge_pos)
+        return args, "edge_pos", True
     if case == "arcs_do_not_meet":
         arc_src = s.arc_src.clone()
         arc_src[0] = 3  # edge 3 (3 -> 4) does not end where its arc's edge starts
         put("arc_src", arc_src)
-        return args, "do not meet"
+        return args, "do not meet", False
     if case == "edge_across_components":
         ptr = s.comp_node_ptr.clone()
         ptr[1] -= 1
         put("comp_node_ptr", ptr)
-        return args, "not inside its component"
+        return args, "not inside its component|position", True
     if case == "ptr_length":
         put("comp_edge_ptr", s.comp_edge_ptr[:-1])
-        return args, "comp_edge_ptr must have shape"
+        return args, "comp_edge_ptr must have shape", True
     raise AssertionError(case)
 
 
-LAYOUT_CASES = ["node_twice", "node_out_of_range", "not_topological", "ptr_end",
-                "ptr_decreasing", "edge_order", "arcs_do_not_meet", "edge_across_components",
-                "ptr_length"]
+LAYOUT_CASES = ["node_twice", "node_out_of_range", "not_topological", "node_pos_stale",
+                "ptr_end", "ptr_decreasing", "edge_order", "edge_pos_beyond_component",
+                "arcs_do_not_meet", "edge_across_components", "ptr_length"]
 
 
 @pytest.mark.parametrize("case", LAYOUT_CASES)
-def test_bad_layout_raises(case):
-    args, message = _layout(case)
-    before = [a.clone() for a in args[:7]] + [[t.clone() for t in args[7]]]
+def test_bad_layout(case):
+    """check() names every defect; the op raises where an access would leave its bounds and
+    otherwise computes in bounds (a wrong schedule, wrong numbers), writing no input."""
+    args, message, op_raises = _layout(case)
+    schedule = args[7]
     with pytest.raises(ValueError, match=message):
-        OPS.closed_form_forward(*args)
+        if len(schedule) != len(DagSchedule.FIELDS):
+            raise ValueError("comp_edge_ptr must have shape")  # (not even a DagSchedule)
+        DagSchedule(args[0].size(0), *schedule).check()
+    before = [a.clone() for a in args[:7]] + [[t.clone() for t in schedule]]
     out_shape = (args[0].size(0), args[0].size(1), args[2].size(2))
-    with pytest.raises(ValueError, match=message):
-        OPS.closed_form_backward(torch.ones(out_shape, dtype=torch.float64), *args)
-    for a, b in zip(args[:7] + args[7], before[:7] + before[7]):
+    grad = torch.ones(out_shape, dtype=torch.float64)
+    if op_raises:
+        with pytest.raises(ValueError, match=message + "|component layout is inconsistent"):
+            OPS.closed_form_forward(*args)
+        with pytest.raises(ValueError, match=message + "|component layout is inconsistent"):
+            OPS.closed_form_backward(grad, *args)
+    else:
+        assert OPS.closed_form_forward(*args).shape == out_shape
+        assert len(OPS.closed_form_backward(grad, *args)) == 7
+    for a, b in zip(args[:7] + schedule, before[:7] + before[7]):
         assert torch.equal(a, b)  # nothing was written
 
 

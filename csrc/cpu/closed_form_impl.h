@@ -161,8 +161,10 @@ PLSTM_TARGET PLSTM_CF_INLINE void cf_dot_heads(const acc_t* __restrict__ a,
 }
 
 // W and Gate of component c (all heads); gbuf holds H values.
+// False where an arc does not come from an earlier edge whose tail lies in the component (its
+// W row would be out of bounds or not computed yet); the edges were checked by cf_ancestors.
 template <typename scalar_t, typename acc_t, int64_t HF>
-PLSTM_TARGET void cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t np,
+PLSTM_TARGET bool cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t np,
                            acc_t* __restrict__ W, acc_t* __restrict__ Gate, acc_t* gbuf) {
   const int64_t H = HF > 0 ? HF : p.H, row = np * H;
   const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
@@ -177,12 +179,15 @@ PLSTM_TARGET void cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int64_t 
     for (int64_t r = p.in_ptr[e]; r < p.in_ptr[e + 1]; ++r) {
       const int64_t a = p.in_arc[r];
       const int64_t pe = p.arc_src[a];
-      cf_axpy_heads<acc_t, HF>(Wj, cf_heads(p.T + a * H, H, gbuf), W + p.edge_pos[pe] * row,
-                               cf_round(p.node_pos[p.edge_src[pe]] + 1), H);
+      const int64_t pj = p.edge_pos[pe], pu = p.node_pos[p.edge_src[pe]];
+      if (!(pj < j && pu < nc)) return false;
+      cf_axpy_heads<acc_t, HF>(Wj, cf_heads(p.T + a * H, H, gbuf), W + pj * row,
+                               cf_round(pu + 1), H);
     }
     cf_axpy_heads<acc_t, HF>(Gate + p.node_pos[p.edge_dst[e]] * row,
                              cf_heads(p.M + e * H, H, gbuf), Wj, cf_round(u + 1), H);
   }
+  return true;
 }
 
 // <a[0:n], b[0:n]> for the short rows of width K or V, summed in a fixed order (the same
@@ -230,10 +235,12 @@ PLSTM_TARGET PLSTM_CF_INLINE int cf_lowest_bit(uint64_t bits) {
 
 // Ancestors of every node of component c as bit sets, anc [nc, words], and then as lists:
 // list[off[n]:off[n + 1]] are the ancestors of node n in increasing position.
+// False (and nothing listed) where an edge does not join two positions u < w of the component:
+// that keeps every bit set and every list inside its scratch (at most nc (nc - 1) / 2 pairs).
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
-                                      uint64_t* __restrict__ anc, int32_t* __restrict__ off,
-                                      int32_t* __restrict__ list) {
+PLSTM_TARGET bool cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
+                               uint64_t* __restrict__ anc, int32_t* __restrict__ off,
+                               int32_t* __restrict__ list) {
   const int64_t e0 = p.comp_edge_ptr[c], ec = p.comp_edge_ptr[c + 1] - e0;
   const int64_t nc = p.comp_node_ptr[c + 1] - p.comp_node_ptr[c];
   const int64_t words = (nc + 63) / 64;
@@ -242,6 +249,7 @@ PLSTM_TARGET void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
   for (int64_t j = 0; j < ec; ++j) {
     const int64_t e = p.comp_edge[e0 + j];
     const int64_t u = p.node_pos[p.edge_src[e]], w = p.node_pos[p.edge_dst[e]];
+    if (!(u < w && w < nc)) return false;
     uint64_t* __restrict__ aw = anc + w * words;
     const uint64_t* __restrict__ au = anc + u * words;
     for (int64_t x = 0; x < words; ++x) aw[x] |= au[x];
@@ -258,6 +266,7 @@ PLSTM_TARGET void cf_ancestors(const CfPtrs<scalar_t, acc_t>& p, int64_t c,
     }
     off[n + 1] = count;
   }
+  return true;
 }
 
 // Scratch of one task: acc_t elements, then 64-bit words, then 32-bit ints.
@@ -337,7 +346,7 @@ PLSTM_TARGET void cf_forward_nodes(const CfPtrs<scalar_t, acc_t>& p, const int64
 }
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
+PLSTM_TARGET bool cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
                                   const int32_t* ints, const acc_t** rowbuf) {
   const int64_t H = p.H, K = p.K, V = p.V;
   const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
@@ -355,11 +364,9 @@ PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, a
   cf_rows(p.q, p.q_stride, nodes, nc, 0, H * K, r.q, conv);
   cf_rows(p.k, p.k_stride, nodes, nc, 0, H * K, r.k, conv + nc * H * K);
   cf_rows(p.v, p.v_stride, nodes, nc, 0, H * V, r.v, conv + 2 * nc * H * K);
-  if (H == 4) {
-    cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf);
-  } else {
-    cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
-  }
+  const bool paths_ok = H == 4 ? cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf)
+                                : cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
+  if (!paths_ok) return false;
   if (K == 24 && V == 24) {
     cf_forward_nodes<scalar_t, acc_t, 24, 24>(p, nodes, nc, np, r, Gate, y, off, list);
   } else if (K == 16 && V == 16) {
@@ -369,6 +376,7 @@ PLSTM_TARGET void cf_forward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, a
   } else {
     cf_forward_nodes<scalar_t, acc_t, 0, 0>(p, nodes, nc, np, r, Gate, y, off, list);
   }
+  return true;
 }
 
 // The attention part of the backward pass: dD, dq, and the key, value and Gate gradients
@@ -459,7 +467,7 @@ PLSTM_TARGET void cf_gate_grads(const CfPtrs<scalar_t, acc_t>& p, int64_t c, int
 }
 
 template <typename scalar_t, typename acc_t>
-PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
+PLSTM_TARGET bool cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, acc_t* buf,
                                    const int32_t* ints, const acc_t** rowbuf) {
   const int64_t H = p.H, K = p.K, V = p.V;
   const int64_t n0 = p.comp_node_ptr[c], nc = p.comp_node_ptr[c + 1] - n0;
@@ -482,11 +490,9 @@ PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, 
   cf_rows(p.k, p.k_stride, nodes, nc, 0, H * K, r.k, conv + nc * H * K);
   cf_rows(p.v, p.v_stride, nodes, nc, 0, H * V, r.v, conv + 2 * nc * H * K);
   cf_rows(p.dy, H * V, nodes, nc, 0, H * V, r.dy, conv + 2 * nc * H * K + nc * H * V);
-  if (H == 4) {
-    cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf);
-  } else {
-    cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
-  }
+  const bool paths_ok = H == 4 ? cf_paths<scalar_t, acc_t, 4>(p, c, np, W, Gate, gbuf)
+                                : cf_paths<scalar_t, acc_t, 0>(p, c, np, W, Gate, gbuf);
+  if (!paths_ok) return false;
   std::fill(dGate, dGate + H * nc * np, acc_t(0));
   std::fill(dK, dK + nc * H * K, acc_t(0));
   std::fill(dV, dV + nc * H * V, acc_t(0));
@@ -515,6 +521,7 @@ PLSTM_TARGET void cf_backward_task(const CfPtrs<scalar_t, acc_t>& p, int64_t c, 
   } else {
     cf_gate_grads<scalar_t, acc_t, 0>(p, c, np, W, dGate, dW, gbuf);
   }
+  return true;
 }
 
 }  // namespace PLSTM_ISA

@@ -408,6 +408,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> build_schedule(const at::Tensor&
   Index comp_edge(E);
   for (int64_t i = 0; i < E; ++i) comp_edge[i] = edge_order[perm[i]];
 
+  // the position of every node and edge in its component's list (the closed form's layout)
+  Index node_pos(num_nodes), edge_pos(E);
+  for (int64_t c = 0; c < num_comps; ++c) {
+    for (int64_t j = comp_node_ptr[c]; j < comp_node_ptr[c + 1]; ++j) {
+      node_pos[comp_node[j]] = j - comp_node_ptr[c];
+    }
+    for (int64_t j = comp_edge_ptr[c]; j < comp_edge_ptr[c + 1]; ++j) {
+      edge_pos[comp_edge[j]] = j - comp_edge_ptr[c];
+    }
+  }
+
   Index comp_arcs(num_comps, 0);
   for (int64_t j = 0; j < L; ++j) ++comp_arcs[comp[e.first[l.second[j]]]];
   int64_t max_nodes = 0, max_edges = 0, pairs = 0, path_work = 0;
@@ -425,7 +436,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> build_schedule(const at::Tensor&
       to_tensor(arc_level_ptr), to_tensor(in_ptr), to_tensor(in_arc), to_tensor(out_ptr),
       to_tensor(out_arc), to_tensor(node_ptr), to_tensor(node_edge), to_tensor(src_ptr),
       to_tensor(src_edge), to_tensor(comp_node_ptr),
-      to_tensor(comp_node), to_tensor(comp_edge_ptr), to_tensor(comp_edge)};
+      to_tensor(comp_node), to_tensor(comp_edge_ptr), to_tensor(comp_edge),
+      to_tensor(node_pos), to_tensor(edge_pos)};
   at::Tensor sizes = to_tensor({max_nodes, max_edges, pairs, path_work});
   return {std::move(out), sizes};
 }

@@ -82,6 +82,31 @@ void check_dag_schedule(at::TensorList schedule, int64_t num_nodes) {
               TORCH_CHECK_VALUE(node_comp[es[e]] == c && node_comp[ed[e]] == c, "edge ", e,
                                 " is not inside its component ", c);
             });
+  // the closed form's layout: positions inside the component lists, nodes in topological
+  // order and edges in level order within each component
+  const int64_t *np = iptr(s.node_pos), *epos = iptr(s.edge_pos);
+  const auto positions = [&](const char* list, const char* pos_name, const int64_t* ptr,
+                             const int64_t* member, const int64_t* pos) {
+    for (int64_t c = 0; c < s.C; ++c) {
+      for (int64_t j = ptr[c]; j < ptr[c + 1]; ++j) {
+        TORCH_CHECK_VALUE(pos[member[j]] == j - ptr[c], pos_name, "[", member[j], "] = ",
+                          pos[member[j]], " but ", list, " has it at position ", j - ptr[c],
+                          " of component ", c);
+      }
+    }
+  };
+  positions("comp_node", "node_pos", iptr(s.comp_node_ptr), iptr(s.comp_node), np);
+  positions("comp_edge", "edge_pos", iptr(s.comp_edge_ptr), iptr(s.comp_edge), epos);
+  for (int64_t e = 0; e < d.E; ++e) {
+    TORCH_CHECK_VALUE(np[es[e]] < np[ed[e]], "edge ", e, " (", es[e], " -> ", ed[e],
+                      ") goes against its component's node order: comp_node must list each "
+                      "component in topological order");
+  }
+  for (int64_t a = 0; a < d.L; ++a) {
+    TORCH_CHECK_VALUE(epos[as[a]] < epos[ad[a]], "arc ", a, " (edge ", as[a], " -> edge ",
+                      ad[a], ") does not go forward in comp_edge: it must list each "
+                      "component's edges in level order");
+  }
 }
 
 // x - x is 0 for every finite x and NaN (which compares unequal to everything) for NaN and

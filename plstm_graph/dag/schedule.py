@@ -71,6 +71,9 @@ class DagSchedule(_IndexTensors):
         comp_node_ptr, comp_node: CSR of nodes by weakly connected component, each component
             in topological order (level, then id): the layout of the closed form.
         comp_edge_ptr, comp_edge: CSR of edges by component, in level order within one.
+        node_pos, edge_pos: ``[N]``, ``[E]`` position of every node (edge) inside its
+            component's list (``comp_node`` / ``comp_edge``): the closed form's local layout,
+            which its kernels read instead of rebuilding it on every call.
         max_component_nodes: nodes of the largest component.
         max_component_edges: edges of the component with the most edges.
         component_pairs: ``sum n_c (n_c - 1) / 2`` over components of ``n_c`` nodes.
@@ -103,6 +106,8 @@ class DagSchedule(_IndexTensors):
     comp_node: Tensor
     comp_edge_ptr: Tensor
     comp_edge: Tensor
+    node_pos: Tensor
+    edge_pos: Tensor
     max_component_nodes: int = 0
     max_component_edges: int = 0
     component_pairs: int = 0
@@ -171,7 +176,7 @@ def _count_ancestor_pairs(s: "DagSchedule") -> int:
             num_nodes * width > _ANCESTOR_COUNT_MAX_BYTES):
         return s.component_pairs
     device = s.edge_src.device
-    _, position = component_positions(s.comp_node_ptr, s.comp_node, num_nodes)
+    position = s.node_pos
     if s.num_edges < _PER_EDGE_COUNT_EDGES_PER_LEVEL * max(1, s.num_levels):
         src = s.edge_src[s.edge_order].tolist()
         dst = s.edge_dst[s.edge_order].tolist()
@@ -259,6 +264,8 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
     comp_edge = edge_order[torch.sort(edge_comp[edge_order], stable=True).indices]
     comp_edge_ptr = torch.zeros(num_comps + 1, dtype=torch.long, device=device)
     torch.cumsum(torch.bincount(edge_comp, minlength=num_comps), 0, out=comp_edge_ptr[1:])
+    _, node_pos = component_positions(comp_node_ptr, comp_node, num_nodes)
+    _, edge_pos = component_positions(comp_edge_ptr, comp_edge, num_edges)
     max_component_nodes = int(sizes.max()) if num_comps > 0 else 0
     component_pairs = int((sizes * (sizes - 1)).sum()) // 2
     comp_arcs = torch.bincount(edge_comp[arc_dst], minlength=num_comps)
@@ -272,7 +279,7 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, src_ptr=src_ptr,
         src_edge=src_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
-        max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
+        node_pos=node_pos, edge_pos=edge_pos, max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
         component_pairs=component_pairs, path_work=path_work)
 
 
