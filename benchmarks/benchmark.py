@@ -263,6 +263,16 @@ def run_case(name, num_nodes, edge_index, sizes, device, args, rows):
             "GATConv(96,24,heads=4)": (lambda: gat(x, edge_index), "-"),
             "GINConv(MLP 96)": (lambda: gin(x, edge_index), "-"),
         }
+        if sizes is None and name.startswith("dense"):  # the dense-DAG target's own widths
+            x64 = torch.randn(num_nodes, 64, device=device, requires_grad=True)
+            conv64 = plstm_graph.PLSTMConv(64, 64, heads=4, mode="P").to(device)
+            gat64 = GATConv(64, 16, heads=4).to(device)
+            conv64(x64, edge_index)
+            plain64 = ("node" if conv64.prepare(edge_index, num_nodes).line_index is None
+                       else "arc")
+            layer_calls["PLSTMConv(64,64,heads=4), plain call"] = (
+                lambda: conv64(x64, edge_index), plain64)
+            layer_calls["GATConv(64,16,heads=4)"] = (lambda: gat64(x64, edge_index), "-")
         for label, (call, transitions) in layer_calls.items():
             if transitions != "arc" or arc_budget:
                 record_call(label, call, transitions)
@@ -282,6 +292,36 @@ def print_table(rows, device):
         speedup = f"{ref / r['_fwdbwd']:.0f}x" if ref and r["impl"] != "per-edge loop" else ""
         print("| " + " | ".join(str(r[c]).ljust(widths[c]) for c in cols) +
               f" | {speedup.ljust(6)} |")
+
+
+def print_targets(rows) -> None:
+    """The linear-in-edges issue's targets, as ratios of rows of this run (forward+backward)."""
+    t = {(r["graph"], r["impl"]): r["_fwdbwd"] for r in rows}
+
+    def ratio(graph, a, b):
+        return t[graph, a] / t[graph, b] if (graph, a) in t and (graph, b) in t else None
+
+    checks = [
+        ("32 x MUTAG-sized", "per-edge loop",
+         "plstm_dag native (auto), schedule built in the call", "x",
+         "native plstm_dag, schedule built in the call, against the per-edge loop", ">= 300x"),
+        ("128 x MUTAG-sized", "PLSTMConv(96,96,heads=4), prepared", "GATConv(96,24,heads=4)",
+         "", "PLSTMConv(96) / GATConv(96, 24), prepared", "<= 1.5x"),
+        ("128 x MUTAG-sized", "PLSTMConv(96,96,heads=4), plain call", "GATConv(96,24,heads=4)",
+         "", "PLSTMConv(96) / GATConv(96, 24), plain call", "<= 1.5x"),
+    ]
+    checks += [(g, "PLSTMConv(64,64,heads=4), plain call", "GATConv(64,16,heads=4)", "",
+                f"{g}: PLSTMConv(64, mode='P') / GATConv(64, 16), plain call", "<= 3x")
+               for g in sorted({r["graph"] for r in rows if r["graph"].startswith("dense")})]
+    lines = []
+    for graph, a, b, kind, what, target in checks:
+        value = ratio(graph, a, b)
+        if value is not None:
+            lines.append(f"#   {what}: {value:.2f}x (target {target})" if not kind else
+                         f"#   {what}: {value:.0f}x (target {target})")
+    if lines:
+        print("# targets (ratios of the rows above):")
+        print("\n".join(lines))
 
 
 def main(argv=None):
@@ -327,6 +367,7 @@ def main(argv=None):
         n, ei, _ = random_wide_dag(args.wide)
         run_case(f"random DAG {ei.size(1)} edges", n, ei, None, args.device, args, rows)
     print_table(rows, args.device)
+    print_targets(rows)
     return rows
 
 

@@ -33,6 +33,12 @@ def test_benchmark_table_has_arc_and_node_rows(benchmark_module, capsys):
         assert all(r["_fwdbwd"] > 0 for r in rows if r["graph"] == graph)
     # the per-edge loop only where its graphs are known (the batches)
     assert {r["graph"] for r in rows if r["impl"] == "per-edge loop"} == {"2 x MUTAG-sized"}
+    # the dense-DAG target's own layer widths, and the target ratios printed for the graphs run
+    dense = {r["impl"] for r in rows if r["graph"] == "dense DAG 40 nodes"}
+    assert {"PLSTMConv(64,64,heads=4), plain call", "GATConv(64,16,heads=4)"} <= dense
+    assert not any("64" in r["impl"] for r in rows if r["graph"] == "2 x MUTAG-sized")
+    targets = table[table.index("# targets"):].splitlines()[1:]
+    assert len(targets) == 1 and "dense DAG 40 nodes" in targets[0] and "<= 3x" in targets[0]
 
 
 def test_bench_layer_reports_both_layers_and_their_ratio(benchmark_module, capsys):
