@@ -4,7 +4,9 @@ Rows: the per-edge Python loop the authors' code runs (one graph at a time), the
 level scan, its closed form (where components are small enough for padding), the native level
 scan, the native closed form (where components are small enough; "(auto)" marks what
 ``plstm_dag`` picks by default), and ``PLSTMConv(96, 96, heads=4)`` next to
-``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches. Graphs: batches of 1, 32,
+``GATConv(96, 24, heads=4)`` and ``GINConv`` on the same batches (on the dense DAG also
+``PLSTMConv(64, 64, heads=4, mode="P")`` against ``GATConv(64, 16, heads=4)``, the widths of
+its target). The last lines give the linear-in-edges targets as ratios of the run's rows. Graphs: batches of 1, 32,
 128 and 1024 MUTAG-sized random DAGs, a dense random DAG (600 nodes, 14k edges, 215k
 line-graph arcs), a 20,000-node chain and a random DAG with 300k edges. H=4, K=V=24, float32.
 
