@@ -73,6 +73,11 @@ struct CfPtrs : FloatPtrs<scalar_t> {
   int64_t q_stride, k_stride, v_stride;  // elements between consecutive nodes
 };
 
+// Heads h0, ..., h0 + n - 1 of the H heads: what one task computes of its component.
+struct CfHeads {
+  int64_t h0, n;
+};
+
 // Per-thread scratch, kept across calls up to this size.
 constexpr size_t kKeepBytes = size_t(4) << 20;
 constexpr int64_t kGrainWork = 1 << 15;  // flops below which a thread-pool round trip loses
@@ -121,12 +126,13 @@ CfPtrs<scalar_t, acc_t> make_cf_ptrs(const ClosedFormInputs& in) {
 }
 
 // For every component: its ancestor lists (ancestors(c, words, ints)), then
-// task(c, scratch, ints, rows), which does all heads; over the threads when the work is large
-// enough. `scratch_size(nc, ec)` gives the buffer sizes. Both return false where the layout
-// would take an access out of bounds; then this raises, after the loop, naming `op`.
-template <typename acc_t, typename Size, typename Ancestors, typename Task>
-void for_each_component(const char* op, const ClosedFormInputs& in, const Size& scratch_size,
-                        const Ancestors& ancestors, const Task& task) {
+// task(c, heads, scratch, ints, rows) for each group of `group(nc, ec)` heads; over the
+// threads when the work is large enough. `scratch_size(nc, ec, group)` gives the buffer
+// sizes. Both return false where the layout would take an access out of bounds; then this
+// raises, after the loop, naming `op`.
+template <typename acc_t, typename Group, typename Size, typename Ancestors, typename Task>
+void for_each_component(const char* op, const ClosedFormInputs& in, const Group& group,
+                        const Size& scratch_size, const Ancestors& ancestors, const Task& task) {
   const int64_t H = in.f.d.H, C = in.s.C;
   if (C == 0) return;
   const int64_t* cnp = iptr(in.s.comp_node_ptr);
@@ -148,14 +154,20 @@ void for_each_component(const char* op, const ClosedFormInputs& in, const Size& 
     std::vector<const acc_t*> own_rows;
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t nc = cnp[c + 1] - cnp[c], ec = cep[c + 1] - cep[c];
-      const auto size = scratch_size(nc, ec);
+      const int64_t G = group(nc, ec);
+      const auto size = scratch_size(nc, ec, G);
       acc_t* buf = task_scratch<acc_t>(size.acc, own);
       int32_t* ints = task_scratch<int32_t>(size.ints, own_ints);
       const acc_t** rows = task_scratch<const acc_t*>(4 * nc, own_rows);
-      if (!ancestors(c, task_scratch<uint64_t>(size.words, own_words), ints) ||
-          !task(c, buf, ints, rows)) {
+      if (!ancestors(c, task_scratch<uint64_t>(size.words, own_words), ints)) {
         bad = true;
         return;
+      }
+      for (int64_t h0 = 0; h0 < H; h0 += G) {
+        if (!task(c, CfHeads{h0, std::min(G, H - h0)}, buf, ints, rows)) {
+          bad = true;
+          return;
+        }
       }
     }
   };
@@ -177,7 +189,7 @@ void run_closed_form(const char* op, const ClosedFormInputs& in,
   using P = CfPtrs<scalar_t, acc_t>;
   bool (*ancestors)(const P&, int64_t, uint64_t*, int32_t*, int32_t*) =
       &cf_base::cf_ancestors<scalar_t, acc_t>;
-  bool (*task)(const P&, int64_t, acc_t*, const int32_t*, const acc_t**) =
+  bool (*task)(const P&, int64_t, CfHeads, acc_t*, const int32_t*, const acc_t**) =
       backward ? &cf_base::cf_backward_task<scalar_t, acc_t>
                : &cf_base::cf_forward_task<scalar_t, acc_t>;
 #ifdef PLSTM_HAVE_AVX2
@@ -191,15 +203,18 @@ void run_closed_form(const char* op, const ClosedFormInputs& in,
   for_each_component<acc_t>(
       op, in,
       [&](int64_t nc, int64_t ec) {
-        return backward ? cf_base::cf_backward_scratch(nc, ec, H, K, V)
-                        : cf_base::cf_forward_scratch(nc, ec, H, K, V);
+        return cf_base::cf_head_group<acc_t>(nc, ec, H, backward);
+      },
+      [&](int64_t nc, int64_t ec, int64_t G) {
+        return backward ? cf_base::cf_backward_scratch(nc, ec, H, G, K, V)
+                        : cf_base::cf_forward_scratch(nc, ec, H, G, K, V);
       },
       [&](int64_t c, uint64_t* words, int32_t* ints) {
         return ancestors(p, c, words, ints,
                          ints + (p.comp_node_ptr[c + 1] - p.comp_node_ptr[c] + 1));
       },
-      [&](int64_t c, acc_t* buf, const int32_t* ints, const acc_t** rows) {
-        return task(p, c, buf, ints, rows);
+      [&](int64_t c, CfHeads heads, acc_t* buf, const int32_t* ints, const acc_t** rows) {
+        return task(p, c, heads, buf, ints, rows);
       });
 }
 
