@@ -94,14 +94,19 @@ void check_ranges(const char* op, const std::vector<Range>& ranges, const c10::D
     for (const Range& r : ranges) {
       const int64_t* p = r.t->data_ptr<int64_t>();
       const int64_t n = r.t->numel();
-      int64_t lo = 0, hi = 0;
-      if (n > 0) lo = hi = p[0];
+      // one unsigned comparison per value (a negative one wraps past any bound), no branch:
+      // every call pays for this pass; the range for the message only when it fails
+      uint64_t out = r.hi < 0 && n > 0;  // (no value is in range then)
+      const uint64_t bound = static_cast<uint64_t>(std::max<int64_t>(r.hi, 0));
+      for (int64_t i = 0; i < n; ++i) out |= static_cast<uint64_t>(p[i]) > bound;
+      if (out == 0) continue;
+      int64_t lo = p[0], hi = p[0];
       for (int64_t i = 1; i < n; ++i) {
         lo = std::min(lo, p[i]);
         hi = std::max(hi, p[i]);
       }
-      TORCH_CHECK_VALUE(n == 0 || (lo >= 0 && hi <= r.hi), op, ": schedule field ", r.name,
-                        " has values in [", lo, ", ", hi, "], out of range [0, ", r.hi, "]");
+      TORCH_CHECK_VALUE(false, op, ": schedule field ", r.name, " has values in [", lo, ", ",
+                        hi, "], out of range [0, ", r.hi, "]");
     }
     return;
   }

@@ -487,6 +487,8 @@ BAD = {
     "src_edge_high": ("src_edge", _set(0, 10_000)),
     "comp_edge_ptr_high": ("comp_edge_ptr", _set(-1, 10_000)),
     "comp_node_negative": ("comp_node", _set(0, -1)),
+    "node_pos_high": ("node_pos", _set(0, 10_000)),
+    "edge_pos_negative": ("edge_pos", _set(-1, -2)),
 }
 # Values in range that break the structure: a schedule is consistent by construction when
 # build_schedule made it (from a checked graph); DagSchedule.check() finds these in one from
