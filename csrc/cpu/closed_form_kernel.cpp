@@ -182,7 +182,7 @@ void for_each_component(const char* op, const ClosedFormInputs& in, const Group&
                     "one, DagSchedule.check() names the defect of one from elsewhere");
 }
 
-// The work of one op: ancestor lists and the per-head task of the chosen instruction set.
+// The work of one op: ancestor lists and the per-component task of the chosen instruction set.
 template <typename scalar_t, typename acc_t>
 void run_closed_form(const char* op, const ClosedFormInputs& in,
                      const CfPtrs<scalar_t, acc_t>& p, bool backward) {
