@@ -24,7 +24,10 @@ CLOSED_FORM_MAX_NODES = 1024
 # The native CPU time models, in about 0.1 ns per head: fitted (relative least squares) to
 # bench_algorithms.py --backend native on the 2-core VM, one thread, over trees and dense DAGs
 # of 8 to 1024 nodes per graph and K = V = 8, 24, 48. They pick the faster algorithm in 28 of
-# those 30 cases; the two misses were near ties.
+# those 30 cases; the two misses were near ties. Rechecked after the closed form began doing
+# all heads of a component in one task (about a fifth faster on small components; an Intel
+# VM, 2026-12-07, bench_algorithms.py --threads 1): right in 13 of 14 cases, the miss a near
+# tie (trees of 512 nodes, 5.6 against 5.1 ms), so the constants stay.
 _CF_PATH = 14      # per unit of DagSchedule.path_work (the path-weight scan per component)
 _CF_PAIR = 23      # per (node, ancestor) pair and K + V (the attention over ancestors)
 _CF_NODE = 180     # per node and K + V (the rows of q, k, v read and the outputs written)
