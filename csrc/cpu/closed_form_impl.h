@@ -99,17 +99,6 @@ PLSTM_TARGET PLSTM_CF_INLINE void cf_rows(const scalar_t* x, int64_t stride, con
 // alone. A group is all heads of a component unless that would take its scratch out of the
 // cache (cf_head_group).
 
-// The H gate values of one row (S, T, M are [*, H]) as acc_t: in place, or converted into buf.
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET PLSTM_CF_INLINE const acc_t* cf_heads(const scalar_t* g, int64_t H, acc_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return g;
-  } else {
-    for (int64_t h = 0; h < H; ++h) buf[h] = static_cast<acc_t>(g[h]);
-    return buf;
-  }
-}
-
 // y[m, h] += a[h] x[m, h] for m < len; HF is H when known at compile time, else 0
 template <typename acc_t, int64_t HF>
 PLSTM_TARGET PLSTM_CF_INLINE void cf_axpy_heads(acc_t* __restrict__ y,
@@ -184,11 +173,11 @@ PLSTM_TARGET bool cf_paths(const CfPtrs<scalar_t, acc_t>& p, int64_t c, CfHeads 
       const int64_t pe = p.arc_src[a];
       const int64_t pj = p.edge_pos[pe], pu = p.node_pos[p.edge_src[pe]];
       if (!(pj < j && pu < nc)) return false;
-      cf_axpy_heads<acc_t, HF>(Wj, cf_heads(p.T + a * H + h0, G, gbuf), W + pj * row,
+      cf_axpy_heads<acc_t, HF>(Wj, as_acc(p.T + a * H + h0, G, gbuf), W + pj * row,
                                cf_round(pu + 1), G);
     }
     cf_axpy_heads<acc_t, HF>(Gate + p.node_pos[p.edge_dst[e]] * row,
-                             cf_heads(p.M + e * H + h0, G, gbuf), Wj, cf_round(u + 1), G);
+                             as_acc(p.M + e * H + h0, G, gbuf), Wj, cf_round(u + 1), G);
   }
   return true;
 }
@@ -472,7 +461,7 @@ PLSTM_TARGET void cf_gate_grads(const CfPtrs<scalar_t, acc_t>& p, int64_t c, CfH
     const acc_t* __restrict__ dg = dGate + p.node_pos[p.edge_dst[e]] * row;
     cf_dot_heads<acc_t, HF>(dg, W + j * row, len, G, part, dot);
     for (int64_t h = 0; h < G; ++h) p.dM[e * H + h0 + h] = static_cast<scalar_t>(dot[h]);
-    cf_scale_heads<acc_t, HF>(dW + j * row, cf_heads(p.M + e * H + h0, G, gbuf), dg, len, G);
+    cf_scale_heads<acc_t, HF>(dW + j * row, as_acc(p.M + e * H + h0, G, gbuf), dg, len, G);
   }
   // back along the arcs, successors first (level order reversed)
   for (int64_t j = ec - 1; j >= 0; --j) {
@@ -489,7 +478,7 @@ PLSTM_TARGET void cf_gate_grads(const CfPtrs<scalar_t, acc_t>& p, int64_t c, CfH
       const int64_t len = cf_round(p.node_pos[p.edge_src[pe]] + 1);
       cf_dot_heads<acc_t, HF>(dWj, W + pj * row, len, G, part, dot);
       for (int64_t h = 0; h < G; ++h) p.dT[a * H + h0 + h] = static_cast<scalar_t>(dot[h]);
-      cf_axpy_heads<acc_t, HF>(dW + pj * row, cf_heads(p.T + a * H + h0, G, gbuf), dWj, len,
+      cf_axpy_heads<acc_t, HF>(dW + pj * row, as_acc(p.T + a * H + h0, G, gbuf), dWj, len,
                                G);
     }
   }

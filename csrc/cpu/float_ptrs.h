@@ -5,6 +5,7 @@
 #pragma once
 
 #include <tuple>
+#include <type_traits>
 
 #include "../checks.h"
 
@@ -13,6 +14,18 @@
 
 namespace plstm_graph {
 namespace cpu {
+
+// `x[0:n]` as accumulation-type values: the pointer itself, or converted into `buf` (half
+// types). Shared by the kernels of both instruction sets (it has no vector code of its own).
+template <typename scalar_t, typename acc_t>
+inline const acc_t* as_acc(const scalar_t* x, int64_t n, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return x;
+  } else {
+    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<acc_t>(x[j]);
+    return buf;
+  }
+}
 
 template <typename scalar_t>
 struct FloatPtrs {

@@ -77,17 +77,6 @@ inline acc_t* item_scratch(int64_t n) {
   return buf.data();
 }
 
-// `x` as accumulation-type values: the pointer itself, or converted into `buf`.
-template <typename scalar_t, typename acc_t>
-PLSTM_TARGET inline const acc_t* as_acc(const scalar_t* x, int64_t n, acc_t* buf) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return x;
-  } else {
-    for (int64_t j = 0; j < n; ++j) buf[j] = static_cast<acc_t>(x[j]);
-    return buf;
-  }
-}
-
 // y += t * x and return <x, c>, in one pass over x.
 template <typename acc_t>
 PLSTM_TARGET inline acc_t axpy_dot(acc_t* __restrict__ y, acc_t t, const acc_t* __restrict__ x,

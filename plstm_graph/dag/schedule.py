@@ -279,8 +279,9 @@ def build_schedule(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[i
         out_arc=out_arc, node_ptr=node_ptr, node_edge=node_edge, src_ptr=src_ptr,
         src_edge=src_edge, comp_node_ptr=comp_node_ptr,
         comp_node=comp_node, comp_edge_ptr=comp_edge_ptr, comp_edge=comp_edge,
-        node_pos=node_pos, edge_pos=edge_pos, max_component_nodes=max_component_nodes, max_component_edges=max_component_edges,
-        component_pairs=component_pairs, path_work=path_work)
+        node_pos=node_pos, edge_pos=edge_pos, max_component_nodes=max_component_nodes,
+        max_component_edges=max_component_edges, component_pairs=component_pairs,
+        path_work=path_work)
 
 
 def _build_schedule_native(edge_index: Tensor, line_index: Tensor, num_nodes: Optional[int],

@@ -132,8 +132,11 @@ def _report_malformed(tensors: dict, edge_index: Tensor, line_index: Optional[Te
                              f"{shape}{hint}")
 
 
+_GATES = ("source", "transition", "mark", "direct")
+
+
 def _check_finite_gates(tensors: dict) -> None:
-    gates = [tensors[name] for name in ("source", "transition", "mark", "direct")]
+    gates = [tensors[name] for name in _GATES]
     if (native.WITH_NATIVE and gates[0].device.type == "cpu" and
             not torch.compiler.is_compiling()):  # one pass, no torch call per gate
         if torch.ops.plstm_graph.all_finite(gates):
@@ -147,7 +150,7 @@ def _check_finite_gates(tensors: dict) -> None:
         total = sum(gate.detach().sum(dtype=acc) for gate in gates)
         if bool(total.isfinite()):
             return
-    for name in ("source", "transition", "mark", "direct"):
+    for name in _GATES:
         if tensors[name].numel() and not bool(torch.isfinite(tensors[name]).all()):
             raise ValueError(f"{name} contains NaN or infinite gate values")
 
