@@ -5,7 +5,8 @@ reference, then timings of the torch and native backends.
     python benchmarks/gpu_check.py --device cpu    # dry run of the same script on the CPU
 
 Correctness: every op output (forward, and the gradients of all seven inputs through
-``plstm_dag``; plus the raw ``scan_forward``/``scan_backward`` with and without kept states)
+``plstm_dag``, per-arc transitions in P and D mode and node-level transitions with and
+without an edge carry; plus the raw ``scan_forward``/``scan_backward`` with and without kept states)
 on fresh random DAGs: small shuffled DAGs, a batch of MUTAG-sized graphs, a deep chain and a
 wide DAG (fan-in/fan-out in the hundreds), in float32, float64 and bfloat16, against the
 float64 torch backend on the CPU. Also: bitwise reproducibility on the device and a bad index
@@ -28,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import plstm_graph  # noqa: E402
 from _graphs import chain_dag, disjoint, random_dag, random_inputs  # noqa: E402
-from plstm_graph.dag import build_schedule  # noqa: E402
+from plstm_graph.dag import build_node_schedule, build_schedule  # noqa: E402
 from plstm_graph.ops import native  # noqa: E402
 
 NAMES = ("query", "key", "value", "source", "transition", "mark", "direct")
@@ -112,6 +113,46 @@ def check_graph(label, ei, n, device, dtypes, heads=2, kdim=8, vdim=16, seed=0, 
     return worst
 
 
+def check_node_level(label, ei, n, device, dtypes, heads=2, kdim=8, vdim=16, seed=0):
+    """Node-level transitions (transition [N, H], line_index=None), with and without an edge
+    carry, through plstm_dag on the device against the float64 torch node scan on the CPU."""
+    x64 = make_inputs(n, ei.size(1), n, heads, kdim, vdim, seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    carry64 = torch.rand(ei.size(1), heads, dtype=torch.float64, generator=gen)
+    gy64 = torch.randn(n, heads, vdim, dtype=torch.float64, generator=gen)
+    worst = {}
+    for dtype in dtypes:
+        errs = []
+        for with_carry in (False, True):
+            ref_in = {k: v.clone().requires_grad_() for k, v in x64.items()}
+            ref_in["carry"] = carry64.clone().requires_grad_()
+            carry = ref_in["carry"] if with_carry else None
+            y_ref = plstm_graph.plstm_dag(*(ref_in[k] for k in NAMES), ei, None, carry=carry,
+                                          backend="torch")
+            wrt = [ref_in[k] for k in NAMES] + ([ref_in["carry"]] if with_carry else [])
+            g_ref = torch.autograd.grad(y_ref, wrt, gy64)
+            xin = {k: v.to(device=device, dtype=dtype).requires_grad_()
+                   for k, v in list(x64.items()) + [("carry", carry64)]}
+            eid = ei.to(device)
+            sched = build_node_schedule(eid, n, level_method="torch")
+            outs = []
+            for _ in range(2):
+                y = plstm_graph.plstm_dag(*(xin[k] for k in NAMES), eid, None, schedule=sched,
+                                          carry=xin["carry"] if with_carry else None,
+                                          backend="native")
+                wrt = [xin[k] for k in NAMES] + ([xin["carry"]] if with_carry else [])
+                outs.append((y, torch.autograd.grad(y, wrt, gy64.to(device, dtype))))
+            (y, g), (y2, g2) = outs
+            if not (torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(g, g2))):
+                FAILURES.append(f"{label} node-level {dtype}: two identical calls differ")
+            errs.append(rel_err(y, y_ref))
+            errs += [rel_err(a, b) for a, b in zip(g, g_ref)]
+        worst[dtype] = max(errs)
+        record(f"{label} node-level {str(dtype)[6:]} plstm_dag fwd+grads", worst[dtype],
+               TOL[dtype])
+    return worst
+
+
 def check_raw_ops(device):
     """scan_forward / scan_backward directly, kept and recomputed states, vs the CPU op."""
     rng = random.Random(7)
@@ -180,6 +221,12 @@ def correctness(device, quick):
             rows.append((label, mode, ei.size(1), worst, time.perf_counter() - t0))
     print(f"  {'graph':22s} {'mode':4s} {'E':>6s} " +
           " ".join(f"{str(d)[6:]:>10s}" for d in dtypes) + "   (max rel err, fwd + 7 grads)")
+    for label, ei, n, kw in cases:
+        if "chain" in label and quick:
+            continue
+        t0 = time.perf_counter()
+        worst = check_node_level(label, ei, n, device, dtypes, **kw)
+        rows.append((label, "node", ei.size(1), worst, time.perf_counter() - t0))
     for label, mode, ne, worst, secs in rows:
         print(f"  {label:22s} {mode:4s} {ne:6d} " +
               " ".join(f"{worst[d]:10.1e}" for d in dtypes) + f"   {secs:5.1f}s")

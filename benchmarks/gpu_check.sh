@@ -8,8 +8,8 @@
 #
 # Environment: PYTHON (default python3), TORCH_CUDA_ARCH_LIST (default: the visible GPU's),
 # MAX_JOBS (default: all cores), SKIP_BUILD=1 to reuse an existing build, RUN_TESTS=1 to also
-# run tests/test_native.py (CPU and CUDA cases). Exit status: non-zero if the build or any
-# check fails.
+# run tests/test_native.py and tests/test_node_level.py (CPU and CUDA cases). Exit status:
+# non-zero if the build or any check fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
@@ -46,5 +46,5 @@ EOF
 "$PY" benchmarks/gpu_check.py --device cuda "$@"
 
 if [[ "${RUN_TESTS:-0}" == "1" ]]; then
-  "$PY" -m pytest tests/test_native.py -q -x
+  "$PY" -m pytest tests/test_native.py tests/test_node_level.py -q -x
 fi

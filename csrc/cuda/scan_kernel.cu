@@ -17,6 +17,7 @@
 // any launch (checks.h: one device->host synchronisation per op), so a bad index raises a
 // ValueError instead of faulting the device. Edges by tail node come with the schedule.
 #include "../checks.h"
+#include "launch.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -39,33 +40,6 @@ int64_t cuda_runtime_version() { return CUDART_VERSION; }
 
 namespace cuda {
 namespace {
-
-constexpr int64_t kMaxGrid = 1 << 20;  // blocks per launch; kernels loop over the rest
-
-// threads per block: the smallest power of two >= n, within [32, cap]
-int pow2_threads(int64_t n, int cap = 256) {
-  int t = 32;
-  while (t < n && t < cap) t *= 2;
-  return t;
-}
-
-unsigned grid_for(int64_t items) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(items, kMaxGrid)));
-}
-
-// Tree sum over the block (blockDim.x a power of two): fixed shape, so deterministic.
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t v, acc_t* sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
-    __syncthreads();
-  }
-  const acc_t r = sh[0];
-  __syncthreads();
-  return r;
-}
 
 // One level of either line-graph recurrence, per (edge e, head):
 //   X_e = g_e a_n b_n^T + sum_{arcs r of e} T_r X_{other(r)}.
@@ -246,12 +220,6 @@ __global__ void node_grad_kernel(const scalar_t* __restrict__ q, const scalar_t*
     }
   }
 }
-
-template <typename T>
-const T* cptr(const at::Tensor& t) {
-  return t.data_ptr<T>();
-}
-const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
 
 // The op's arguments after the checks (checks.h): contiguous inputs, the unpacked schedule

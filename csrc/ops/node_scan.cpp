@@ -1,7 +1,6 @@
 // The node-level scan (docs/contract.md, "Node-level transitions": one transition T_n per
 // shared node, no line graph): its schemas and its autograd. Kernels:
-// cpu/node_scan_kernel.cpp; there is no CUDA kernel (CUDA tensors take the pure-PyTorch node
-// scan in plstm_graph/ops/node_scan_torch.py); fake kernels: plstm_graph/ops/native.py.
+// cpu/node_scan_kernel.cpp, cuda/node_scan_kernel.cu; fake kernels: plstm_graph/ops/native.py.
 //
 //   node_scan_forward(inputs, carry?, schedule) -> (out, states)
 //   node_scan_backward(grad_out, inputs, carry?, states, schedule)

@@ -255,9 +255,9 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
     in ``O(E K V)`` work and ``O(N K V)`` state: no line graph is built or read. Levels are
     node levels (``node_level`` / ``schedule`` as a :class:`~plstm_graph.dag.NodeSchedule`
     from :func:`~plstm_graph.dag.build_node_schedule`). Backends: ``"native"`` runs the
-    multi-threaded CPU kernels (``torch.ops.plstm_graph.node_scan_forward``; there is no CUDA
-    kernel), ``"torch"`` the pure-PyTorch node scan, which is also what ``backend=None``
-    takes on CUDA (or any non-CPU) tensors. ``algorithm``: ``None`` or ``"scan"`` is the node
+    native kernels (``torch.ops.plstm_graph.node_scan_forward``: multi-threaded on the CPU,
+    and on CUDA in a CUDA build), ``"torch"`` the pure-PyTorch node scan, which is what
+    ``backend=None`` takes where no native kernel runs. ``algorithm``: ``None`` or ``"scan"`` is the node
     scan; ``"closed_form"`` is a pure-PyTorch closed form over node-to-node path sums
     (``backend="torch"`` only; padded components, for small graphs and as a check).
     ``recompute`` has no effect there: the kept state is ``N*H*K*V``.
@@ -302,18 +302,16 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
 
 
 def resolve_node_backend(backend: Optional[str], device: torch.device) -> str:
-    """The backend of the node-level op: its native kernels are CPU-only, so ``None`` takes
-    them on the CPU and the pure-PyTorch scan elsewhere (CUDA included)."""
+    """The backend of the node-level op: ``None`` takes the native kernels where they run
+    (the CPU, and CUDA in a CUDA build) and the pure-PyTorch scan elsewhere."""
     if backend is None:
         return "native" if native.node_scan_available(device) else "torch"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS} or None")
     if backend == "native" and not native.node_scan_available(device):
-        if not native.WITH_NATIVE:
-            raise RuntimeError(f"backend='native' was requested but "
-                               f"{native.unavailable_reason(device)}")
-        raise RuntimeError(f"the native node-level kernels run on the CPU only (device="
-                           f"{device}); use backend='torch' or backend=None")
+        raise RuntimeError(f"backend='native' was requested but "
+                           f"{native.unavailable_reason(device)}; use backend='torch' or "
+                           f"backend=None")
     return backend
 
 

@@ -174,9 +174,9 @@ if WITH_NATIVE:
 
 
 def node_scan_available(device) -> bool:
-    """Whether the native node-level scan can run on ``device`` (CPU kernels only; CUDA
-    tensors take the pure-PyTorch node scan)."""
-    return WITH_NATIVE and torch.device(device).type == "cpu"
+    """Whether the native node-level scan can run on ``device``: CPU kernels, and CUDA
+    kernels in a CUDA build (csrc/cuda/node_scan_kernel.cu)."""
+    return available(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +211,12 @@ def closed_form_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor
 def node_scan_native(query: Tensor, key: Tensor, value: Tensor, source: Tensor,
                      transition: Tensor, mark: Tensor, direct: Tensor, schedule, *,
                      recompute: bool = False, carry: Optional[Tensor] = None) -> Tensor:
-    """``plstm_dag`` with node-level transitions ``[N, H]`` by the native CPU kernels;
+    """``plstm_dag`` with node-level transitions ``[N, H]`` by the native kernels;
     ``schedule`` is a :class:`~plstm_graph.dag.NodeSchedule`, ``carry`` an optional
     ``[E, H]`` factor of the state carried into each edge (``recompute`` has no effect: the
     kept state is ``N*H*K*V``)."""
     if not node_scan_available(query.device):
-        raise RuntimeError(unavailable_reason(query.device) if not WITH_NATIVE else
-                           f"the native node-level scan has CPU kernels only, got "
-                           f"{query.device}")
+        raise RuntimeError(unavailable_reason(query.device))
     out, _ = torch.ops.plstm_graph.node_scan_forward(query, key, value, source, transition,
                                                      mark, direct, carry, schedule.tensors())
     return out

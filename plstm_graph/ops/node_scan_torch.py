@@ -13,8 +13,8 @@ transient. Backward runs the levels in reverse with the node quantity
 ``dT_u = <F_u, H_u>`` and every other gradient is a per-edge product of gathered rows.
 
 Like :mod:`.scan_torch`, :func:`node_scan_torch` adds the direct term and computes half-precision
-inputs in float32. It runs wherever PyTorch runs, CUDA included: it is the path CUDA tensors
-take, the native node-level kernels being CPU-only.
+inputs in float32. It runs wherever PyTorch runs: it is the reference the native kernels are
+tested against, and the path of any device without them (CUDA without a CUDA build).
 """
 from __future__ import annotations
 
