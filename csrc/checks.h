@@ -43,6 +43,9 @@ namespace plstm_graph {
 
 using InputGradTuple =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// The node-level backward: the seven gradients and that of the optional carry.
+using NodeGradTuple = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                 at::Tensor, at::Tensor, at::Tensor>;
 
 struct Dims {
   int64_t N = 0, H = 0, K = 0, V = 0, E = 0, L = 0, levels = 0;

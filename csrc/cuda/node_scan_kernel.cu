@@ -314,11 +314,10 @@ std::tuple<at::Tensor, at::Tensor> node_scan_forward(PLSTM_KERNEL_INPUTS,
   return {out, states};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
-node_scan_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
-                   const c10::optional<at::Tensor>& carry,
-                   const c10::optional<at::Tensor>& states, at::TensorList schedule) {
+NodeGradTuple node_scan_backward(const at::Tensor& grad_out, PLSTM_KERNEL_INPUTS,
+                                 const c10::optional<at::Tensor>& carry,
+                                 const c10::optional<at::Tensor>& states,
+                                 at::TensorList schedule) {
   const NodeInputs in =
       node_inputs("node_scan_backward", PLSTM_KERNEL_INPUT_NAMES, carry, schedule);
   const c10::cuda::CUDAGuard guard(in.f.q.device());
