@@ -63,6 +63,22 @@ def run_arcs(inputs, edge_index, g, fn, dtype=None, **kwargs):
     return y.detach(), grads_of(y, x, g.to(y.dtype))
 
 
+def run_carry_oracle(inputs, carry, edge_index, g):
+    """The float64 oracle on the full line graph with ``T_{a->b} = T_n g_b`` (the carry of the
+    outgoing edge): the output and the gradients of the seven inputs and the carry (zeros
+    where unused; ``None`` when the output does not depend on them)."""
+    r = leaf(dict(inputs, carry=carry))
+    line = line_graph(edge_index, r["query"].size(0))
+    args = [r[k] for k in NAMES]
+    args[4] = r["transition"][edge_index[1, line[0]]] * r["carry"][line[1]]
+    y = plstm_oracle(*args, edge_index, line)
+    if not y.requires_grad:
+        return y.detach(), None
+    names = NAMES + ("carry",)
+    grads = torch.autograd.grad(y, [r[k] for k in names], g, allow_unused=True)
+    return y.detach(), [torch.zeros_like(r[k]) if d is None else d for k, d in zip(names, grads)]
+
+
 def cotangent(inputs):
     return cotangent_for(inputs).to(inputs["query"].dtype)
 
@@ -105,16 +121,10 @@ def test_carry_matches_scaled_arc_transitions(impl, graph):
     got = [torch.zeros_like(x[k]) if d is None else d for k, d in zip(
         names, torch.autograd.grad(y, [x[k] for k in names], g, allow_unused=True))] \
         if y.requires_grad else None
-    r = leaf(dict(inputs, carry=carry))
-    line = line_graph(edge_index, n)
-    args = [r[k] for k in NAMES]
-    args[4] = r["transition"][edge_index[1, line[0]]] * r["carry"][line[1]]
-    y_ref = plstm_oracle(*args, edge_index, line)
-    torch.testing.assert_close(y.detach(), y_ref.detach(), **TIGHT)
+    y_ref, want = run_carry_oracle(inputs, carry, edge_index, g)
+    torch.testing.assert_close(y.detach(), y_ref, **TIGHT)
     if got is None:
         return
-    want = [torch.zeros_like(r[k]) if d is None else d for k, d in zip(
-        names, torch.autograd.grad(y_ref, [r[k] for k in names], g, allow_unused=True))]
     for name, a, b in zip(names, got, want):
         torch.testing.assert_close(a, b, **TIGHT, msg=lambda m: f"grad of {name}: {m}")
 
@@ -302,13 +312,8 @@ def test_cuda_kernels_match_oracle(dtype, with_carry):
     carry = torch.rand(edge_index.size(1), 3, generator=gen, dtype=torch.float64) + 0.25
     g = cotangent(inputs)
     names = NAMES + (("carry",) if with_carry else ())
-    r = leaf(dict(inputs, carry=carry))
-    line = line_graph(edge_index, n)
-    args = [r[k] for k in NAMES]
-    args[4] = r["transition"][edge_index[1, line[0]]] * (r["carry"][line[1]] if with_carry
-                                                         else 1.0)
-    y_ref = plstm_oracle(*args, edge_index, line)
-    want = torch.autograd.grad(y_ref, [r[k] for k in names], g)
+    y_ref, want = (run_carry_oracle(inputs, carry, edge_index, g) if with_carry else
+                   run_arcs(inputs, edge_index, g, plstm_oracle))
     runs = []
     for _ in range(2):
         x = leaf(dict(inputs, carry=carry), dtype=dtype, device="cuda")
@@ -318,7 +323,7 @@ def test_cuda_kernels_match_oracle(dtype, with_carry):
     (y, got), (y2, got2) = runs
     assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(got, got2))
     tol = TOL[dtype]
-    torch.testing.assert_close(y.cpu().double(), y_ref.detach(), **tol)
+    torch.testing.assert_close(y.cpu().double(), y_ref, **tol)
     for name, a, b in zip(names, got, want):
         torch.testing.assert_close(a.cpu().double(), b, **tol,
                                    msg=lambda m: f"grad of {name}: {m}")

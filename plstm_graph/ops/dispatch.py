@@ -257,9 +257,10 @@ def plstm_dag(query: Tensor, key: Tensor, value: Tensor, source: Tensor, transit
     from :func:`~plstm_graph.dag.build_node_schedule`). Backends: ``"native"`` runs the
     native kernels (``torch.ops.plstm_graph.node_scan_forward``: multi-threaded on the CPU,
     and on CUDA in a CUDA build), ``"torch"`` the pure-PyTorch node scan, which is what
-    ``backend=None`` takes where no native kernel runs. ``algorithm``: ``None`` or ``"scan"`` is the node
-    scan; ``"closed_form"`` is a pure-PyTorch closed form over node-to-node path sums
-    (``backend="torch"`` only; padded components, for small graphs and as a check).
+    ``backend=None`` takes where no native kernel runs. ``algorithm``: ``None`` or
+    ``"scan"`` is the node scan; ``"closed_form"`` is a pure-PyTorch closed form over
+    node-to-node path sums (``backend="torch"`` only; padded components, for small graphs
+    and as a check).
     ``recompute`` has no effect there: the kept state is ``N*H*K*V``.
 
     float16/bfloat16 inputs are computed with float32 states and returned in their own dtype;
