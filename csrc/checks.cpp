@@ -3,6 +3,7 @@
 
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/stack.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/util/Exception.h>
 
 #include <utility>
@@ -275,6 +276,21 @@ NodeSchedule unpack_node_schedule(const char* op, const at::TensorList& list, co
                     ": level_ptr and node_level_ptr must have the same length");
   check_ranges(op, ranges, device);
   return s;
+}
+
+NodeInputs check_node_inputs(const char* op, PLSTM_KERNEL_INPUTS,
+                             const c10::optional<at::Tensor>& carry,
+                             const at::TensorList& schedule, c10::DeviceType kernel,
+                             const char* kernel_name) {
+  NodeInputs in{check_floats(op, query, key, value, source, transition, mark, direct,
+                             /*node_level_transition=*/true, /*keep_node_stride=*/false),
+                {}, {}};
+  TORCH_CHECK_VALUE(in.f.q.device().type() == kernel, op, " (", kernel_name,
+                    " kernel): query is on ", in.f.q.device());
+  const c10::DeviceGuard guard(in.f.q.device());
+  in.carry = check_carry(op, in.f, carry);
+  in.s = unpack_node_schedule(op, schedule, in.f.d, in.f.q.device());
+  return in;
 }
 
 }  // namespace plstm_graph

@@ -167,4 +167,18 @@ DagSchedule unpack_dag_schedule(const char* op, const at::TensorList& list, cons
 NodeSchedule unpack_node_schedule(const char* op, const at::TensorList& list, const Dims& d,
                                   const c10::Device& device, bool check_values = true);
 
+// The arguments of a node-level op after the checks every backend shares: the seven inputs
+// (transition [N, H]), the optional carry and the unpacked schedule, with q on a device of
+// type `kernel` (the message names `kernel_name`). The schedule's values are range-checked
+// on q's device under a guard for it.
+struct NodeInputs {
+  Floats f;
+  at::Tensor carry;  // undefined when absent
+  NodeSchedule s;
+};
+NodeInputs check_node_inputs(const char* op, PLSTM_KERNEL_INPUTS,
+                             const c10::optional<at::Tensor>& carry,
+                             const at::TensorList& schedule, c10::DeviceType kernel,
+                             const char* kernel_name);
+
 }  // namespace plstm_graph

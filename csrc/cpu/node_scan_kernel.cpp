@@ -55,14 +55,6 @@ constexpr int64_t kGrainWork = 1 << 15;  // flops below which a thread-pool roun
 
 const int64_t* iptr(const at::Tensor& t) { return t.data_ptr<int64_t>(); }
 
-// The op's arguments after the checks: contiguous inputs, the optional carry and the unpacked
-// schedule (checks.h).
-struct NodeInputs {
-  Floats f;
-  at::Tensor carry;  // undefined when absent
-  NodeSchedule s;
-};
-
 // check_csr (index_checks.h) with `owner[member] == row` as the fit of each entry.
 void check_owned_csr(const char* ptr_name, const char* member_name, const int64_t* ptr,
                      const int64_t* member, int64_t rows, int64_t count, const int64_t* owner,
@@ -73,18 +65,11 @@ void check_owned_csr(const char* ptr_name, const char* member_name, const int64_
   });
 }
 
-NodeInputs node_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v, const at::Tensor& source,
-                       const at::Tensor& transition, const at::Tensor& mark,
-                       const at::Tensor& direct, const c10::optional<at::Tensor>& carry,
-                       at::TensorList schedule) {
-  NodeInputs in{check_floats(op, q, k, v, source, transition, mark, direct,
-                             /*node_level_transition=*/true, /*keep_node_stride=*/false),
-                {}, {}};
-  TORCH_CHECK_VALUE(in.f.q.device().is_cpu(), op, " (CPU kernel): query is on ",
-                    in.f.q.device());
-  in.carry = check_carry(op, in.f, carry);
-  in.s = unpack_node_schedule(op, schedule, in.f.d, in.f.q.device());
+// The shared checks (checks.h), then the schedule's structure.
+NodeInputs node_inputs(const char* op, PLSTM_KERNEL_INPUTS,
+                       const c10::optional<at::Tensor>& carry, at::TensorList schedule) {
+  NodeInputs in = check_node_inputs(op, PLSTM_KERNEL_INPUT_NAMES, carry, schedule,
+                                    c10::DeviceType::CPU, "CPU");
   // The structure too: the node levels order the items of the parallel loops, so an edge
   // that does not climb a level would race (the schedule is small: N + E entries).
   const Dims& d = in.f.d;

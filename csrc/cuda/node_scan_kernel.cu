@@ -247,28 +247,12 @@ __global__ void node_readout_grad_kernel(NodeArgs<scalar_t, acc_t> a,
   }
 }
 
-// The op's arguments after the checks (checks.h): contiguous inputs, the optional carry and
-// the unpacked schedule with every index value range-checked on the device.
-struct NodeInputs {
-  Floats f;
-  at::Tensor carry;  // undefined when absent
-  NodeSchedule s;
-};
-
-NodeInputs node_inputs(const char* op, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v, const at::Tensor& source,
-                       const at::Tensor& transition, const at::Tensor& mark,
-                       const at::Tensor& direct, const c10::optional<at::Tensor>& carry,
-                       at::TensorList schedule) {
-  NodeInputs in{check_floats(op, q, k, v, source, transition, mark, direct,
-                             /*node_level_transition=*/true, /*keep_node_stride=*/false),
-                {}, {}};
-  TORCH_CHECK_VALUE(in.f.q.is_cuda(), op, " (CUDA kernel): query is on ", in.f.q.device());
-  const Dims& d = in.f.d;
-  TORCH_CHECK_VALUE(d.K * d.V < INT_MAX, op, ": K * V is too large");
-  const c10::cuda::CUDAGuard guard(in.f.q.device());
-  in.carry = check_carry(op, in.f, carry);
-  in.s = unpack_node_schedule(op, schedule, d, in.f.q.device());
+// The shared checks (checks.h), then the limit of the kernels' int indices.
+NodeInputs node_inputs(const char* op, PLSTM_KERNEL_INPUTS,
+                       const c10::optional<at::Tensor>& carry, at::TensorList schedule) {
+  NodeInputs in = check_node_inputs(op, PLSTM_KERNEL_INPUT_NAMES, carry, schedule,
+                                    c10::DeviceType::CUDA, "CUDA");
+  TORCH_CHECK_VALUE(in.f.d.K * in.f.d.V < INT_MAX, op, ": K * V is too large");
   return in;
 }
 
