@@ -15,6 +15,15 @@ baseline, and prints one row per run: the options by which it departs from the b
 mean ± std and its difference to the baseline over the same folds.
 
     python examples/paper_table.py --ablations base.json depth2.json bfs.json
+
+``--select`` chooses between settings per fold on validation, as a tuned comparison must:
+the inputs are runs of the same folds with different settings (e.g. ``--lr 1e-3`` and
+``--lr 3e-4``, for every model); for each data set, model and fold it keeps the setting with
+the best validation accuracy (ties: the lower validation loss, then the earlier file) and
+reports the test accuracy of that setting, with how often each setting was chosen. The test
+folds never take part in the choice.
+
+    python examples/paper_table.py --select docs/paper_results.json lr3e-4.json
 """
 from __future__ import annotations
 
@@ -197,6 +206,84 @@ def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
     return "\n".join(lines)
 
 
+def _setting_label(args: dict, base: dict) -> str:
+    changed = [_flag(k, v) for k, v in args.items() if v != base[k]]
+    return " ".join(c for c in changed if c) or "first"
+
+
+def select(paths: List[str]) -> dict:
+    """Per data set, model and fold, the run whose setting had the best validation accuracy
+    (see the module docstring): ``{"datasets": {name: {"folds": k, "settings": [labels],
+    "models": {model: {"mean", "std", "folds", "chosen": {label: count},
+    "settings": [labels]}}}}}``."""
+    # data set -> setting key -> (protocol args, {model: {fold: record}})
+    runs: Dict[str, Dict[str, tuple]] = {}
+    for path in paths:
+        with open(path) as fh:
+            saved = json.load(fh)
+        for run in runs_of(saved):
+            args = protocol_of(run["args"])
+            key = json.dumps(args, sort_keys=True, default=str)
+            slot = runs.setdefault(run["dataset"], {}).setdefault(key, (args, {}))[1]
+            for model, r in run["models"].items():
+                for f in r["folds"]:
+                    slot.setdefault(model, {})[f["fold"]] = f
+    out = {}
+    names = sorted(runs, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    for name in names:
+        settings = list(runs[name].values())
+        base = settings[0][0]
+        labels = [_setting_label(args, base) for args, _ in settings]
+        models = {}
+        for model in MODELS:
+            have = [(label, folds[model]) for label, (_, folds) in zip(labels, settings)
+                    if model in folds]
+            if not have:
+                continue
+            # only folds that every setting of this model ran can be chosen between
+            shared = sorted(set.intersection(*(set(folds) for _, folds in have)))
+            if not shared:
+                continue
+            chosen: Dict[str, int] = {label: 0 for label, _ in have}
+            picked = []
+            for i in shared:
+                # max validation accuracy, then min validation loss; max() keeps the first
+                label, rec = max(((label, folds[i]) for label, folds in have),
+                                 key=lambda lr: (lr[1]["val_acc"], -lr[1].get("val_loss", 0.0)))
+                chosen[label] += 1
+                picked.append(dict(rec, setting=label))
+            mean, std = mean_std(f["test_acc"] for f in picked)
+            models[model] = dict(mean=mean, std=std, folds=picked, chosen=chosen,
+                                 settings=[label for label, _ in have])
+        out[name] = dict(folds=base["folds"], settings=labels, models=models)
+    return dict(datasets=out)
+
+
+def select_markdown(table: dict) -> str:
+    runs = table["datasets"]
+    names = list(runs)
+    models = [m for m in MODELS if any(m in runs[n]["models"] for n in names)]
+    lines = ["| model | " + " | ".join(names) + " |",
+             "| --- | " + " | ".join("---:" for _ in names) + " |"]
+    for m in models:
+        cells = []
+        for n in names:
+            r = runs[n]["models"].get(m)
+            if r is None:
+                cells.append("–")
+                continue
+            text = cell(r, runs[n]["folds"])
+            # how often each setting other than the first file's won the validation vote
+            votes = [f"{label} {count}/{len(r['folds'])}" for label, count in r["chosen"].items()
+                     if label != runs[n]["settings"][0] and count]
+            missing = [s for s in runs[n]["settings"] if s not in r["settings"]]
+            text += "".join(f"; {v}" for v in votes)
+            text += "".join(f"; no `{s}` run" for s in missing)
+            cells.append(text)
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+", help="JSON written by graph_classification.py")
@@ -204,7 +291,17 @@ def main(argv=None) -> dict:
     p.add_argument("--plot", default=None, help="save the figure here (needs matplotlib)")
     p.add_argument("--ablations", action="store_true",
                    help="one row per input run against the first (see above)")
+    p.add_argument("--select", action="store_true",
+                   help="per fold, the setting with the best validation accuracy (see above)")
     args = p.parse_args(argv)
+    if args.select:
+        if args.ablations or args.output or args.plot:
+            p.error("--select prints a table only (no --ablations, --output or --plot)")
+        table = select(args.inputs)
+        text = select_markdown(table)
+        print(text)
+        table["markdown"] = text
+        return table
     if args.ablations:
         if args.output or args.plot:
             p.error("--ablations prints a table only (no --output, no --plot)")

@@ -369,6 +369,48 @@ def test_paper_table_ablations(root, tmp_path, capsys):
         paper_table.main(["--ablations", paths[0], "--plot", str(tmp_path / "x.png")])
 
 
+def test_paper_table_select_chooses_on_validation(root, tmp_path, capsys):
+    tiny = TINY[:TINY.index("--run-folds")] + ["--run-folds", "2"] + \
+        TINY[TINY.index("--run-folds") + 2:]
+    paths = []
+    for name, extra in (("base", []), ("slow", ["--lr", "3e-4"])):
+        path = tmp_path / f"{name}.json"
+        graph_classification.main(["--models", "plstm,gin", "--root", root, "--output",
+                                   str(path), "--no-curves", *tiny, *extra])
+        paths.append(path)
+    base, slow = (json.loads(p.read_text()) for p in paths)
+    # make the vote known: pLSTM's slow setting wins fold 0 and loses fold 1 on validation;
+    # GIN's two settings tie on validation accuracy and the slow one has the lower loss
+    for i, f in enumerate(slow["models"]["plstm"]["folds"]):
+        f["val_acc"] = base["models"]["plstm"]["folds"][i]["val_acc"] + (0.1 if i == 0 else -0.1)
+    for b, f in zip(base["models"]["gin"]["folds"], slow["models"]["gin"]["folds"]):
+        f["val_acc"], f["val_loss"] = b["val_acc"], b["val_loss"] - 0.01
+    paths[1].write_text(json.dumps(slow))
+    capsys.readouterr()
+    table = paper_table.main(["--select", *map(str, paths)])
+    assert capsys.readouterr().out.strip() == table["markdown"]
+    got = table["datasets"]["MUTAG"]["models"]
+    tests = {m: [r["models"][m]["folds"] for r in (base, slow)] for m in ("plstm", "gin")}
+    want_plstm = [tests["plstm"][1][0]["test_acc"], tests["plstm"][0][1]["test_acc"]]
+    assert [f["test_acc"] for f in got["plstm"]["folds"]] == want_plstm
+    assert got["plstm"]["mean"] == pytest.approx(sum(want_plstm) / 2)
+    assert got["plstm"]["chosen"] == {"first": 1, "--lr 0.0003": 1}
+    assert [f["test_acc"] for f in got["gin"]["folds"]] == [f["test_acc"]
+                                                           for f in tests["gin"][1]]
+    assert got["gin"]["chosen"] == {"first": 0, "--lr 0.0003": 2}
+    rows = table["markdown"].splitlines()
+    assert rows[0] == "| model | MUTAG |"
+    assert rows[2].startswith("| pLSTM (PLSTMNet) | ") and "; --lr 0.0003 1/2" in rows[2]
+    assert "; --lr 0.0003 2/2" in rows[3]
+    # a setting a model lacks is named in its cell, not silently left out
+    del slow["models"]["gin"]
+    paths[1].write_text(json.dumps(slow))
+    text = paper_table.main(["--select", *map(str, paths)])["markdown"]
+    assert "no `--lr 0.0003` run" in text.splitlines()[3]
+    with pytest.raises(SystemExit):
+        paper_table.main(["--select", str(paths[0]), "--output", str(tmp_path / "x.json")])
+
+
 def test_graph_classification_workers_give_the_same_folds(root, tmp_path):
     # two processes (spawned, each loading the data itself) against one: the same numbers,
     # folds in fold order whatever finished first, and --resume skips folds in both
