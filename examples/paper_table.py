@@ -93,26 +93,33 @@ def cell(r: Optional[dict], k: int) -> str:
     return text if n == k else f"{text} ({n}/{k} folds)"
 
 
-def markdown(table: dict) -> str:
-    runs = table["datasets"]
+def _grid(runs: dict, cell_of) -> List[str]:
+    """A markdown table with a row per model and a column per data set, each cell
+    ``cell_of(data set, model)``."""
     names = list(runs)
     models = [m for m in MODELS if any(m in runs[n]["models"] for n in names)]
     lines = ["| model | " + " | ".join(names) + " |",
              "| --- | " + " | ".join("---:" for _ in names) + " |"]
     for m in models:
-        cells = [cell(runs[n]["models"].get(m), runs[n]["args"]["folds"]) for n in names]
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-    lines += ["", "Training time per fold (mean over the folds run, seconds) and parameters:", "",
-              "| model | " + " | ".join(names) + " |",
-              "| --- | " + " | ".join("---:" for _ in names) + " |"]
-    for m in models:
-        cells = []
-        for n in names:
-            r = runs[n]["models"].get(m)
-            cells.append("–" if r is None else
-                         f"{r['seconds'] / len(r['folds']):.0f} s, {r['params'] / 1e3:.0f}k")
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cell_of(n, m) for n in names) +
+                     " |")
+    return lines
+
+
+def markdown(table: dict) -> str:
+    runs = table["datasets"]
+
+    def accuracy(n, m):
+        return cell(runs[n]["models"].get(m), runs[n]["args"]["folds"])
+
+    def cost(n, m):
+        r = runs[n]["models"].get(m)
+        return "–" if r is None else (f"{r['seconds'] / len(r['folds']):.0f} s, "
+                                      f"{r['params'] / 1e3:.0f}k")
+
+    return "\n".join(_grid(runs, accuracy) +
+                     ["", "Training time per fold (mean over the folds run, seconds) and "
+                      "parameters:", ""] + _grid(runs, cost))
 
 
 def plot(table: dict, path: str) -> None:
@@ -261,27 +268,20 @@ def select(paths: List[str]) -> dict:
 
 def select_markdown(table: dict) -> str:
     runs = table["datasets"]
-    names = list(runs)
-    models = [m for m in MODELS if any(m in runs[n]["models"] for n in names)]
-    lines = ["| model | " + " | ".join(names) + " |",
-             "| --- | " + " | ".join("---:" for _ in names) + " |"]
-    for m in models:
-        cells = []
-        for n in names:
-            r = runs[n]["models"].get(m)
-            if r is None:
-                cells.append("–")
-                continue
-            text = cell(r, runs[n]["folds"])
-            # how often each setting other than the first file's won the validation vote
-            votes = [f"{label} {count}/{len(r['folds'])}" for label, count in r["chosen"].items()
-                     if label != runs[n]["settings"][0] and count]
-            missing = [s for s in runs[n]["settings"] if s not in r["settings"]]
-            text += "".join(f"; {v}" for v in votes)
-            text += "".join(f"; no `{s}` run" for s in missing)
-            cells.append(text)
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def chosen(n, m):
+        r = runs[n]["models"].get(m)
+        if r is None:
+            return "–"
+        text = cell(r, runs[n]["folds"])
+        # how often each setting other than the first file's won the validation vote
+        votes = [f"{label} {count}/{len(r['folds'])}" for label, count in r["chosen"].items()
+                 if label != runs[n]["settings"][0] and count]
+        missing = [s for s in runs[n]["settings"] if s not in r["settings"]]
+        return text + "".join(f"; {v}" for v in votes) + \
+            "".join(f"; no `{s}` run" for s in missing)
+
+    return "\n".join(_grid(runs, chosen))
 
 
 def main(argv=None) -> dict:
