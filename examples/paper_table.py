@@ -276,7 +276,7 @@ def select_markdown(table: dict) -> str:
         text = cell(r, runs[n]["folds"])
         # how often each setting other than the first file's won the validation vote
         votes = [f"{label} {count}/{len(r['folds'])}" for label, count in r["chosen"].items()
-                 if label != runs[n]["settings"][0] and count]
+                 if label != runs[n]["settings"][0]]
         missing = [s for s in runs[n]["settings"] if s not in r["settings"]]
         return text + "".join(f"; {v}" for v in votes) + \
             "".join(f"; no `{s}` run" for s in missing)

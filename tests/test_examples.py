@@ -407,6 +407,7 @@ def test_paper_table_select_chooses_on_validation(root, tmp_path, capsys):
     paths[1].write_text(json.dumps(slow))
     text = paper_table.main(["--select", *map(str, paths)])["markdown"]
     assert "no `--lr 0.0003` run" in text.splitlines()[3]
+    assert "--lr 0.0003 0/2" not in text.splitlines()[3]
     with pytest.raises(SystemExit):
         paper_table.main(["--select", str(paths[0]), "--output", str(tmp_path / "x.json")])
 
