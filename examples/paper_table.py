@@ -43,15 +43,19 @@ ORDER = [name.upper() for name in TU_SETS]
 LABELS = {"plstm": "pLSTM (PLSTMNet)", "gin": "GIN", "gcn": "GCN", "gat": "GAT"}
 
 
+def _runs(path: str) -> List[dict]:
+    """The per-data-set runs of one result file."""
+    with open(path) as fh:
+        return runs_of(json.load(fh))
+
+
 def merge(paths: List[str]) -> dict:
     """``{"datasets": {name: run}}`` with the folds of all inputs, curves dropped."""
     merged: Dict[str, dict] = {}
     folds: Dict[str, Dict[str, Dict[int, dict]]] = {}
     params: Dict[str, Dict[str, int]] = {}
     for path in paths:
-        with open(path) as fh:
-            saved = json.load(fh)
-        for run in runs_of(saved):
+        for run in _runs(path):
             name = run["dataset"]
             if name in merged:
                 old, new = protocol_of(merged[name]["args"]), protocol_of(run["args"])
@@ -186,8 +190,7 @@ def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
     the change of the mean over the folds both ran."""
     runs = []
     for path in paths:
-        with open(path) as fh:
-            (run,) = runs_of(json.load(fh))
+        (run,) = _runs(path)
         if model not in run["models"]:
             raise SystemExit(f"{path} has no {model!r} results")
         runs.append((path, run, protocol_of(run["args"])))
@@ -226,9 +229,7 @@ def select(paths: List[str]) -> dict:
     # data set -> setting key -> (protocol args, {model: {fold: record}})
     runs: Dict[str, Dict[str, tuple]] = {}
     for path in paths:
-        with open(path) as fh:
-            saved = json.load(fh)
-        for run in runs_of(saved):
+        for run in _runs(path):
             args = protocol_of(run["args"])
             key = json.dumps(args, sort_keys=True, default=str)
             slot = runs.setdefault(run["dataset"], {}).setdefault(key, (args, {}))[1]
@@ -256,7 +257,8 @@ def select(paths: List[str]) -> dict:
             for i in shared:
                 # max validation accuracy, then min validation loss; max() keeps the first
                 label, rec = max(((label, folds[i]) for label, folds in have),
-                                 key=lambda lr: (lr[1]["val_acc"], -lr[1].get("val_loss", 0.0)))
+                                 key=lambda pair: (pair[1]["val_acc"],
+                                                   -pair[1].get("val_loss", 0.0)))
                 chosen[label] += 1
                 picked.append(dict(rec, setting=label))
             mean, std = mean_std(f["test_acc"] for f in picked)
