@@ -43,6 +43,11 @@ ORDER = [name.upper() for name in TU_SETS]
 LABELS = {"plstm": "pLSTM (PLSTMNet)", "gin": "GIN", "gcn": "GCN", "gat": "GAT"}
 
 
+def _in_order(names) -> List[str]:
+    """Data set names in the table's column order (:data:`ORDER`, then the rest by name)."""
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
 def _runs(path: str) -> List[dict]:
     """The per-data-set runs of one result file."""
     with open(path) as fh:
@@ -84,7 +89,7 @@ def merge(paths: List[str]) -> dict:
                                  seconds=sum(f["seconds"] for f in fs))
         run["models"] = models
         run["args"]["models"] = list(models)
-    names = sorted(merged, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = _in_order(merged)
     return dict(datasets={n: merged[n] for n in names})
 
 
@@ -224,8 +229,8 @@ def _setting_label(args: dict, base: dict) -> str:
 def select(paths: List[str]) -> dict:
     """Per data set, model and fold, the run whose setting had the best validation accuracy
     (see the module docstring): ``{"datasets": {name: {"folds": k, "settings": [labels],
-    "models": {model: {"mean", "std", "folds", "chosen": {label: count},
-    "settings": [labels]}}}}}``."""
+    "models": {model: {"mean", "std", "folds", "chosen": {label: count}}}}}}`` (``chosen``
+    has a key for every setting the model ran)."""
     # data set -> setting key -> (protocol args, {model: {fold: record}})
     runs: Dict[str, Dict[str, tuple]] = {}
     for path in paths:
@@ -237,8 +242,7 @@ def select(paths: List[str]) -> dict:
                 for f in r["folds"]:
                     slot.setdefault(model, {})[f["fold"]] = f
     out = {}
-    names = sorted(runs, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
-    for name in names:
+    for name in _in_order(runs):
         settings = list(runs[name].values())
         base = settings[0][0]
         labels = [_setting_label(args, base) for args, _ in settings]
@@ -262,8 +266,7 @@ def select(paths: List[str]) -> dict:
                 chosen[label] += 1
                 picked.append(dict(rec, setting=label))
             mean, std = mean_std(f["test_acc"] for f in picked)
-            models[model] = dict(mean=mean, std=std, folds=picked, chosen=chosen,
-                                 settings=[label for label, _ in have])
+            models[model] = dict(mean=mean, std=std, folds=picked, chosen=chosen)
         out[name] = dict(folds=base["folds"], settings=labels, models=models)
     return dict(datasets=out)
 
@@ -279,7 +282,7 @@ def select_markdown(table: dict) -> str:
         # how often each setting other than the first file's won the validation vote
         votes = [f"{label} {count}/{len(r['folds'])}" for label, count in r["chosen"].items()
                  if label != runs[n]["settings"][0]]
-        missing = [s for s in runs[n]["settings"] if s not in r["settings"]]
+        missing = [s for s in runs[n]["settings"] if s not in r["chosen"]]
         return text + "".join(f"; {v}" for v in votes) + \
             "".join(f"; no `{s}` run" for s in missing)
 
