@@ -359,7 +359,9 @@ def test_paper_table_ablations(root, tmp_path, capsys):
     lines = text.splitlines()
     assert capsys.readouterr().out.strip() == text
     assert lines[0].startswith("| MUTAG: plstm |") and len(lines) == 5
-    assert lines[2].startswith("| `baseline (library defaults)` | 2 |")
+    # the baseline row names what the baseline departs from the example's defaults in
+    assert lines[2].startswith("| `baseline: --epochs 2 --folds 3 --batch-size 16 --hidden 8 "
+                               "--max-graphs 40` | 2 |")
     assert lines[3].startswith("| `--orient bfs --transition-bias 3,1.25` | 2 |")
     assert lines[4].startswith("| `--layers 2 --no-edge-attr` | 2 |")
     base, bfs = (json.loads(open(p).read())["models"]["plstm"]["folds"] for p in paths[:2])
@@ -367,6 +369,15 @@ def test_paper_table_ablations(root, tmp_path, capsys):
     assert f"| {delta:+.3f} |" in lines[3]
     with pytest.raises(SystemExit):
         paper_table.main(["--ablations", paths[0], "--plot", str(tmp_path / "x.png")])
+    # a baseline run with the example's defaults is labelled so (its args rewritten to them)
+    saved = json.loads(open(paths[0]).read())
+    saved["args"].update(vars(graph_classification.parse_args([])))
+    (tmp_path / "defaults.json").write_text(json.dumps(saved))
+    text = paper_table.main(["--ablations", str(tmp_path / "defaults.json"), paths[1]])["markdown"]
+    lines = text.splitlines()
+    assert lines[2].startswith("| `baseline (library defaults)` | 2 |")
+    assert lines[3].startswith("| `--epochs 2 --folds 3 --batch-size 16 --hidden 8 "
+                               "--max-graphs 40 --orient bfs --transition-bias 3,1.25` | 2 |")
 
 
 def test_paper_table_select_chooses_on_validation(root, tmp_path, capsys):
