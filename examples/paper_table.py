@@ -214,12 +214,10 @@ def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
         if run["dataset"] != base["dataset"]:
             raise SystemExit(f"{path} is {run['dataset']}, the baseline {base['dataset']}")
         if path == base_path:  # what the baseline itself departs from (e.g. --lr 3e-4)
-            changed = [_flag(k, v) for k, v in args.items() if v != defaults[k]]
-            label = "baseline: " + " ".join(c for c in changed if c) if any(changed) \
-                else "baseline (library defaults)"
+            label = _departures(args, defaults)
+            label = f"baseline: {label}" if label else "baseline (library defaults)"
         else:
-            changed = [_flag(k, v) for k, v in args.items() if v != base_args[k]]
-            label = " ".join(c for c in changed if c) or "the baseline's settings"
+            label = _departures(args, base_args) or "the baseline's settings"
         folds = run["models"][model]["folds"]
         acc = {f["fold"]: f["test_acc"] for f in folds}
         shared = sorted(set(acc) & set(base_acc))
@@ -233,9 +231,13 @@ def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
     return "\n".join(lines)
 
 
+def _departures(args: dict, ref: dict) -> str:
+    """The options that set ``args`` where they differ from ``ref`` ("" when none)."""
+    return " ".join(f for f in (_flag(k, v) for k, v in args.items() if v != ref[k]) if f)
+
+
 def _setting_label(args: dict, base: dict) -> str:
-    changed = [_flag(k, v) for k, v in args.items() if v != base[k]]
-    return " ".join(c for c in changed if c) or "first"
+    return _departures(args, base) or "first"
 
 
 def select(paths: List[str]) -> dict:
