@@ -11,8 +11,9 @@ learning curves) in the format of ``--dataset all``, so ``graph_classification.p
 can complete it.
 
 ``--ablations`` reads single-data-set runs of one model instead, the first being the
-baseline, and prints one row per run: the options by which it departs from the baseline, its
-mean ± std and its difference to the baseline over the same folds.
+baseline, and prints one row per run: the options by which it departs from the baseline (for
+the baseline itself, those by which it departs from the example's defaults), its mean ± std
+and its difference to the baseline over the same folds.
 
     python examples/paper_table.py --ablations base.json depth2.json bfs.json
 
@@ -197,8 +198,9 @@ def _example_defaults() -> dict:
 
 
 def ablation_markdown(paths: List[str], model: str = "plstm") -> str:
-    """One row per run of ``model``: what it changes against the first run, its accuracy, and
-    the change of the mean over the folds both ran."""
+    """One row per run of ``model``: what it changes against the first run (the first run:
+    against ``graph_classification.py``'s defaults), its accuracy, and the change of the mean
+    over the folds both ran."""
     runs = []
     for path in paths:
         (run,) = _runs(path)
